@@ -1,0 +1,140 @@
+"""Measure the knee-joint localiser against the synthetic cohort's ground truth and record it in docs/data.md.
+
+For every knee of ``ground_truth.csv``: load the film as the X-ray chain does (invert MONOCHROME1, pick the
+knee half), locate the joint, and compare with (joint_row, joint_col) in millimetres. Reports the median,
+95th percentile and maximum error, the share within 10 mm, and whether every 140 mm crop contains its
+ground-truth joint centre. The figures replace the block between the markers in docs/data.md.
+
+    python scripts/measure_localiser.py --cohort /tmp/cohort           # an existing cohort
+    python scripts/measure_localiser.py --make 200 --seed 7 --out /tmp/cohort   # generate one first (matrix 64)
+
+Synthetic data; the figures say nothing about real radiographs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from xray2mri_bundle.data.localiser import ClassicalJointLocaliser
+from xray2mri_bundle.data.xray_transforms import (
+    CROP_MM,
+    CropJoint,
+    InvertMonochrome1,
+    LoadXray,
+    LocaliseJoint,
+    SelectKnee,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+DOC = ROOT / "docs" / "data.md"
+START, END = "<!-- localiser:start -->", "<!-- localiser:end -->"
+
+
+def measure(cohort: Path, limit: int | None = None) -> dict:
+    """Per-knee errors (mm) of the classical localiser on ``cohort``; returns a summary dict."""
+    with open(cohort / "ground_truth.csv", newline="") as f:
+        rows = list(csv.DictReader(f))[:limit]
+    load, invert, select = LoadXray(), InvertMonochrome1(), SelectKnee()
+    locate, crop = LocaliseJoint(ClassicalJointLocaliser()), CropJoint(CROP_MM, 64)
+    errors, inside, per_knee = [], 0, []
+    films: dict[str, object] = {}
+    t0 = time.perf_counter()
+    for row in rows:
+        folder = row["xray_folder"]
+        if folder not in films:
+            films = {folder: invert(load(str(next((cohort / folder).iterdir()))))}
+        film = locate(select(films[folder], row["side"]))
+        jr, jc = film.meta["joint_rc"]
+        sr, sc = film.meta["spacing"]
+        gr, gc = float(row["joint_row"]), float(row["joint_col"])
+        err = float(np.hypot((jr - gr) * sr, (jc - gc) * sc))
+        r0, c0, r1, c1 = crop.box((jr, jc), (sr, sc))
+        ok = r0 <= gr < r1 and c0 <= gc < c1
+        inside += ok
+        errors.append(err)
+        per_knee.append({"subject": row["ParticipantID"], "side": row["side"], "error_mm": round(err, 3),
+                         "kl": int(row["kl"]), "photometric": row.get("xray_photometric", ""), "crop_ok": ok})
+    e = np.asarray(errors)
+    cohort_meta = json.loads((cohort / "cohort.json").read_text()) if (cohort / "cohort.json").exists() else {}
+    return {
+        "knees": len(e), "median_mm": float(np.median(e)), "p95_mm": float(np.percentile(e, 95)),
+        "max_mm": float(e.max()), "within_10mm": float(np.mean(e <= 10.0)), "crops_containing_joint": inside,
+        "seconds_per_knee": (time.perf_counter() - t0) / max(len(e), 1),
+        "cohort": {k: cohort_meta.get(k) for k in ("seed", "knees", "mri_matrix", "xray_spacing_mm", "version")},
+        "per_kl_median_mm": {str(k): float(np.median([p["error_mm"] for p in per_knee if p["kl"] == k]))
+                             for k in sorted({p["kl"] for p in per_knee})},
+        "worst": sorted(per_knee, key=lambda p: -p["error_mm"])[:5],
+    }
+
+
+def markdown(summary: dict) -> str:
+    c = summary["cohort"]
+    kl = ", ".join(f"KL{k} {v:.2f}" for k, v in summary["per_kl_median_mm"].items())
+    return "\n".join([
+        START,
+        f"Measured by `scripts/measure_localiser.py` on {summary['knees']} knees of a synthetic cohort "
+        f"(seed {c.get('seed')}, film spacing {c.get('xray_spacing_mm')} mm, generator {c.get('version')}; "
+        f"reproduce with `python scripts/measure_localiser.py --make {c.get('knees')} --seed {c.get('seed')}`):",
+        "",
+        "| metric | value |",
+        "| --- | --- |",
+        f"| median error | {summary['median_mm']:.2f} mm |",
+        f"| 95th percentile | {summary['p95_mm']:.2f} mm |",
+        f"| maximum | {summary['max_mm']:.2f} mm |",
+        f"| within 10 mm | {100 * summary['within_10mm']:.1f} % |",
+        f"| 140 mm crops containing the true joint centre | {summary['crops_containing_joint']} / {summary['knees']} |",
+        f"| time per knee (2 shared CPU cores) | {summary['seconds_per_knee']:.2f} s |",
+        "",
+        f"Median error by KL grade: {kl}.",
+        END,
+    ])
+
+
+def update_doc(block: str, doc: Path = DOC) -> None:
+    """Replace the marked block of ``doc`` (append it when the markers are missing)."""
+    text = doc.read_text() if doc.exists() else ""
+    if START in text and END in text:
+        text = text[: text.index(START)] + block + text[text.index(END) + len(END):]
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    doc.write_text(text)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--cohort", type=Path, help="existing cohort folder (with ground_truth.csv)")
+    p.add_argument("--make", type=int, metavar="KNEES", help="generate a cohort of this many knees first")
+    p.add_argument("--out", type=Path, default=Path("/tmp/xray2mri_localiser_cohort"), help="where --make writes")
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--limit", type=int, help="measure only the first N knees")
+    p.add_argument("--json", type=Path, help="also write the summary JSON here")
+    p.add_argument("--no-doc", action="store_true", help="do not update docs/data.md")
+    args = p.parse_args(argv)
+    if args.make:
+        from xray2mri_bundle.cohort import make_cohort
+
+        cohort = make_cohort(args.out, knees=args.make, seed=args.seed, mri_matrix=64)
+    elif args.cohort:
+        cohort = args.cohort
+    else:
+        p.error("give --cohort DIR or --make KNEES")
+    summary = measure(cohort, args.limit)
+    print(json.dumps({k: v for k, v in summary.items() if k != "worst"}, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(summary, indent=2) + "\n")
+    if not args.no_doc:
+        update_doc(markdown(summary))
+        print(f"updated {DOC}")
+    return 0 if summary["within_10mm"] >= 0.99 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,102 @@
+"""Knee cache (PersistentDataset), slice samples, cache speed measurement and the preview PNG."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from xray2mri_bundle.data.datasets import KneeSliceDataset, build_knee_dataset, measure_cache_speed, read_datalist
+from xray2mri_bundle.data.index import index_oai, write_datalist
+from xray2mri_bundle.data.preview import main as preview_main
+
+KNEES, SEED, MATRIX = 12, 3, 64
+SIZE = 64
+
+
+@pytest.fixture(scope="session")
+def cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The session's cohort (shared on disk with the other test_data_* modules; generated once)."""
+    from xray2mri_bundle.cohort import make_cohort
+
+    root = tmp_path_factory.getbasetemp() / f"data_cohort_{KNEES}_{SEED}_{MATRIX}"
+    if not (root / "cohort.json").exists():
+        make_cohort(root, knees=KNEES, seed=SEED, mri_matrix=MATRIX, progress=False)
+    return root
+
+
+@pytest.fixture(scope="module")
+def datalist(cohort: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    data, _ = index_oai(cohort, seed=0)
+    return write_datalist(data, tmp_path_factory.mktemp("dl") / "datalist.json")
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("knee_cache")
+
+
+def test_persistent_cache_never_decodes_dicom_again(datalist: Path, cache_dir: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    records = read_datalist(datalist, "validation")[:2]
+    cold = build_knee_dataset(records, cache_dir=cache_dir, mri_size=SIZE, xray_size=SIZE)
+    first = [cold[i] for i in range(len(cold))]
+    assert len(list(cache_dir.glob("*.pt"))) == len(records)
+    knee = first[0]
+    assert knee["mri"].shape == (1, SIZE, SIZE, 50) and knee["xray"].shape == (1, SIZE, SIZE)
+    assert knee["intensity"].shape == (16, 8, 8) and knee["kl"] == records[0]["kl"]
+    assert knee["xray_meta"]["crop_box"] and knee["mri_meta"]["spacing"] == [160 / SIZE, 160 / SIZE, 1.5]
+
+    import pydicom
+
+    def no_dicom(*args: object, **kwargs: object) -> None:
+        raise AssertionError("DICOM decoded on a warm cache")
+
+    monkeypatch.setattr(pydicom, "dcmread", no_dicom)
+    warm = build_knee_dataset(records, cache_dir=cache_dir, mri_size=SIZE, xray_size=SIZE)
+    again = warm[0]
+    assert torch.equal(again["mri"], knee["mri"]) and torch.equal(again["xray"], knee["xray"])
+
+
+def test_slice_samples(datalist: Path, cache_dir: Path) -> None:
+    records = read_datalist(datalist, "validation")[:2]
+    knees = build_knee_dataset(records, cache_dir=cache_dir, mri_size=SIZE, xray_size=SIZE)
+    val = KneeSliceDataset(knees, depths="all")
+    assert len(val) == 2 * 50
+    sample = val[0]
+    assert sample["image"].shape == (3, SIZE, SIZE) and sample["image"].dtype == torch.float32
+    assert sample["xray"].shape == (1, SIZE, SIZE) and sample["intensity"].shape == (16, 8, 8)
+    assert sample["kl"].dtype == torch.int64 and int(sample["kl"]) == records[0]["kl"]
+    depths = [float(val[i]["depth"]) for i in range(50)]
+    np.testing.assert_allclose(depths, np.arange(50) / 49, atol=1e-6)
+    assert val[49]["slice"] == 49 and val[50]["slice"] == 0 and val[50]["subject"] == records[1]["subject"]
+    assert torch.equal(val[7]["image"][0], knees[0]["mri"][0, ..., 7])
+    assert float(val[7]["image"].min()) >= -1.0 and float(val[7]["image"].max()) <= 1.0
+    train = KneeSliceDataset(knees, depths="random")
+    train.set_random_state(0)
+    assert len(train) == 2
+    draws = {train[0]["slice"] for _ in range(20)}
+    assert len(draws) > 1 and all(0 <= k < 50 for k in draws)
+    batch = next(iter(torch.utils.data.DataLoader(val, batch_size=4)))
+    assert batch["image"].shape == (4, 3, SIZE, SIZE) and batch["depth"].shape == (4,)
+
+
+def test_measure_cache_speed(datalist: Path) -> None:
+    records = read_datalist(datalist, "training")[:1]
+    speed = measure_cache_speed(records, mri_size=32, xray_size=32)
+    assert speed["knees"] == 1 and speed["cache_bytes"] > 0
+    assert speed["warm_knees_per_s"] > speed["cold_knees_per_s"] > 0
+
+
+def test_preview_png(datalist: Path, tmp_path: Path) -> None:
+    out = tmp_path / "preview.png"
+    assert preview_main(["--datalist", str(datalist), "--index", "0", "--out", str(out), "--size", "64"]) == 0
+    with Image.open(out) as img:
+        assert img.size[0] > 300 and img.size[1] > 300
+    subject = read_datalist(datalist, "all")[0]["subject"]
+    out2 = tmp_path / "by_subject.png"
+    assert preview_main(["--datalist", str(datalist), "--subject", subject, "--side", "LEFT", "--out", str(out2)]) == 0
+    assert out2.is_file()

@@ -1,0 +1,419 @@
+"""Inference: DDIM sampler, conditions once per X-ray, volume generator, checkpoint loading, generate CLI, bundle
+config. Tiny untrained networks on CPU (zero-initialised layers are randomised so every condition matters)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+import torch
+from PIL import Image
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from xray2mri_bundle import networks
+from xray2mri_bundle.engines.checkpoints import atomic_save, make_final_checkpoint
+from xray2mri_bundle.inference import generate_cli, writers
+from xray2mri_bundle.inference.conditions import ConditionEncoder
+from xray2mri_bundle.inference.generator import (
+    GenerationResult,
+    VolumeGenerator,
+    load_pipeline,
+    slice_depths,
+    slice_spacing_mm,
+)
+from xray2mri_bundle.inference.sampler import DDIMSampler, build_ddim_scheduler, uniform_ddim_timesteps
+
+ROOT = Path(__file__).resolve().parents[1]
+PROFILE = "tiny"
+SIZE = networks.get_profile(PROFILE)["image_size"]
+
+
+# ----------------------------------------------------------------------------------------------------- helpers
+class Counting:
+    """Wrap a callable and count its calls; ``batches`` records the first argument's batch size."""
+
+    def __init__(self, fn):
+        self.fn, self.calls, self.batches = fn, 0, []
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        if args and isinstance(args[0], torch.Tensor):
+            self.batches.append(args[0].shape[0])
+        return self.fn(*args, **kwargs)
+
+
+def _randomise_zero_layers(module: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """Untrained networks start with zero output / depth / guidance layers; give them small random weights."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in module.parameters():
+            if param.ndim > 0 and not param.any():
+                param.copy_(torch.randn(param.shape, generator=gen) * 0.05)
+    return module
+
+
+def save_tiny_bundle(folder: Path, ema_offset: float = 0.0) -> dict[str, torch.nn.Module]:
+    """Tiny untrained networks saved in the training export layout (autoencoder/classifier/diffusion.pt)."""
+    torch.manual_seed(0)
+    prof = networks.get_profile(PROFILE)
+    autoencoder = networks.build_autoencoder(PROFILE)
+    classifier = networks.build_classifier(PROFILE)
+    unet = _randomise_zero_layers(networks.build_unet(PROFILE), 1)
+    encoder = networks.build_xray_encoder(PROFILE)
+    ema = None
+    if ema_offset:
+        ema = networks.build_unet(PROFILE)
+        ema.load_state_dict({k: v + ema_offset if v.is_floating_point() else v for k, v in unet.state_dict().items()})
+    atomic_save(make_final_checkpoint("autoencoder", autoencoder, profile=PROFILE,
+                                      config={"network": prof["autoencoder"], "image_size": SIZE}),
+                folder / "autoencoder.pt")
+    atomic_save(make_final_checkpoint("classifier", classifier, profile=PROFILE,
+                                      config={"network": prof["classifier"], "image_size": SIZE}),
+                folder / "classifier.pt")
+    config = {
+        "network": prof["unet"], "image_size": SIZE, "latent_shape": prof["latent_shape"],
+        "flags": {"use_depth": True, "use_xray_latent": True, "use_context": True, "use_guidance": True,
+                  "use_intensity": True},
+        "xray_encoder": {"kind": "trainable", "network": prof["xray_encoder"]},
+        "num_train_timesteps": 1000,
+        "noise_schedule": {"schedule": "scaled_linear_beta", "beta_start": 0.00085, "beta_end": 0.012},
+        "prediction_type": "epsilon",
+    }
+    atomic_save(make_final_checkpoint("diffusion", unet, ema=ema, scale_factor=0.8, profile=PROFILE, config=config,
+                                      extra_modules={"xray_encoder": encoder, "xray_encoder_ema": encoder}),
+                folder / "diffusion.pt")
+    return {"unet": unet, "ema": ema, "autoencoder": autoencoder}
+
+
+def write_film(path: Path, modality: str = "DX", rows: int = 200, cols: int = 400, spacing: float = 0.7,
+               description: str = "Bilateral PA Fixed Flexion Knee", bits: int = 12) -> Path:
+    """A small DICOM radiograph with two bright 'legs' and a dark joint gap per knee (MONOCHROME2)."""
+    r, c = np.mgrid[0:rows, 0:cols]
+    image = np.full((rows, cols), 300.0)
+    for centre in (cols // 4, 3 * cols // 4):
+        leg = np.abs(c - centre) < cols // 10
+        gap = np.abs(r - rows // 2) < 3
+        image[leg & ~gap] = 3000.0
+    image += np.random.default_rng(0).normal(0, 20, image.shape)
+    pixels = np.clip(image, 0, 2**bits - 1).astype(np.uint16)
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Modality, ds.SeriesDescription, ds.PatientID = modality, description, "9000099"
+    ds.Rows, ds.Columns = rows, cols
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, bits, bits - 1, 0
+    ds.ImagerPixelSpacing = [spacing, spacing]
+    ds.PixelData = pixels.tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="module")
+def bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("models")
+    save_tiny_bundle(root / PROFILE)
+    return root
+
+
+@pytest.fixture(scope="module")
+def pipeline(bundle_dir: Path) -> VolumeGenerator:
+    torch.set_num_threads(1)
+    return load_pipeline(bundle_dir, PROFILE, "cpu")
+
+
+@pytest.fixture(scope="module")
+def crop() -> torch.Tensor:
+    return torch.rand((1, SIZE, SIZE), generator=torch.Generator().manual_seed(3)) * 2 - 1
+
+
+# ------------------------------------------------------------------------------------------------------ sampler
+def test_uniform_ddim_grid_matches_the_scheduler_step() -> None:
+    scheduler = build_ddim_scheduler()
+    assert not scheduler.clip_sample
+    steps = uniform_ddim_timesteps(scheduler, 50)
+    assert steps[0].item() == 981 and steps[-1].item() == 1 and len(steps) == 50
+    stride = scheduler.num_train_timesteps // scheduler.num_inference_steps
+    assert torch.all(steps[:-1] - steps[1:] == stride)  # MONAI's step() assumes prev = t - T // n
+    assert len(uniform_ddim_timesteps(scheduler, 30)) == 30
+    with pytest.raises(ValueError):
+        uniform_ddim_timesteps(scheduler, 0)
+
+
+class FakeModel(torch.nn.Module):
+    """eps = 1 for conditional rows, 0 for rows whose context and latent are dropped; records every call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[dict] = []
+
+    def forward(self, x, timesteps, drop_context=None, drop_latent=None, **conditions):
+        self.calls.append({"x": x.clone(), "t": timesteps.clone(), "drop_context": drop_context,
+                           "drop_latent": drop_latent, **conditions})
+        eps = torch.ones_like(x)
+        if drop_context is not None:
+            eps = eps * (~drop_context).float()[:, None, None, None]
+        return eps
+
+
+def test_cfg_runs_conditional_and_unconditional_in_one_batch() -> None:
+    model = FakeModel()
+    noise = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    conditions = {"xray_latent": torch.randn(3, 4, 8, 8), "depth": torch.tensor([0.0, 0.5, 1.0]), "p_map": None}
+    sampler = DDIMSampler(build_ddim_scheduler(), num_inference_steps=1, guidance_scale=3.0)
+    out = sampler(model, noise, conditions)
+    assert len(model.calls) == 1  # one forward per step, both halves together
+    call = model.calls[0]
+    assert call["x"].shape[0] == 6 and torch.equal(call["x"][:3], call["x"][3:])
+    assert call["drop_context"].tolist() == [False] * 3 + [True] * 3
+    assert call["drop_latent"].tolist() == [False] * 3 + [True] * 3
+    assert torch.equal(call["depth"], torch.tensor([0.0, 0.5, 1.0, 0.0, 0.5, 1.0]))
+    assert call["p_map"] is None
+    # guided eps = 0 + 3 * (1 - 0) = 3: same as one scheduler step with eps = 3
+    reference = build_ddim_scheduler()
+    t = uniform_ddim_timesteps(reference, 1)[0].item()
+    expected, _ = reference.step(torch.full_like(noise, 3.0), t, noise)
+    assert torch.allclose(out, expected)
+
+
+def test_no_guidance_is_one_conditional_pass() -> None:
+    model = FakeModel()
+    DDIMSampler(build_ddim_scheduler(), num_inference_steps=4)(model, torch.randn(2, 4, 8, 8), {"depth": None})
+    assert len(model.calls) == 4
+    assert all(c["x"].shape[0] == 2 and c["drop_context"] is None for c in model.calls)
+    assert [c["t"][0].item() for c in model.calls] == [751, 501, 251, 1]
+
+
+def test_eta_noise_follows_the_generator() -> None:
+    sampler = DDIMSampler(build_ddim_scheduler(), num_inference_steps=3, eta=1.0)
+    noise = torch.randn(2, 4, 8, 8)
+    runs = [sampler(FakeModel(), noise, {}, generator=torch.Generator().manual_seed(s)) for s in (1, 1, 2)]
+    assert torch.equal(runs[0], runs[1]) and not torch.equal(runs[0], runs[2])
+
+
+# -------------------------------------------------------------------------------------------- depths, geometry
+def test_interpolation_depths_and_slice_spacing() -> None:
+    assert torch.allclose(slice_depths(50), torch.arange(50) / 49)
+    depths = slice_depths(500)
+    assert depths[0] == 0 and depths[-1] == 1 and len(depths) == 500
+    assert torch.allclose(depths[1:] - depths[:-1], torch.full((499,), 1 / 499), atol=1e-6)
+    assert slice_depths(1).tolist() == [0.5]
+    assert slice_spacing_mm(50) == pytest.approx(1.5)
+    for s in (30, 100, 500):  # same physical extent as the 50 training slices (centres 73.5 mm apart)
+        assert (s - 1) * slice_spacing_mm(s) == pytest.approx(49 * 1.5)
+
+
+# ---------------------------------------------------------------------------------------------------- generator
+def test_conditions_computed_once_per_xray(
+    pipeline: VolumeGenerator, crop: torch.Tensor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    encoder = pipeline.condition_encoder
+    counters = {
+        "encode": Counting(pipeline.autoencoder.encode),
+        "context": Counting(encoder.xray_encoder.forward),
+        "classifier": Counting(encoder.classifier.forward_maps),
+        "intensity": Counting(encoder.intensity_fn),
+        "unet": Counting(pipeline.unet.forward),
+    }
+    monkeypatch.setattr(pipeline.autoencoder, "encode", counters["encode"])
+    monkeypatch.setattr(encoder.xray_encoder, "forward", counters["context"])
+    monkeypatch.setattr(encoder.classifier, "forward_maps", counters["classifier"])
+    monkeypatch.setattr(encoder, "intensity_fn", counters["intensity"])
+    monkeypatch.setattr(pipeline.unet, "forward", counters["unet"])
+
+    result = pipeline(crop, slices=5, num_inference_steps=2, chunk_size=2)
+    assert result.volume.shape == (SIZE, SIZE, 5)
+    assert [counters[k].calls for k in ("encode", "context", "classifier", "intensity")] == [1, 1, 1, 1]
+    assert counters["unet"].batches == [2, 2, 2, 2, 1, 1]  # 3 chunks x 2 steps, conditions broadcast
+
+    for counter in counters.values():
+        counter.calls, counter.batches = 0, []
+    slow = pipeline(crop, slices=5, num_inference_steps=2, chunk_size=2, per_slice_conditions=True)
+    assert [counters[k].calls for k in ("encode", "context", "classifier", "intensity")] == [5, 5, 5, 5]
+    assert counters["unet"].batches == [1] * 10  # Algorithm 2 as written: batch 1, conditions per slice
+    assert torch.allclose(slow.volume, result.volume, atol=1e-4)
+
+
+def test_cfg_doubles_the_unet_batch(
+    pipeline: VolumeGenerator, crop: torch.Tensor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    unet = Counting(pipeline.unet.forward)
+    monkeypatch.setattr(pipeline.unet, "forward", unet)
+    guided = pipeline(crop, slices=3, num_inference_steps=2, guidance_scale=2.5)
+    assert unet.batches == [6, 6]
+    plain = pipeline(crop, slices=3, num_inference_steps=2, guidance_scale=1.0)
+    assert not torch.equal(guided.volume, plain.volume)
+
+
+def test_one_initial_noise_shared_by_all_depths(
+    pipeline: VolumeGenerator, crop: torch.Tensor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first_inputs: list[torch.Tensor] = []
+    depths_seen: list[torch.Tensor] = []
+
+    def zero_model(x, timesteps, **kwargs):
+        if timesteps[0].item() == pipeline.sampler.scheduler.timesteps[0].item():
+            first_inputs.append(x.clone())
+            depths_seen.append(kwargs["depth"].clone())
+        return torch.zeros_like(x)
+
+    monkeypatch.setattr(pipeline, "unet", zero_model)
+    shared = pipeline(crop, slices=5, num_inference_steps=2, chunk_size=2)
+    start = torch.cat(first_inputs)
+    assert start.shape[0] == 5 and all(torch.equal(start[0], row) for row in start)
+    assert torch.allclose(torch.cat(depths_seen), slice_depths(5))
+    # eps = 0 everywhere: same start -> same slice at every depth
+    assert all(torch.allclose(shared.volume[..., 0], shared.volume[..., k], atol=1e-5) for k in range(5))
+
+    first_inputs.clear()
+    depths_seen.clear()
+    independent = pipeline(crop, slices=5, num_inference_steps=2, chunk_size=2, shared_noise=False)
+    start = torch.cat(first_inputs)
+    assert not torch.equal(start[0], start[1])
+    assert not torch.equal(independent.volume[..., 0], independent.volume[..., 1])
+
+
+def test_same_seed_same_volume_different_seed_different(pipeline: VolumeGenerator, crop: torch.Tensor) -> None:
+    a = pipeline(crop, slices=3, num_inference_steps=2, seed=11, chunk_size=3)
+    b = pipeline(crop, slices=3, num_inference_steps=2, seed=11, chunk_size=3)
+    c = pipeline(crop, slices=3, num_inference_steps=2, seed=12, chunk_size=3)
+    d = pipeline(crop, slices=3, num_inference_steps=2, seed=11, chunk_size=1)
+    assert torch.equal(a.volume, b.volume)
+    assert not torch.equal(a.volume, c.volume)
+    assert torch.allclose(a.volume, d.volume, atol=1e-5)  # eta = 0: chunking does not change the result
+    assert a.seed == 11 and a.volume.dtype == torch.float32 and float(a.volume.abs().max()) <= 1.0
+    assert set(a.timings) >= {"conditions", "sampling", "decoding", "total", "per_slice"}
+    assert a.kl_probs is not None and sum(a.kl_probs) == pytest.approx(1.0, abs=1e-5)
+    # depth changes the slice (the depth embedding is live)
+    assert not torch.equal(a.volume[..., 0], a.volume[..., 2])
+
+
+# ------------------------------------------------------------------------------------------ checkpoint loading
+def test_loader_uses_ema_and_records_provenance(tmp_path: Path) -> None:
+    saved = save_tiny_bundle(tmp_path, ema_offset=0.01)
+    generator = load_pipeline(tmp_path, PROFILE)
+    name, param = next(iter(generator.unet.state_dict().items()))
+    assert torch.equal(param, saved["ema"].state_dict()[name])
+    assert generator.weights == "ema" and generator.profile == PROFILE and generator.scale_factor == 0.8
+    assert set(generator.checkpoints) == {"autoencoder.pt", "classifier.pt", "diffusion.pt"}
+    assert all(len(h) == 64 for h in generator.checkpoints.values())
+    assert not any(p.requires_grad for p in generator.unet.parameters()) and not generator.unet.training
+
+
+def test_loader_names_missing_files_and_wrong_profile(bundle_dir: Path, tmp_path: Path) -> None:
+    (tmp_path / "diffusion.pt").write_bytes((bundle_dir / PROFILE / "diffusion.pt").read_bytes())
+    with pytest.raises(FileNotFoundError) as info:
+        load_pipeline(tmp_path, PROFILE)
+    assert str(tmp_path / "autoencoder.pt") in str(info.value) and str(tmp_path / "classifier.pt") in str(info.value)
+    with pytest.raises(FileNotFoundError, match="diffusion.pt"):
+        load_pipeline(tmp_path / "empty", PROFILE)
+    with pytest.raises(ValueError, match="profile 'tiny', not 'small'"):
+        load_pipeline(bundle_dir / PROFILE, "small")
+
+
+# ---------------------------------------------------------------------------------------------- CLI + writers
+def test_generate_cli_writes_readable_outputs_and_reports_bad_files(
+    bundle_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sitk = pytest.importorskip("SimpleITK")
+    film = write_film(tmp_path / "in" / "film.dcm")
+    mr = write_film(tmp_path / "in" / "mr.dcm", modality="MR", description="COR_T1_3D_FLASH_RIGHT")
+    (tmp_path / "in" / "notes.txt").write_text("not an image")
+    Image.fromarray((np.random.default_rng(1).random((150, 150)) * 255).astype(np.uint8)).save(
+        tmp_path / "in" / "knee.png")
+    out = tmp_path / "out"
+    argv = [str(film), str(tmp_path / "in" / "notes.txt"), str(mr), str(tmp_path / "in" / "knee.png"), "-o",
+            str(out), "--model-dir", str(bundle_dir), "--profile", PROFILE, "--slices", "3", "--steps", "2",
+            "--seed", "5", "--device", "cpu", "--no-progress"]
+    assert generate_cli.main(argv) == 1
+    captured = capsys.readouterr()
+    assert "notes.txt" in captured.err and "mr.dcm" in captured.err and "2 of 4 input(s) failed" in captured.err
+    assert "modality MR" in captured.err
+    assert "bilateral film, generating both knees" in captured.out
+    assert sorted(p.name for p in out.iterdir()) == ["film_left", "film_right", "knee"]
+
+    knee = out / "film_right"
+    spacing = 160.0 / SIZE
+    nifti = nib.load(knee / "pseudo_mri.nii.gz")
+    assert nifti.shape == (SIZE, SIZE, 3)
+    assert np.allclose(nifti.header.get_zooms(), (spacing, spacing, slice_spacing_mm(3)))
+    assert nib.aff2axcodes(nifti.affine) == ("I", "L", "P")
+    files = sorted((knee / "dicom").iterdir())
+    assert len(files) == 3
+    ds = pydicom.dcmread(files[0])
+    assert ds.Modality == "MR" and "synthetic" in ds.SeriesDescription.lower() and ds.PatientID == "9000099"
+    assert ds.Laterality == "R"
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(knee / "dicom")))
+    series = reader.Execute()
+    assert series.GetSize() == (SIZE, SIZE, 3)
+    assert np.allclose(series.GetSpacing(), (spacing, spacing, slice_spacing_mm(3)), atol=1e-3)
+    assert sitk.ReadImage(str(knee / "pseudo_mri.nii.gz")).GetSize() == (SIZE, SIZE, 3)
+    assert Image.open(knee / "montage.png").size[0] > 0
+    sidecar = json.loads((knee / "generation.json").read_text())
+    assert sidecar["disclaimer"] == "synthetic - not for diagnosis"
+    assert sidecar["input"] == str(film.resolve()) and sidecar["side"] == "RIGHT"
+    assert (sidecar["seed"], sidecar["steps"], sidecar["eta"], sidecar["guidance_scale"], sidecar["slices"]) == (
+        5, 2, 0.0, 1.0, 3)
+    assert set(sidecar["checkpoints_sha256"]) == {"autoencoder.pt", "classifier.pt", "diffusion.pt"}
+    assert sidecar["timings_s"]["total"] > 0 and sidecar["weights"] == "model"
+    assert json.loads((out / "knee" / "generation.json").read_text())["side"] is None
+    assert not list(out.glob(".*"))  # no temporary folders left
+
+    # --side picks one knee; existing outputs are not overwritten silently
+    assert generate_cli.main([str(film), "-o", str(out), "--model-dir", str(bundle_dir), "--profile", PROFILE,
+                              "--slices", "2", "--steps", "1", "--side", "left", "--no-progress"]) == 1
+    assert "exists" in capsys.readouterr().err
+
+
+def test_outputs_are_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(writers, "write_montage_png", broken)
+    result = GenerationResult(volume=torch.zeros(16, 16, 2), depths=slice_depths(2), seed=0, timings={},
+                              num_inference_steps=1, eta=0.0, guidance_scale=1.0, shared_noise=True,
+                              per_slice_conditions=False)
+    knee = generate_cli.KneeInput(tmp_path / "x.png", "LEFT", torch.zeros(1, 16, 16))
+    fake = SimpleNamespace(profile=PROFILE, weights="ema", checkpoints={}, device=torch.device("cpu"))
+    with pytest.raises(OSError, match="disk full"):
+        generate_cli.write_knee_outputs(result, knee, tmp_path / "out" / "x_left", fake)
+    assert not (tmp_path / "out" / "x_left").exists() and not list((tmp_path / "out").iterdir())
+
+
+def test_output_names_are_unique_for_oai_style_paths() -> None:
+    names = generate_cli.output_names(["/a/9000099/20040101/001", "/a/9000100/20040101/001", "/b/knee.nii.gz"])
+    assert len(set(names.values())) == 3
+    assert names["/b/knee.nii.gz"] == "knee"
+    assert all("001" in names[p] for p in ("/a/9000099/20040101/001", "/a/9000100/20040101/001"))
+
+
+def test_bundle_config_runs(bundle_dir: Path, tmp_path: Path) -> None:
+    from monai.bundle import run
+
+    film = write_film(tmp_path / "film.dcm")
+    out = tmp_path / "bundle_out"
+    run(config_file=str(ROOT / "configs" / "inference.json"), meta_file=str(ROOT / "configs" / "metadata.json"),
+        logging_file=None, bundle_root=str(ROOT), xray=str(film), output_dir=str(out),
+        model_dir=str(bundle_dir / PROFILE), profile=PROFILE, device="cpu", slices=2, num_inference_steps=1,
+        side="right", progress=False)
+    assert nib.load(out / "film_right" / "pseudo_mri.nii.gz").shape == (SIZE, SIZE, 2)
+    with pytest.raises(ValueError, match="no X-ray given"):
+        generate_cli.require_inputs([])
+
+
+def test_condition_encoder_rejects_batches(pipeline: VolumeGenerator) -> None:
+    with pytest.raises(ValueError, match="one grey crop"):
+        ConditionEncoder(pipeline.autoencoder)(torch.zeros(2, 1, SIZE, SIZE))

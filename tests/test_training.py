@@ -1,0 +1,349 @@
+"""Fast tests of the training engines (xray2mri_bundle.engines): losses, PrepareBatch, handlers, stage logic,
+datalist errors and config wiring. The end-to-end runs are in tests/test_training_e2e.py (slow)."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from ignite.engine import Engine, Events
+from monai.bundle import ConfigParser
+from monai.engines import SupervisedTrainer
+from monai.handlers import CheckpointSaver
+from monai.networks.schedulers import DDPMScheduler
+
+from xray2mri_bundle.engines.checkpoints import atomic_save, interval_checkpoints, make_final_checkpoint
+from xray2mri_bundle.engines.datalist import DatasetNotFoundError, load_datalist
+from xray2mri_bundle.engines.handlers import (
+    ComputeScaleFactor,
+    EMAHandler,
+    ExportFinalCheckpoint,
+    ResumeFromLatest,
+    ScaleFactor,
+    StopOnDivergence,
+    TrainingDivergedError,
+)
+from xray2mri_bundle.engines.losses import AutoencoderKLLoss, kl_divergence
+from xray2mri_bundle.engines.prepare_batch import KeyedPrepareBatch, LatentDiffusionPrepareBatch, cfg_drop_masks
+from xray2mri_bundle.engines.schedules import LambdaLinear
+from xray2mri_bundle.engines.stages import as_bool, decide, final_checkpoint, prepare_stage
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs"
+
+
+# ---------------------------------------------------------------------------------------------- losses
+def test_kl_divergence_zero_for_standard_normal_and_positive_otherwise():
+    mu, sigma = torch.zeros(2, 4, 3, 3), torch.ones(2, 4, 3, 3)
+    assert torch.allclose(kl_divergence(mu, sigma), torch.zeros(2))
+    assert (kl_divergence(mu + 0.5, sigma * 2) > 0).all()
+
+
+def test_autoencoder_loss_is_l2_plus_weighted_kl():
+    target = torch.zeros(2, 3, 4, 4)
+    recon = torch.full_like(target, 0.5)
+    mu, sigma = torch.ones(2, 4, 2, 2), torch.ones(2, 4, 2, 2)
+    loss = AutoencoderKLLoss(kl_weight=0.1)((recon, mu, sigma), target)
+    kl = 0.5 * 16  # per sample: 0.5 * sum(mu^2) over 16 latent values
+    assert loss.item() == pytest.approx(0.25 + 0.1 * kl)
+    assert loss_terms_are_tensors(AutoencoderKLLoss())
+    with pytest.raises(ValueError):
+        AutoencoderKLLoss(kl_weight=-1)
+
+
+def loss_terms_are_tensors(loss: AutoencoderKLLoss) -> bool:
+    loss((torch.zeros(1, 3, 2, 2), torch.zeros(1, 4, 1, 1), torch.ones(1, 4, 1, 1)), torch.zeros(1, 3, 2, 2))
+    return set(loss.last_terms) == {"rec_loss", "kl_loss"}
+
+
+# ---------------------------------------------------------------------------------------------- prepare batch
+def test_cfg_drop_masks_follow_zero123_fractions():
+    generator = torch.Generator().manual_seed(0)
+    drop_context, drop_latent = cfg_drop_masks(200_000, p=0.05, generator=generator)
+    both = (drop_context & drop_latent).float().mean().item()
+    assert drop_context.float().mean().item() == pytest.approx(0.10, abs=0.005)
+    assert drop_latent.float().mean().item() == pytest.approx(0.10, abs=0.005)
+    assert both == pytest.approx(0.05, abs=0.005)
+    none_dropped = cfg_drop_masks(10, p=0.0)
+    assert not none_dropped[0].any() and not none_dropped[1].any()
+
+
+def test_keyed_prepare_batch_for_autoencoder_and_classifier():
+    batch = {"image": torch.rand(2, 3, 8, 8), "xray": torch.rand(2, 1, 8, 8), "kl": torch.tensor([[1], [3]])}
+    image, label = KeyedPrepareBatch("image")(batch, "cpu")
+    assert label is image
+    xray, kl = KeyedPrepareBatch("xray", "kl", torch.long)(batch, "cpu")
+    assert xray.shape == (2, 1, 8, 8) and kl.tolist() == [1, 3] and kl.dtype == torch.long
+
+
+class _TinyAE(torch.nn.Module):
+    """Stands in for AutoencoderKL: 3-channel 16 px image -> 4-channel 2 px latent (mean, sigma)."""
+
+    def encode(self, x):
+        pooled = torch.nn.functional.avg_pool2d(x, 8)
+        mu = torch.cat([pooled, pooled[:, :1]], dim=1)
+        return mu, torch.full_like(mu, 0.1)
+
+    def encode_stage_2_inputs(self, x):
+        mu, sigma = self.encode(x)
+        return mu + sigma * torch.randn_like(mu)
+
+
+class _TinyClassifier(torch.nn.Module):
+    def forward_maps(self, x):
+        b = x.shape[0]
+        return torch.zeros(b, 5), torch.full((b, 5, 8, 8), 0.2)
+
+
+def _slice_batch(b: int = 4) -> dict:
+    return {
+        "image": torch.rand(b, 3, 16, 16) * 2 - 1, "xray": torch.rand(b, 1, 16, 16) * 2 - 1,
+        "depth": torch.linspace(0, 1, b), "intensity": torch.rand(b, 16, 8, 8),
+    }
+
+
+def test_latent_diffusion_prepare_batch_builds_noisy_latents_and_conditions():
+    scheduler = DDPMScheduler(1000, schedule="scaled_linear_beta", beta_start=0.00085, beta_end=0.012)
+    prepare = LatentDiffusionPrepareBatch(_TinyAE(), scheduler, ScaleFactor(0.5), _TinyClassifier(), seed=3)
+    batch = _slice_batch()
+    noisy, target, args, kwargs = prepare(batch, "cpu")
+    assert noisy.shape == target.shape == (4, 4, 2, 2) and args == ()
+    assert set(kwargs) == {"timesteps", "xray", "xray_latent", "depth", "p_map", "i_map", "drop_context",
+                           "drop_latent"}
+    assert kwargs["timesteps"].dtype == torch.long and kwargs["timesteps"].max() < 1000
+    assert kwargs["p_map"].shape == (4, 5, 8, 8) and kwargs["i_map"].shape == (4, 16, 8, 8)
+    # the X-ray latent is the unscaled posterior mean of the grey crop repeated to 3 channels
+    expected, _ = _TinyAE().encode(batch["xray"].expand(-1, 3, -1, -1))
+    assert torch.allclose(kwargs["xray_latent"], expected)
+    # seeded (validation) batches are reproducible after reset()
+    prepare.reset()
+    first = prepare(batch, "cpu")
+    prepare.reset()
+    second = prepare(batch, "cpu")
+    assert torch.equal(first[0], second[0]) and torch.equal(first[3]["timesteps"], second[3]["timesteps"])
+
+
+def test_latent_diffusion_prepare_batch_noise_matches_the_ddpm_forward_process():
+    scheduler = DDPMScheduler(1000)
+    prepare = LatentDiffusionPrepareBatch(_TinyAE(), scheduler, ScaleFactor(1.0), None, seed=0, p_uncond=0.0)
+    batch = _slice_batch()
+    noisy, noise, _, kwargs = prepare(batch, "cpu")
+    t = kwargs["timesteps"]
+    alpha = scheduler.alphas_cumprod[t].reshape(-1, 1, 1, 1)
+    z0 = (noisy - (1 - alpha).sqrt() * noise) / alpha.sqrt()
+    mu, _ = _TinyAE().encode(batch["image"])
+    assert torch.allclose(z0, mu, atol=0.6)  # a posterior sample around the mean (sigma 0.1)
+    assert kwargs["p_map"] is None and not kwargs["drop_context"].any()
+
+
+# ---------------------------------------------------------------------------------------------- schedules, EMA
+def test_lambda_linear_warm_up_then_constant():
+    schedule = LambdaLinear(warm_up_steps=100, f_start=1e-6)
+    assert schedule(0) == pytest.approx(1e-6)
+    assert schedule(50) == pytest.approx(0.5, rel=1e-3)
+    assert schedule(100) == schedule(10_000) == pytest.approx(1.0)
+    accumulated = LambdaLinear(warm_up_steps=10, accumulation_steps=4)
+    assert accumulated(19) == accumulated(16) == pytest.approx(LambdaLinear(warm_up_steps=10)(4))
+
+
+def test_ema_handler_moves_towards_the_weights():
+    model = torch.nn.Linear(2, 2)
+    ema = EMAHandler(model, decay=0.9)
+    start = ema.ema_model.weight.detach().clone()
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    ema.update()
+    assert torch.allclose(ema.ema_model.weight, start + 0.1)
+    assert not any(p.requires_grad for p in ema.ema_model.parameters())
+
+
+# ---------------------------------------------------------------------------------------------- scale factor
+def test_scale_factor_is_one_over_latent_std_unless_fixed_or_restored():
+    loader = [{"image": torch.randn(8, 3, 16, 16) * 4} for _ in range(3)]
+    engine = Engine(lambda e, b: None)
+    scale = ScaleFactor()
+    ComputeScaleFactor(scale, _TinyAE(), loader, num_batches=2)(engine)
+    latents = torch.cat([_TinyAE().encode(b["image"])[0] for b in loader[:2]])
+    assert scale.value == pytest.approx(1 / latents.std().item(), rel=0.1)
+    fixed = ScaleFactor()
+    ComputeScaleFactor(fixed, _TinyAE(), loader, override=0.2)(engine)
+    assert fixed.value == 0.2
+    restored = ScaleFactor()
+    restored.load_state_dict({"value": 0.7})
+    ComputeScaleFactor(restored, _TinyAE(), loader)(engine)
+    assert restored.value == 0.7 and ScaleFactor().state_dict() == {}
+
+
+# ---------------------------------------------------------------------------------------------- divergence, resume
+def _toy_trainer(nan_at: int | None, max_epochs: int = 4, epoch_length: int = 3) -> SupervisedTrainer:
+    network = torch.nn.Linear(2, 1)
+    data = [{"image": torch.rand(2, 2), "label": torch.rand(2, 1)} for _ in range(epoch_length)]
+
+    def loss_fn(pred, target):
+        loss = torch.nn.functional.mse_loss(pred, target)
+        if nan_at is not None and trainer.state.iteration >= nan_at:
+            return loss * float("nan")
+        return loss
+
+    trainer = SupervisedTrainer(
+        device="cpu", max_epochs=max_epochs, train_data_loader=data, network=network,
+        optimizer=torch.optim.SGD(network.parameters(), lr=0.1), loss_function=loss_fn,
+        prepare_batch=KeyedPrepareBatch("image", "label"),
+    )
+    return trainer
+
+
+def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(tmp_path):
+    trainer = _toy_trainer(nan_at=5)
+    save = {"trainer": trainer, "network": trainer.network, "optimizer": trainer.optimizer}
+    StopOnDivergence(checkpoint_dir=tmp_path).attach(trainer)
+    CheckpointSaver(str(tmp_path), save, save_interval=2, epoch_level=False, n_saved=2).attach(trainer)
+    with pytest.raises(TrainingDivergedError, match=r"iteration 5: the loss is nan.*checkpoint_iteration=4\.pt"):
+        trainer.run()
+    assert [i for i, _ in interval_checkpoints(tmp_path)] == [4, 2]
+    state = torch.load(tmp_path / "checkpoint_iteration=4.pt", weights_only=True)
+    assert all(torch.isfinite(v).all() for v in state["network"].values())
+
+
+def test_exploding_loss_is_detected_after_the_window():
+    stop = StopOnDivergence(explode_factor=10.0, window=3)
+    engine = Engine(lambda e, b: None)
+    for loss in (1.0, 1.1, 0.9, 2.0):
+        engine.state.output = {"loss": torch.tensor(loss)}
+        stop(engine)
+    engine.state.output = [{"loss": torch.tensor(50.0)}]
+    with pytest.raises(TrainingDivergedError, match="exploded"):
+        stop(engine)
+
+
+def test_resume_from_latest_loads_the_newest_readable_checkpoint(tmp_path):
+    first = _toy_trainer(nan_at=None, max_epochs=2)
+    save = {"trainer": first, "network": first.network, "optimizer": first.optimizer}
+    CheckpointSaver(str(tmp_path), save, save_interval=2, epoch_level=False, n_saved=None).attach(first)
+    first.run()  # 6 iterations: checkpoints at 2, 4, 6
+    (tmp_path / "checkpoint_iteration=8.pt").write_bytes(b"truncated by a kill")
+    second = _toy_trainer(nan_at=None, max_epochs=4)
+    resume = ResumeFromLatest(tmp_path, {"trainer": second, "network": second.network,
+                                         "optimizer": second.optimizer})
+    resume.attach(second)
+    seen = []
+    second.add_event_handler(Events.ITERATION_COMPLETED, lambda e: seen.append(e.state.iteration))
+    second.run()
+    assert resume.resumed_iteration == 6 and seen == list(range(7, 13))
+    assert not (tmp_path / "checkpoint_iteration=2.pt").exists()  # older files are cleaned up
+
+
+def test_export_final_checkpoint_layout(tmp_path):
+    model, ema = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+    engine = Engine(lambda e, b: None)
+    engine.state.iteration, engine.state.epoch = 12, 3
+    path = tmp_path / "models" / "diffusion.pt"
+    ExportFinalCheckpoint(path, "diffusion", model, ema, ScaleFactor(0.25), "tiny", {"noise": {"T": 1000}},
+                          extra_modules={"xray_encoder": torch.nn.Linear(1, 1)})(engine)
+    ckpt = torch.load(path, weights_only=True)
+    assert {"model", "ema", "scale_factor", "profile", "config", "xray_encoder"} <= set(ckpt)
+    assert ckpt["scale_factor"] == 0.25 and ckpt["profile"] == "tiny" and ckpt["iteration"] == 12
+    assert ckpt["config"] == {"noise": {"T": 1000}}
+    assert make_final_checkpoint("autoencoder", model)["ema"] is None
+
+
+def test_atomic_save_leaves_no_temporary_file(tmp_path):
+    atomic_save({"a": torch.ones(1)}, tmp_path / "x.pt")
+    assert [p.name for p in tmp_path.iterdir()] == ["x.pt"]
+
+
+# ---------------------------------------------------------------------------------------------- stages
+def test_stage_decisions(tmp_path):
+    models, ckpts = tmp_path / "models", tmp_path / "runs"
+    models.mkdir()
+    assert decide("autoencoder", models, ckpts).action == "train"
+    ckpts.mkdir()
+    (ckpts / "checkpoint_iteration=4.pt").write_bytes(b"x")
+    assert decide("autoencoder", models, ckpts).action == "resume"
+    for stage in ("autoencoder", "classifier", "diffusion"):
+        final_checkpoint(models, stage).write_bytes(b"x")
+    assert decide("diffusion", models, ckpts).action == "skip"
+    assert decide("diffusion", models, ckpts, force=True).action == "retrain"
+    later = time.time() + 10
+    os.utime(final_checkpoint(models, "autoencoder"), (later, later))
+    decision = decide("diffusion", models, ckpts)
+    assert decision.action == "retrain" and "autoencoder" in decision.reason
+    assert decide("classifier", models, ckpts).action == "skip"
+
+
+def test_prepare_stage_force_clears_checkpoints(tmp_path):
+    ckpts, final = tmp_path / "stage", tmp_path / "models" / "autoencoder.pt"
+    ckpts.mkdir()
+    final.parent.mkdir()
+    for name in ("checkpoint_iteration=2.pt", "best.pt"):
+        (ckpts / name).write_bytes(b"x")
+    final.write_bytes(b"x")
+    prepare_stage(ckpts, final, force="false")
+    assert final.exists() and (ckpts / "best.pt").exists()
+    prepare_stage(ckpts, final, force="true")
+    assert not final.exists() and list(ckpts.iterdir()) == []
+
+
+def test_as_bool_accepts_command_line_strings():
+    assert as_bool("true") and as_bool("True") and as_bool(True) and as_bool("1")
+    assert not as_bool("false") and not as_bool(False) and not as_bool("0") and not as_bool(None)
+
+
+# ---------------------------------------------------------------------------------------------- datalist
+def test_missing_or_empty_dataset_explains_how_to_get_data(tmp_path):
+    for path, problem in ((tmp_path / "nope", "does not exist"), (tmp_path, "empty")):
+        with pytest.raises(DatasetNotFoundError) as info:
+            load_datalist(path)
+        message = str(info.value)
+        assert problem in message and "--dataset_dir" in message and "xray2mri make-cohort --out DIR" in message
+    (tmp_path / "file.txt").write_text("x")
+    with pytest.raises(DatasetNotFoundError, match="contents.csv"):
+        load_datalist(tmp_path)
+
+
+def test_a_given_datalist_file_is_used_as_is(tmp_path):
+    datalist = {"training": [{"subject": "1", "xray": "x", "mri": "m", "kl": 0}], "validation": []}
+    path = tmp_path / "datalist.json"
+    path.write_text(json.dumps(datalist))
+    assert load_datalist(None, path) == datalist
+    path.write_text(json.dumps({"training": [], "validation": []}))
+    with pytest.raises(DatasetNotFoundError, match="no paired"):
+        load_datalist(None, path)
+
+
+# ---------------------------------------------------------------------------------------------- configs
+@pytest.mark.parametrize("name", ["common", "train", "train_autoencoder", "train_classifier", "train_diffusion",
+                                  "multi_gpu_train", "profiles/paper", "profiles/small", "profiles/tiny"])
+def test_configs_are_valid_json(name):
+    assert isinstance(json.loads((CONFIGS / f"{name}.json").read_text()), dict)
+
+
+def test_profiles_merge_the_monai_way():
+    parser = ConfigParser()
+    parser.read_config([str(CONFIGS / "common.json"), str(CONFIGS / "train_diffusion.json")])
+    assert parser["profile"] == "paper" and parser["diffusion_batch_size"] == 64
+    assert parser["num_train_timesteps"] == 1000 and parser["ema_decay"] == 0.99
+    parser.read_config([str(CONFIGS / "common.json"), str(CONFIGS / "train_diffusion.json"),
+                        str(CONFIGS / "profiles" / "tiny.json")])
+    assert parser["profile"] == "tiny" and parser["diffusion_batch_size"] == 2
+    for key in ("train#trainer", "train#handlers", "train#dataloader", "train#inferer", "validate#evaluator",
+                "validate#handlers", "run", "initialize"):
+        assert key in parser, key
+    # every key a profile sets exists in the defaults (a typo would silently add an unused key)
+    defaults = json.loads((CONFIGS / "common.json").read_text())
+    for profile in ("paper", "small", "tiny"):
+        unknown = set(json.loads((CONFIGS / "profiles" / f"{profile}.json").read_text())) - set(defaults)
+        assert not unknown, (profile, unknown)
+
+
+def test_stage_paths_resolve_for_the_paper_profile():
+    parser = ConfigParser()
+    parser.read_config([str(CONFIGS / "common.json"), str(CONFIGS / "train_autoencoder.json")])
+    parser.update({"bundle_root": "/bundle"})
+    assert parser.get_parsed_content("final_path") == "/bundle/models/paper/autoencoder.pt"
+    assert parser.get_parsed_content("checkpoint_dir") == "/bundle/outputs/paper/autoencoder"
+    assert parser.get_parsed_content("image_size") == 256

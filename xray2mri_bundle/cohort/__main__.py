@@ -1,0 +1,7 @@
+"""``python -m xray2mri_bundle.cohort --out DIR --knees N``: same as ``xray2mri make-cohort``."""
+
+import sys
+
+from .generate import main
+
+sys.exit(main())

@@ -1,0 +1,189 @@
+"""MONAI transforms for the MRI side: load a coronal series, keep slices 13..63, resize in-plane, scale, 3 channels.
+
+Array transforms hold the logic; the ``...d`` classes only loop over ``keys`` (MONAI convention), so both
+scripts and bundle JSON configs (``_target_``) can use them. Volumes are ``MetaTensor`` (C, H, W, D):
+H = rows superior -> inferior, W = columns patient right -> left, D = depth anterior -> posterior
+(see :mod:`.mri_io`). ``meta``: ``filename_or_obj``, ``spacing`` (H, W, D) mm, ``affine`` (RAS).
+
+:func:`mri_transforms` returns the default chain: load -> slices 13..62 (50, paper "13th to 63rd") ->
+resize to 256 x 256 (antialiased bilinear) -> percentiles (0.5, 99.5) of the kept volume to [-1, 1] (clipped)
+-> repeat to 3 channels. Output ``mri`` (3, 256, 256, 50) float32.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from monai.config import KeysCollection
+from monai.data import MetaTensor
+from monai.transforms import MapTransform, RepeatChanneld, Transform
+
+from .dicom_utils import DataFileError
+from .intensity import DEFAULT_PERCENTILES, ScalePercentilesd
+from .mri_io import load_mri_volume
+
+__all__ = [
+    "LoadMRISeries",
+    "LoadMRISeriesd",
+    "ResizeInPlane",
+    "ResizeInPlaned",
+    "SelectSlices",
+    "SelectSlicesd",
+    "mri_transforms",
+]
+
+
+def _meta_tensor(data: torch.Tensor, like: torch.Tensor | None, affine: np.ndarray | torch.Tensor | None = None,
+                 **updates) -> MetaTensor:
+    """A new MetaTensor with ``like``'s meta (copied), a new affine and extra meta entries."""
+    meta = dict(like.meta) if isinstance(like, MetaTensor) else {}
+    meta.update(updates)
+    if affine is None and isinstance(like, MetaTensor):
+        affine = like.affine
+    out = MetaTensor(data, meta=meta)
+    if affine is not None:
+        out.affine = torch.as_tensor(np.asarray(affine), dtype=torch.float64)
+    return out
+
+
+def _source(img: torch.Tensor) -> str:
+    return str(img.meta.get("filename_or_obj", "<array>")) if isinstance(img, MetaTensor) else "<array>"
+
+
+class LoadMRISeries(Transform):
+    """Path (DICOM series folder or NIfTI file) -> MetaTensor (1, H, W, D) float32, oriented coronal.
+
+    Slices are ordered by ImagePositionPatient projected on the slice normal, never by file name.
+    ``expected_slices``: require this many slices (e.g. 80), None = any. Errors (``DataFileError``, a
+    ``ValueError``) name the file at fault.
+    """
+
+    def __init__(self, expected_slices: int | None = None) -> None:
+        self.expected_slices = expected_slices
+
+    def __call__(self, path: str) -> MetaTensor:
+        volume, affine, info = load_mri_volume(path, expected_slices=self.expected_slices)
+        return _meta_tensor(
+            torch.from_numpy(volume)[None], None, affine, filename_or_obj=info["source"],
+            spacing=info["spacing"], description=info["description"], original_shape=tuple(volume.shape),
+        )
+
+
+class SelectSlices(Transform):
+    """Keep ``count`` slices from ``start`` (0-based) along the last (depth) axis: (C, H, W, D) -> (C, H, W, count).
+
+    Defaults 13 and 50: the paper's slices 13..63 of an 80-slice COR_T1_3D_FLASH (slices 13..62 inclusive).
+    """
+
+    def __init__(self, start: int = 13, count: int = 50) -> None:
+        if start < 0 or count < 1:
+            raise ValueError(f"start must be >= 0 and count >= 1, got {start}, {count}")
+        self.start, self.count = start, count
+
+    def __call__(self, img: torch.Tensor) -> torch.Tensor:
+        depth = img.shape[-1]
+        if depth < self.start + self.count:
+            raise DataFileError(_source(img), f"{depth} slices; need {self.start + self.count} to keep slices "
+                                              f"{self.start}..{self.start + self.count - 1}", "slice_count")
+        out = torch.as_tensor(img)[..., self.start:self.start + self.count].as_subclass(torch.Tensor).clone()
+        affine = None
+        if isinstance(img, MetaTensor):
+            affine = img.affine.clone()
+            affine[:3, 3] += affine[:3, 2] * self.start
+        return _meta_tensor(out, img, affine, slice_start=self.start, slice_count=self.count)
+
+
+class ResizeInPlane(Transform):
+    """Resample each slice to ``size`` x ``size`` (or (h, w)): (C, H, W, D) -> (C, h, w, D), bilinear with
+    antialiasing (area-like when shrinking 512 -> 256). Keeps the field of view: spacing and affine scale."""
+
+    def __init__(self, size: int | tuple[int, int] = 256, antialias: bool = True) -> None:
+        self.size = (size, size) if isinstance(size, int) else tuple(size)
+        self.antialias = antialias
+
+    def __call__(self, img: torch.Tensor) -> torch.Tensor:
+        x = torch.as_tensor(img).as_subclass(torch.Tensor).float()
+        c, h, w, d = x.shape
+        if (h, w) == self.size:
+            return img
+        slices = x.permute(0, 3, 1, 2).reshape(c * d, 1, h, w)
+        out = F.interpolate(slices, size=self.size, mode="bilinear", align_corners=False, antialias=self.antialias)
+        out = out.reshape(c, d, *self.size).permute(0, 2, 3, 1).contiguous()
+        affine, updates = None, {}
+        if isinstance(img, MetaTensor):
+            affine = img.affine.clone()
+            scale = torch.tensor([h / self.size[0], w / self.size[1]], dtype=affine.dtype)
+            affine[:3, :2] *= scale
+            # field-of-view edges stay fixed (align_corners=False): new voxel 0 sits at old index (s - 1) / 2
+            affine[:3, 3] += img.affine[:3, 0] * (scale[0] - 1) / 2 + img.affine[:3, 1] * (scale[1] - 1) / 2
+            spacing = img.meta.get("spacing", (1.0, 1.0, 1.0))
+            updates["spacing"] = (spacing[0] * h / self.size[0], spacing[1] * w / self.size[1], spacing[2])
+        return _meta_tensor(out, img, affine, **updates)
+
+
+class LoadMRISeriesd(MapTransform):
+    """Dictionary wrapper of :class:`LoadMRISeries`: replaces each path in ``keys`` (default ``mri``)."""
+
+    def __init__(self, keys: KeysCollection = "mri", expected_slices: int | None = None,
+                 allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.loader = LoadMRISeries(expected_slices)
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict[Hashable, object]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.loader(d[key])
+        return d
+
+
+class SelectSlicesd(MapTransform):
+    """Dictionary wrapper of :class:`SelectSlices`."""
+
+    def __init__(self, keys: KeysCollection = "mri", start: int = 13, count: int = 50,
+                 allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.select = SelectSlices(start, count)
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict[Hashable, object]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.select(d[key])
+        return d
+
+
+class ResizeInPlaned(MapTransform):
+    """Dictionary wrapper of :class:`ResizeInPlane`."""
+
+    def __init__(self, keys: KeysCollection = "mri", size: int | tuple[int, int] = 256, antialias: bool = True,
+                 allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.resize = ResizeInPlane(size, antialias)
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict[Hashable, object]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.resize(d[key])
+        return d
+
+
+def mri_transforms(
+    keys: KeysCollection = "mri", size: int = 256, start: int = 13, count: int = 50, channels: int = 3,
+    percentiles: tuple[float, float] = DEFAULT_PERCENTILES, expected_slices: int | None = None,
+) -> list:
+    """The MRI chain as a list of dictionary transforms (wrap in ``monai.transforms.Compose``).
+
+    Output per key: (channels, size, size, count) float32 in [-1, 1]. ``channels=1`` skips the repeat (the
+    knee cache stores one channel; :class:`~.datasets.KneeSliceDataset` repeats per slice).
+    """
+    chain = [
+        LoadMRISeriesd(keys, expected_slices=expected_slices),
+        SelectSlicesd(keys, start=start, count=count),
+        ResizeInPlaned(keys, size=size),
+        ScalePercentilesd(keys, lower=percentiles[0], upper=percentiles[1], b_min=-1.0, b_max=1.0, clip=True),
+    ]
+    if channels > 1:
+        chain.append(RepeatChanneld(keys, repeats=channels))
+    return chain

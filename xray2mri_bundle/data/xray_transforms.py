@@ -1,0 +1,279 @@
+"""MONAI transforms for the X-ray side: load, invert MONOCHROME1, pick the knee, locate the joint, crop, scale.
+
+Images are ``MetaTensor`` (1, H, W): H = film rows (superior -> inferior), W = film columns. In a PA film the
+patient's RIGHT knee is on the image LEFT half. Steps keep their bookkeeping in ``meta`` (film pixels):
+``spacing`` (row, col) mm of the current array, ``film_spacing``, ``photometric``, ``laterality``,
+``knee_region`` [c0, c1), ``joint_rc`` (row, col), ``crop_box`` [r0, c0, r1, c1).
+
+:func:`xray_transforms` returns the default chain: load -> invert MONOCHROME1 -> select knee -> locate joint
+-> 140 mm square crop around the joint (the paper's 299 px crop) resized to 256 -> percentiles (0.5, 99.5) to
+[-1, 1] (clipped) -> intensity distribution ``intensity`` (16, 8, 8).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from monai.config import KeysCollection
+from monai.data import MetaTensor
+from monai.transforms import MapTransform, Transform
+
+from .intensity import DEFAULT_PERCENTILES, IntensityDistributiond, ScalePercentilesd
+from .localiser import ClassicalJointLocaliser, JointLocaliser
+from .xray_io import DEFAULT_PNG_SPACING_MM, InvalidXrayError, read_xray
+
+__all__ = [
+    "CROP_MM",
+    "CropJoint",
+    "CropJointd",
+    "InvertMonochrome1",
+    "InvertMonochrome1d",
+    "LoadXray",
+    "LoadXrayd",
+    "LocaliseJoint",
+    "LocaliseJointd",
+    "SelectKnee",
+    "SelectKneed",
+    "xray_transforms",
+]
+
+#: Physical side of the square knee crop (mm): 299 px at 140/299 = 0.468 mm per pixel, the paper's crop.
+CROP_MM: float = 140.0
+_BILATERAL_ASPECT = 1.0  # an unlabelled landscape film (width > height) is taken as bilateral
+
+
+def _with_meta(data: torch.Tensor, like: torch.Tensor | None, **updates) -> MetaTensor:
+    meta = dict(like.meta) if isinstance(like, MetaTensor) else {}
+    meta.update(updates)
+    return MetaTensor(data, meta=meta)
+
+
+def _meta(img: torch.Tensor) -> dict:
+    return img.meta if isinstance(img, MetaTensor) else {}
+
+
+def _plain(img: torch.Tensor | np.ndarray) -> torch.Tensor:
+    t = torch.as_tensor(img)
+    return t.as_subclass(torch.Tensor) if isinstance(t, MetaTensor) else t
+
+
+class LoadXray(Transform):
+    """Path -> MetaTensor (1, H, W) float32 film as stored (rescale applied, not inverted).
+
+    DICOM (DX / CR), PNG (or another Pillow raster) and 2-D NIfTI. ``png_spacing_mm``: spacing assumed for
+    uncalibrated files (default 140/299 mm). Raises :class:`~.xray_io.InvalidXrayError` naming the file.
+    """
+
+    def __init__(self, png_spacing_mm: float = DEFAULT_PNG_SPACING_MM, nifti_axes: str = "xy") -> None:
+        self.png_spacing_mm, self.nifti_axes = png_spacing_mm, nifti_axes
+
+    def __call__(self, path: str) -> MetaTensor:
+        film = read_xray(path, self.png_spacing_mm, self.nifti_axes)
+        return _with_meta(
+            torch.from_numpy(film.pixels)[None], None, filename_or_obj=film.source, spacing=film.spacing_mm,
+            film_spacing=film.spacing_mm, spacing_source=film.spacing_source, photometric=film.photometric,
+            modality=film.modality, description=film.description, laterality=film.laterality or "",
+            film_shape=tuple(film.pixels.shape),
+        )
+
+
+class InvertMonochrome1(Transform):
+    """Invert a MONOCHROME1 film (high value = dark) so that bone is bright: ``x -> max + min - x``;
+    meta ``photometric`` becomes MONOCHROME2 (``inverted`` True). Other films pass unchanged."""
+
+    def __call__(self, img: torch.Tensor) -> torch.Tensor:
+        if str(_meta(img).get("photometric", "")).upper() != "MONOCHROME1":
+            return img
+        x = _plain(img)
+        return _with_meta(x.max() + x.min() - x, img, photometric="MONOCHROME2", inverted=True)
+
+
+class SelectKnee(Transform):
+    """Record which film columns hold the requested knee: meta ``knee_region`` = [c0, c1), ``side``.
+
+    Bilateral PA film: the patient's RIGHT knee is on the image LEFT half. ``film``: 'auto' (DICOM
+    description / laterality, else bilateral when the film is landscape, width > height), 'bilateral' or
+    'unilateral'.
+    Pixels are not cut, so a crop near the midline still sees real film.
+    """
+
+    def __init__(self, film: str = "auto") -> None:
+        if film not in ("auto", "bilateral", "unilateral"):
+            raise ValueError(f"film must be 'auto', 'bilateral' or 'unilateral', got {film!r}")
+        self.film = film
+
+    def __call__(self, img: torch.Tensor, side: str, film: str | None = None) -> torch.Tensor:
+        side = str(side).upper()
+        if side not in ("RIGHT", "LEFT"):
+            raise ValueError(f"side must be RIGHT or LEFT, got {side!r}")
+        h, w = img.shape[-2:]
+        laterality = str(_meta(img).get("laterality", "") or "").upper()
+        mode = (film or self.film).lower()
+        if mode == "auto":
+            if laterality == "BILATERAL":
+                mode = "bilateral"
+            elif laterality in ("RIGHT", "LEFT"):
+                mode = "unilateral"
+            else:
+                mode = "bilateral" if w > _BILATERAL_ASPECT * h else "unilateral"
+        if mode == "unilateral":
+            if laterality in ("RIGHT", "LEFT") and laterality != side:
+                raise InvalidXrayError(_meta(img).get("filename_or_obj", "<array>"),
+                                       f"film shows the {laterality} knee, {side} requested", "side_mismatch")
+            region = (0, w)
+        else:
+            region = (0, w // 2) if side == "RIGHT" else (w // 2, w)
+        return _with_meta(_plain(img), img, knee_region=region, side=side, film=mode)
+
+
+class LocaliseJoint(Transform):
+    """Find the knee-joint centre inside meta ``knee_region`` with a :class:`~.localiser.JointLocaliser`
+    (default: the classical, weight-free one); sets meta ``joint_rc`` (row, col) in film pixels."""
+
+    def __init__(self, localiser: JointLocaliser | None = None) -> None:
+        self.localiser = localiser if localiser is not None else ClassicalJointLocaliser()
+
+    def __call__(self, img: torch.Tensor) -> torch.Tensor:
+        meta = _meta(img)
+        c0, c1 = meta.get("knee_region", (0, img.shape[-1]))
+        half = _plain(img)[0, :, c0:c1].numpy()
+        row, col = self.localiser(half, tuple(meta.get("spacing", (1.0, 1.0))))
+        return _with_meta(_plain(img), img, joint_rc=(float(row), float(col) + c0))
+
+
+class CropJoint(Transform):
+    """Crop a ``size_mm`` square (physical, default 140 mm) centred on meta ``joint_rc`` and resample it to
+    ``spatial_size`` (default 256): (1, H, W) film -> (1, N, N). Beyond the film edge the film minimum is used.
+    Meta: ``crop_box`` [r0, c0, r1, c1) film pixels, ``spacing`` = size_mm / N per output pixel."""
+
+    def __init__(self, size_mm: float = CROP_MM, spatial_size: int = 256, antialias: bool = True) -> None:
+        self.size_mm, self.spatial_size, self.antialias = float(size_mm), int(spatial_size), antialias
+
+    def box(self, joint_rc: tuple[float, float], spacing: tuple[float, float]) -> tuple[int, int, int, int]:
+        """Integer film box [r0, c0, r1, c1) of the crop around ``joint_rc`` for (row, col) ``spacing`` mm."""
+        half_r, half_c = self.size_mm / spacing[0] / 2, self.size_mm / spacing[1] / 2
+        r0, c0 = int(round(joint_rc[0] - half_r)), int(round(joint_rc[1] - half_c))
+        return r0, c0, r0 + int(round(2 * half_r)), c0 + int(round(2 * half_c))
+
+    def __call__(self, img: torch.Tensor, joint_rc: tuple[float, float] | None = None) -> torch.Tensor:
+        meta = _meta(img)
+        joint_rc = joint_rc if joint_rc is not None else meta.get("joint_rc")
+        if joint_rc is None:
+            raise ValueError("CropJoint needs a joint centre: run LocaliseJoint first or pass joint_rc")
+        x = _plain(img).float()
+        spacing = tuple(meta.get("spacing", (1.0, 1.0)))
+        r0, c0, r1, c1 = self.box(joint_rc, spacing)
+        h, w = x.shape[-2:]
+        pad = (max(0, -c0), max(0, c1 - w), max(0, -r0), max(0, r1 - h))
+        if any(pad):
+            x = F.pad(x[None], pad, mode="constant", value=float(x.min()))[0]
+        crop = x[:, r0 + pad[2]:r1 + pad[2], c0 + pad[0]:c1 + pad[0]]
+        out = F.interpolate(crop[None], size=(self.spatial_size, self.spatial_size), mode="bilinear",
+                            align_corners=False, antialias=self.antialias)[0]
+        step = self.size_mm / self.spatial_size
+        return _with_meta(out.contiguous(), img, crop_box=(r0, c0, r1, c1), spacing=(step, step),
+                          joint_rc=tuple(float(v) for v in joint_rc))
+
+
+class LoadXrayd(MapTransform):
+    """Dictionary wrapper of :class:`LoadXray` (default key ``xray``)."""
+
+    def __init__(self, keys: KeysCollection = "xray", png_spacing_mm: float = DEFAULT_PNG_SPACING_MM,
+                 nifti_axes: str = "xy", allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.loader = LoadXray(png_spacing_mm, nifti_axes)
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict[Hashable, object]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.loader(d[key])
+        return d
+
+
+class InvertMonochrome1d(MapTransform):
+    """Dictionary wrapper of :class:`InvertMonochrome1`."""
+
+    def __init__(self, keys: KeysCollection = "xray", allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.invert = InvertMonochrome1()
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict[Hashable, object]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.invert(d[key])
+        return d
+
+
+class SelectKneed(MapTransform):
+    """Dictionary wrapper of :class:`SelectKnee`; the side comes from ``d[side_key]`` (RIGHT / LEFT) and an
+    optional film type from ``d[film_key]`` (manifest column ``film``)."""
+
+    def __init__(self, keys: KeysCollection = "xray", side_key: str = "side", film_key: str = "film",
+                 film: str = "auto", allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.side_key, self.film_key = side_key, film_key
+        self.select = SelectKnee(film)
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict[Hashable, object]:
+        d = dict(data)
+        film = d.get(self.film_key)
+        film = {"BILATERAL": "bilateral", "RIGHT": "unilateral", "LEFT": "unilateral"}.get(str(film).upper())
+        for key in self.key_iterator(d):
+            d[key] = self.select(d[key], d[self.side_key], film)
+        return d
+
+
+class LocaliseJointd(MapTransform):
+    """Dictionary wrapper of :class:`LocaliseJoint`."""
+
+    def __init__(self, keys: KeysCollection = "xray", localiser: JointLocaliser | None = None,
+                 allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.locate = LocaliseJoint(localiser)
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict[Hashable, object]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.locate(d[key])
+        return d
+
+
+class CropJointd(MapTransform):
+    """Dictionary wrapper of :class:`CropJoint`."""
+
+    def __init__(self, keys: KeysCollection = "xray", size_mm: float = CROP_MM, spatial_size: int = 256,
+                 antialias: bool = True, allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.crop = CropJoint(size_mm, spatial_size, antialias)
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict[Hashable, object]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.crop(d[key])
+        return d
+
+
+def xray_transforms(
+    keys: KeysCollection = "xray", size: int = 256, crop_mm: float = CROP_MM,
+    percentiles: tuple[float, float] = DEFAULT_PERCENTILES, intensity_key: str | None = "intensity",
+    localiser: JointLocaliser | None = None, png_spacing_mm: float = DEFAULT_PNG_SPACING_MM, film: str = "auto",
+    side_key: str = "side",
+) -> list:
+    """The X-ray chain as a list of dictionary transforms (wrap in ``monai.transforms.Compose``).
+
+    Output: ``xray`` (1, size, size) float32 in [-1, 1]; ``intensity`` (16, 8, 8) unless ``intensity_key`` is None.
+    """
+    chain = [
+        LoadXrayd(keys, png_spacing_mm=png_spacing_mm),
+        InvertMonochrome1d(keys),
+        SelectKneed(keys, side_key=side_key, film=film),
+        LocaliseJointd(keys, localiser=localiser),
+        CropJointd(keys, size_mm=crop_mm, spatial_size=size),
+        ScalePercentilesd(keys, lower=percentiles[0], upper=percentiles[1], b_min=-1.0, b_max=1.0, clip=True),
+    ]
+    if intensity_key:
+        chain.append(IntensityDistributiond(keys, output_keys=intensity_key))
+    return chain

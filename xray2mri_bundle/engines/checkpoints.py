@@ -1,0 +1,135 @@
+"""Checkpoint files: the interval "latest" files that resume a stage, and the final per-stage export.
+
+Layout (``model_dir`` defaults to ``<bundle_root>/models/<profile>``; ``run_dir`` to ``<output_dir>/<profile>``)::
+
+    <model_dir>/autoencoder.pt | classifier.pt | diffusion.pt      final export, one per stage (inference reads these)
+    <run_dir>/<stage>/checkpoint_iteration=N.pt                     latest interval checkpoints (full training state)
+    <run_dir>/<stage>/best.pt                                       best validation key metric (full training state)
+
+A final export is a plain dict (loadable with ``torch.load(..., weights_only=True)``)::
+
+    {"model": state_dict, "ema": state_dict | None, "scale_factor": float | None, "profile": str,
+     "config": dict, "stage": str, "iteration": int, "epoch": int, "format_version": 1}
+
+It is written atomically (temporary file + rename) only when a stage completes, so its presence means "this
+stage finished"; a run killed at any moment never leaves a truncated final file.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from xray2mri_bundle.engines.distributed import unwrap
+
+__all__ = [
+    "FORMAT_VERSION",
+    "atomic_save",
+    "interval_checkpoints",
+    "load_final",
+    "load_weights",
+    "make_final_checkpoint",
+]
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+_ITERATION_RE = re.compile(r"iteration=(\d+)\.pt$")
+
+
+def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save`` to a temporary file in the same folder, then rename over ``path`` (atomic on POSIX)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def interval_checkpoints(folder: str | os.PathLike) -> list[tuple[int, Path]]:
+    """``(iteration, path)`` of the interval checkpoints ``*iteration=N.pt`` in ``folder``, newest first."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    found = []
+    for path in folder.glob("*iteration=*.pt"):
+        match = _ITERATION_RE.search(path.name)
+        if match:
+            found.append((int(match.group(1)), path))
+    return sorted(found, key=lambda item: item[0], reverse=True)
+
+
+def make_final_checkpoint(
+    stage: str,
+    model: nn.Module,
+    ema: nn.Module | None = None,
+    scale_factor: float | None = None,
+    profile: str = "paper",
+    config: Mapping[str, Any] | None = None,
+    iteration: int = 0,
+    epoch: int = 0,
+    extra_modules: Mapping[str, nn.Module | None] | None = None,
+) -> dict[str, Any]:
+    """The export dict of one stage (weights moved to CPU; DDP wrappers removed).
+
+    ``extra_modules`` adds more state dicts under their own keys (the diffusion stage stores its trained X-ray
+    encoder E2 as ``xray_encoder`` and ``xray_encoder_ema`` next to the UNet's ``model`` / ``ema``).
+    """
+
+    def cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:
+        return {k: v.detach().cpu() for k, v in unwrap(module).state_dict().items()}
+
+    checkpoint = {
+        "model": cpu_state(model),
+        "ema": None if ema is None else cpu_state(ema),
+        "scale_factor": None if scale_factor is None else float(scale_factor),
+        "profile": str(profile),
+        "config": dict(config or {}),
+        "stage": stage,
+        "iteration": int(iteration),
+        "epoch": int(epoch),
+        "format_version": FORMAT_VERSION,
+    }
+    for key, module in (extra_modules or {}).items():
+        checkpoint[key] = None if module is None else cpu_state(module)
+    return checkpoint
+
+
+def load_final(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a final export; a clear error names the stage to train when the file is missing."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"checkpoint {path} not found: train the '{path.stem}' stage first "
+            "(python -m monai.bundle run training --config_file configs/train.json)"
+        )
+    return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def load_weights(
+    network: nn.Module, path: str | os.PathLike, key: str = "model", strict: bool = True, freeze: bool = False
+) -> nn.Module:
+    """Load ``checkpoint[key]`` (``"model"`` or ``"ema"``, falling back to ``"model"`` when there is no EMA)
+    into ``network`` and return it; ``freeze`` puts it in eval mode with gradients off (frozen E1 and C)."""
+    checkpoint = load_final(path)
+    state = checkpoint.get(key) or checkpoint["model"]
+    unwrap(network).load_state_dict(state, strict=strict)
+    if freeze:
+        network.eval()
+        network.requires_grad_(False)
+    logger.info("loaded %s weights of %s", key, path)
+    return network

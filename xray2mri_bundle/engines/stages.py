@@ -1,0 +1,229 @@
+"""Run the three training stages in order (paper Algorithm 1): autoencoder -> KOA classifier -> diffusion.
+
+``configs/train.json`` (run id ``training``) calls :func:`run_training`. Each stage is its own MONAI bundle
+config (``configs/common.json`` + ``configs/train_<stage>.json``) run by its own ``ConfigWorkflow``, so a stage
+can also be run alone, and MONAI's ``--tracking mlflow`` patch finds the usual ``train#trainer`` /
+``validate#evaluator``. Every top-level key of the ``train.json`` run (its own, those merged from other config
+files such as ``configs/profiles/small.json``, and command-line overrides such as ``--dataset_dir``) is passed
+on to every stage and wins over the stage files' defaults.
+
+Per stage the decision is (``decide``):
+- ``skip``: the final checkpoint ``<model_dir>/<stage>.pt`` exists (and no stage it depends on is newer);
+- ``resume``: no final checkpoint, but interval checkpoints exist (a killed run) -> continue from the newest;
+- ``train``: nothing yet;
+- ``retrain``: ``force_retrain`` is set, or a stage it depends on (diffusion needs E1 and C) was retrained
+  after it: the stage's checkpoints are cleared and it starts from scratch.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from monai.bundle import ConfigParser, ConfigWorkflow
+
+from xray2mri_bundle.engines import distributed as dist_utils
+from xray2mri_bundle.engines.checkpoints import interval_checkpoints
+from xray2mri_bundle.engines.tracking import stage_tracking_settings, tracking_requested
+
+__all__ = [
+    "DEPENDENCIES",
+    "STAGES",
+    "StageDecision",
+    "as_bool",
+    "decide",
+    "final_checkpoint",
+    "prepare_stage",
+    "run_training",
+    "stage_config_files",
+]
+
+logger = logging.getLogger(__name__)
+
+STAGES: tuple[str, ...] = ("autoencoder", "classifier", "diffusion")
+DEPENDENCIES: dict[str, tuple[str, ...]] = {
+    "autoencoder": (), "classifier": (), "diffusion": ("autoencoder", "classifier"),
+}
+
+#: keys of the pipeline config that are not settings for the stages
+PIPELINE_KEYS = frozenset({
+    "_meta_", "imports", "initialize", "run", "finalize", "training", "stages", "save_execute_config", "run_name",
+})
+
+
+@dataclass(frozen=True)
+class StageDecision:
+    """What the pipeline does with one stage, and why (logged and returned by ``run_training``)."""
+
+    stage: str
+    action: str  # "skip" | "resume" | "train" | "retrain"
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.stage}: {self.action} ({self.reason})"
+
+
+def as_bool(value: Any) -> bool:
+    """A flag from a config or the command line (``--force_retrain true`` arrives as the string "true")."""
+    if isinstance(value, str):
+        return value.strip().lower() in ("1", "true", "yes", "y", "on")
+    return bool(value)
+
+
+def final_checkpoint(model_dir: str | os.PathLike, stage: str) -> Path:
+    """``<model_dir>/<stage>.pt``, the file inference reads and whose presence marks a finished stage."""
+    return Path(model_dir) / f"{stage}.pt"
+
+
+def decide(
+    stage: str, model_dir: str | os.PathLike, checkpoint_dir: str | os.PathLike, force: bool = False
+) -> StageDecision:
+    """Skip, resume, train or retrain ``stage`` from the files on disk (see the module docstring)."""
+    final = final_checkpoint(model_dir, stage)
+    if force:
+        return StageDecision(stage, "retrain", "force_retrain is set")
+    if final.is_file():
+        newer = [
+            dep for dep in DEPENDENCIES.get(stage, ())
+            if final_checkpoint(model_dir, dep).is_file()
+            and final_checkpoint(model_dir, dep).stat().st_mtime > final.stat().st_mtime
+        ]
+        if newer:
+            return StageDecision(stage, "retrain", f"{', '.join(newer)} changed after {final.name} was trained")
+        return StageDecision(stage, "skip", f"{final} exists (use --force_retrain true to train again)")
+    saved = interval_checkpoints(checkpoint_dir)
+    if saved:
+        return StageDecision(stage, "resume", f"continuing from {saved[0][1].name}")
+    return StageDecision(stage, "train", "no checkpoint yet")
+
+
+def prepare_stage(checkpoint_dir: str | os.PathLike, final_path: str | os.PathLike, force: Any = False) -> None:
+    """Create the stage folder; with ``force`` remove its checkpoints and its final export first (rank 0).
+
+    Called from every stage config's ``initialize``, so ``--force_retrain true`` also works for a stage run
+    alone. Without this a later resume could pick up an old, longer run's checkpoint.
+    """
+    checkpoint_dir = Path(checkpoint_dir)
+    if dist_utils.is_rank0():
+        if as_bool(force):
+            for _, path in interval_checkpoints(checkpoint_dir):
+                path.unlink(missing_ok=True)
+            for path in (checkpoint_dir / "best.pt", Path(final_path)):
+                path.unlink(missing_ok=True)
+            logger.info("force_retrain: cleared the checkpoints in %s and %s", checkpoint_dir, final_path)
+        checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    dist_utils.barrier()
+
+
+def stage_config_files(config_dir: str | os.PathLike, stage: str) -> list[str]:
+    """``[<config_dir>/common.json, <config_dir>/train_<stage>.json]``."""
+    config_dir = Path(config_dir)
+    files = [config_dir / "common.json", config_dir / f"train_{stage}.json"]
+    for path in files:
+        if not path.is_file():
+            raise FileNotFoundError(f"stage config {path} not found")
+    return [str(p) for p in files]
+
+
+def _active_workflow() -> ConfigWorkflow | None:
+    """The ``ConfigWorkflow`` whose expression is calling us (``monai.bundle run training ...``), if any.
+
+    MONAI evaluates config expressions without access to the parser; the stages need the merged, overridden
+    pipeline config to pass it on, so it is taken from the running workflow object on the call stack.
+    """
+    frame = inspect.currentframe()
+    try:
+        while frame is not None:
+            candidate = frame.f_locals.get("self")
+            if isinstance(candidate, ConfigWorkflow):
+                return candidate
+            frame = frame.f_back
+    finally:
+        del frame
+    return None
+
+
+def _stage_overrides(pipeline: Mapping[str, Any]) -> dict[str, Any]:
+    """The pipeline's settings to pass on to every stage (top-level keys, minus the pipeline's own)."""
+    overrides = {k: copy.deepcopy(v) for k, v in pipeline.items() if k not in PIPELINE_KEYS}
+    if "force_retrain" in overrides:
+        overrides["force_retrain"] = as_bool(overrides["force_retrain"])
+    return overrides
+
+
+def _resolve(files: Sequence[str], overrides: Mapping[str, Any], *ids: str) -> list[Any]:
+    """Evaluate a few plain settings (paths) of a stage config without building anything else."""
+    parser = ConfigParser()
+    parser.read_config(list(files))
+    parser.update(dict(overrides))
+    return [parser.get_parsed_content(i) for i in ids]
+
+
+def run_training(
+    stages: Sequence[str] | None = None,
+    force_retrain: Any = False,
+    config: Mapping[str, Any] | None = None,
+    config_dir: str | os.PathLike | None = None,
+    meta_file: str | Sequence[str] | None = None,
+) -> list[StageDecision]:
+    """Run ``stages`` (default all three, in order) with the settings of the calling bundle run.
+
+    Args:
+        stages: subset of ``STAGES`` to consider (always run in the canonical order).
+        force_retrain: retrain every selected stage from scratch.
+        config: the pipeline settings; default: the merged config of the running ``monai.bundle`` workflow.
+        config_dir: folder of ``common.json`` / ``train_<stage>.json``; default: the running workflow's.
+        meta_file: bundle metadata for the stage workflows; default: the running workflow's.
+
+    Returns the decision taken for each stage.
+    """
+    workflow = _active_workflow()
+    if config is None:
+        if workflow is None:
+            raise RuntimeError("run_training needs `config` when it is not called from a monai.bundle workflow")
+        config = workflow.parser.get()
+    if config_dir is None:
+        config_dir = workflow.config_root_path if workflow is not None else Path("configs")
+    if meta_file is None and workflow is not None:
+        meta_file = workflow.meta_file
+    selected = list(STAGES) if stages is None else [s for s in STAGES if s in set(stages)]
+    unknown = set(stages or ()) - set(STAGES)
+    if unknown:
+        raise ValueError(f"unknown stage(s) {sorted(unknown)}; choose from {STAGES}")
+    force = as_bool(force_retrain)
+    overrides = _stage_overrides(config)
+    track = tracking_requested(config)
+
+    decisions = []
+    for stage in selected:
+        files = stage_config_files(config_dir, stage)
+        model_dir, checkpoint_dir, final_path = _resolve(files, overrides, "model_dir", "checkpoint_dir", "final_path")
+        decision = dist_utils.broadcast_object(decide(stage, model_dir, checkpoint_dir, force))
+        decisions.append(decision)
+        logger.info("stage %s", decision)
+        if decision.action == "skip":
+            continue
+        stage_overrides = dict(overrides, force_retrain=decision.action == "retrain")
+        tracking = None
+        if track:
+            executed = Path(checkpoint_dir) / "executed_config.json"
+            tracking_uri, experiment = _resolve(files, overrides, "tracking_uri", "experiment_name")
+            tracking = stage_tracking_settings(stage, tracking_uri, experiment, executed)
+        stage_workflow = ConfigWorkflow(
+            config_file=files, meta_file=meta_file, logging_file=False, tracking=tracking, workflow_type=None,
+            **stage_overrides,
+        )
+        stage_workflow.initialize()
+        stage_workflow.run()
+        stage_workflow.finalize()
+        dist_utils.barrier()
+        if not final_checkpoint(model_dir, stage).is_file() and dist_utils.is_rank0():
+            raise RuntimeError(f"stage {stage} ended without writing {final_path}")
+    return decisions
+

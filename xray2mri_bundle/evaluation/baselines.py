@@ -1,0 +1,144 @@
+"""Baselines that need no diffusion model, fitted on the training split.
+
+- ``MeanVolume``: the voxel-wise mean of the training MRI volumes; the same prediction for every X-ray. It is
+  the volume that minimises the mean squared error over the training knees, so it is a strong PSNR baseline
+  that carries no knee-specific structure (a floor for RSSIM and joint-space width).
+- ``NearestXray``: the MRI volume of the training knee whose X-ray is nearest to the query X-ray. Feature:
+  the preprocessed knee crop (the model's input, (1, H, W) in [-1, 1]) area-downsampled to 32 x 32 and
+  flattened; distance: Euclidean (L2, default) or cosine. An embedding function (e.g. the trained E2 X-ray
+  encoder, (1, 1, H, W) -> (1, 1, 768)) can replace the crop feature.
+
+Both answer any set of depths in [0, 1]: the stored 50-slice volumes are linearly interpolated along depth,
+so they run through the same evaluator (and the same depth sweep) as the diffusion methods.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["MeanVolume", "NearestXray", "crop_feature", "sample_depths"]
+
+FEATURE_SIZE = 32
+"""Side of the downsampled crop used as the nearest-neighbour feature (32 x 32 = 1024 values)."""
+
+
+def sample_depths(volume: torch.Tensor, depths: torch.Tensor) -> torch.Tensor:
+    """Linearly interpolate a volume (C, H, W, S) at normalised depths (n,) in [0, 1] -> (C, H, W, n).
+
+    Depth d sits at slice position d * (S - 1), as in the transforms (slice k of S has depth k / (S - 1)).
+    """
+    s = volume.shape[-1]
+    pos = depths.to(torch.float64).clamp(0.0, 1.0) * (s - 1)
+    pos = torch.where((pos - pos.round()).abs() < 1e-4, pos.round(), pos)  # real slice depths: exact copies
+    lo = pos.floor().long().clamp(max=s - 1)
+    hi = (lo + 1).clamp(max=s - 1)
+    w = (pos - lo.to(pos.dtype)).to(volume.dtype).to(volume.device)
+    lo, hi = lo.to(volume.device), hi.to(volume.device)
+    return volume[..., lo] * (1 - w) + volume[..., hi] * w
+
+
+def crop_feature(xray: torch.Tensor, size: int = FEATURE_SIZE) -> torch.Tensor:
+    """Feature of a knee crop (1, H, W) or (1, 1, H, W): area-downsampled to ``size`` x ``size``, flattened."""
+    x = xray.float().reshape(1, 1, *xray.shape[-2:])
+    return F.adaptive_avg_pool2d(x, size).flatten()
+
+
+class MeanVolume:
+    """Predict the mean training volume (C, H, W, S), whatever the X-ray."""
+
+    name = "mean_volume"
+
+    def __init__(self, mean: torch.Tensor, n_training: int) -> None:
+        self.mean = mean
+        self.n_training = n_training
+
+    @classmethod
+    def fit(cls, volumes: Iterable[torch.Tensor]) -> MeanVolume:
+        """Streaming float64 mean of training volumes (C, H, W, S), all of one shape; stored as float32."""
+        total: torch.Tensor | None = None
+        count = 0
+        for volume in volumes:
+            v = torch.as_tensor(volume).detach().cpu().to(torch.float64)
+            if total is not None and v.shape != total.shape:
+                raise ValueError(f"training volumes differ in shape: {tuple(v.shape)} vs {tuple(total.shape)}")
+            total = v.clone() if total is None else total.add_(v)
+            count += 1
+        if total is None:
+            raise ValueError("MeanVolume.fit needs at least one training volume")
+        return cls((total / count).float(), count)
+
+    def __call__(self, xray: torch.Tensor, depths: torch.Tensor, **_: object) -> torch.Tensor:
+        """Volume (C, H, W, n) at ``depths`` (n,); ``xray`` is ignored."""
+        return sample_depths(self.mean, depths)
+
+
+class NearestXray:
+    """Predict the MRI volume of the training knee with the nearest X-ray feature.
+
+    Args:
+        features: (N, F) one feature per training knee.
+        volume_of: returns training knee i's volume (C, H, W, S) (lazy: e.g. an item of a cached dataset).
+        names: N labels of the training knees (reported as the neighbour of each query).
+        metric: "l2" (Euclidean) or "cosine" (1 - cosine similarity).
+        feature_fn: crop (1, H, W) -> (F,); default ``crop_feature``.
+    """
+
+    name = "nearest_xray"
+
+    def __init__(
+        self,
+        features: torch.Tensor,
+        volume_of: Callable[[int], torch.Tensor],
+        names: list[str],
+        metric: Literal["l2", "cosine"] = "l2",
+        feature_fn: Callable[[torch.Tensor], torch.Tensor] = crop_feature,
+    ) -> None:
+        if metric not in ("l2", "cosine"):
+            raise ValueError(f"metric must be 'l2' or 'cosine', got {metric!r}")
+        if features.ndim != 2 or features.shape[0] != len(names) or not names:
+            raise ValueError(f"features (N, F) must match {len(names)} names, got {tuple(features.shape)}")
+        self.features = features.float()
+        self.volume_of = volume_of
+        self.names = names
+        self.metric = metric
+        self.feature_fn = feature_fn
+        self.last_neighbour: str | None = None
+        self._cache: tuple[int, torch.Tensor] | None = None
+
+    @classmethod
+    def fit(
+        cls,
+        xrays: Iterable[torch.Tensor],
+        volume_of: Callable[[int], torch.Tensor],
+        names: list[str],
+        metric: Literal["l2", "cosine"] = "l2",
+        feature_fn: Callable[[torch.Tensor], torch.Tensor] = crop_feature,
+    ) -> NearestXray:
+        """Compute the features of the training crops ``xrays`` (each (1, H, W)), in the order of ``names``."""
+        with torch.inference_mode():
+            feats = torch.stack([feature_fn(x).detach().cpu().float().flatten() for x in xrays])
+        return cls(feats, volume_of, names, metric, feature_fn)
+
+    def distances(self, xray: torch.Tensor) -> torch.Tensor:
+        """Distances (N,) from the query crop (1, H, W) to every training knee."""
+        with torch.inference_mode():
+            q = self.feature_fn(xray).detach().cpu().float().flatten()
+        if self.metric == "l2":
+            return torch.linalg.vector_norm(self.features - q, dim=1)
+        return 1.0 - F.cosine_similarity(self.features, q[None], dim=1)
+
+    def nearest(self, xray: torch.Tensor) -> int:
+        """Index of the nearest training knee (ties: the first)."""
+        return int(torch.argmin(self.distances(xray)))
+
+    def __call__(self, xray: torch.Tensor, depths: torch.Tensor, **_: object) -> torch.Tensor:
+        """Volume (C, H, W, n) of the nearest training knee at ``depths`` (n,)."""
+        index = self.nearest(xray)
+        self.last_neighbour = self.names[index]
+        if self._cache is None or self._cache[0] != index:
+            self._cache = (index, torch.as_tensor(self.volume_of(index)).float())
+        return sample_depths(self._cache[1], depths)

@@ -1,0 +1,332 @@
+"""``xray2mri evaluate``: compare methods on the validation split and write tables, figures and a report.
+
+Example (small profile, 2 CPU cores)::
+
+    xray2mri evaluate --model-dir models/small --dataset-dir cohort --datalist cohort/datalist.json \\
+        --out outputs/eval --methods full,xray_no_guidance,ldm_depth_only,mean_volume,nearest_xray \\
+        --max-knees 12 --steps 20 --slices 50 --write-docs
+
+Outputs under ``--out``: ``per_knee.csv``, ``summary.json``, ``depth_sweep.csv``, ``figures/*.png``,
+``report.md`` (relative image links); ``cache/`` holds the preprocessed knees (reused by later runs).
+``--write-docs`` also writes ``docs/results.md`` with its figures in ``docs/results/``.
+Every method runs through the same ``SupervisedEvaluator`` (``evaluator.build_evaluator``) on the same knees
+with the same per-knee seeds. Outputs are synthetic research images, not for diagnosis.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shlex
+import shutil
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from xray2mri_bundle.data.datasets import build_knee_dataset
+from xray2mri_bundle.networks.profiles import PROFILES
+
+from . import figures
+from .evaluator import KneeRecorder, build_evaluator, pick_examples, read_ground_truth, read_mri_matrix, select_knees
+from .methods import METHODS, build_method, parse_methods
+from .records import read_rows, summarise, write_rows, write_summary
+from .report import render_report, write_report
+from .studies import DEPTH_COUNTS, depth_sweep, interpolation, write_sweep
+
+__all__ = ["ABLATION_OVERRIDES", "EvaluationRun", "build_parser", "main", "reproduce", "run_evaluation"]
+
+logger = logging.getLogger("xray2mri.evaluate")
+ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_METHODS = "full,xray_no_guidance,ldm_depth_only,mean_volume,nearest_xray"
+TABLE1_GRADES = (0, 2, 4)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="xray2mri evaluate", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model-dir", default="models/small", help="checkpoints folder (default models/small)")
+    p.add_argument("--dataset-dir", help="cohort folder (OAI-style tree; ground_truth.csv gives the JSW truth)")
+    p.add_argument("--datalist", help="MONAI datalist JSON (default <dataset-dir>/datalist.json, else indexed)")
+    p.add_argument("--split-seed", type=int, default=0, help="split seed when indexing (as training; default 0)")
+    p.add_argument("--val-fraction", type=float, default=0.3, help="validation share when indexing (default 0.3)")
+    p.add_argument("--out", default="outputs/eval", help="output folder (default outputs/eval)")
+    p.add_argument("--methods", default=DEFAULT_METHODS, help=f"comma-separated (default {DEFAULT_METHODS})")
+    p.add_argument("--max-knees", type=int, default=0, help="validation knees, spread over KL grades (0 = all)")
+    p.add_argument("--max-train-knees", type=int, default=0, help="training knees for the baselines (0 = all)")
+    p.add_argument("--steps", type=int, default=50, help="DDIM steps (default 50)")
+    p.add_argument("--slices", type=int, default=0,
+                   help="compare this many evenly spaced real slices of the 50 (0 = all 50)")
+    p.add_argument("--guidance-scale", type=float, default=1.0, help="classifier-free guidance (1 = none)")
+    p.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0 = deterministic)")
+    p.add_argument("--chunk-size", type=int, default=16, help="depths denoised together")
+    p.add_argument("--seed", type=int, default=0, help="base seed (each knee: CRC32 of its key + seed)")
+    p.add_argument("--profile", choices=sorted(PROFILES), help="network profile (default: from --model-dir name)")
+    p.add_argument("--image-size", type=int, help="slice / crop size (default: the profile's)")
+    p.add_argument("--cache-dir", help="knee cache (default <out>/cache)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default)")
+    p.add_argument("--nearest-metric", choices=("l2", "cosine"), default="l2",
+                   help="nearest_xray distance on the 32 x 32 crop (default l2)")
+    p.add_argument("--sweep-method", help="method of the depth sweep and interpolation (default: first diffusion)")
+    p.add_argument("--sweep-depths", default=",".join(map(str, DEPTH_COUNTS)),
+                   help="numbers of depths for Fig. 6 ('' = skip; default 30,...,500)")
+    p.add_argument("--sweep-knees", type=int, default=1, help="knees in the depth sweep (default 1)")
+    p.add_argument("--sweep-steps", type=int, help="DDIM steps in the sweep and interpolation (default --steps)")
+    p.add_argument("--interp-frames", type=int, default=4, help="generated frames between two real slices (0 = skip)")
+    p.add_argument("--no-jsw", action="store_true", help="skip joint-space width measurements")
+    p.add_argument("--strict", action="store_true", help="fail when a method cannot be built (default: skip it)")
+    p.add_argument("--write-docs", action="store_true", help="also write docs/results.md (+ docs/results/*.png)")
+    p.add_argument("--docs-dir", default=str(ROOT / "docs"), help="docs folder for --write-docs")
+    p.add_argument("--title", default="Evaluation results", help="report title")
+    p.add_argument("--train-command", action="append", default=None,
+                   help="training command to show in the report's Reproduce block (repeatable; default: the "
+                        "standard recipe for the evaluated diffusion methods)")
+    return p
+
+
+@dataclass
+class EvaluationRun:
+    """Everything one ``run_evaluation`` produced (paths and in-memory results)."""
+
+    out: Path
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    summary: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+    figures: dict[str, Path] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    report: Path | None = None
+    docs: Path | None = None
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _profile(args: argparse.Namespace) -> str:
+    if args.profile:
+        return args.profile
+    name = Path(args.model_dir).name
+    return name if name in PROFILES else "small"
+
+
+def _datalist(args: argparse.Namespace, out: Path) -> tuple[dict[str, list[dict]], str]:
+    """The split: the given datalist, ``<dataset-dir>/datalist.json``, or the cohort indexed with the training's
+    defaults (``engines.datalist.load_datalist``, split seed and validation share as in training)."""
+    from xray2mri_bundle.engines.datalist import load_datalist
+
+    datalist_file = args.datalist
+    if not datalist_file and args.dataset_dir and (Path(args.dataset_dir) / "datalist.json").is_file():
+        datalist_file = str(Path(args.dataset_dir) / "datalist.json")
+    if not datalist_file and not args.dataset_dir:
+        raise SystemExit("xray2mri evaluate: give --datalist or --dataset-dir")
+    datalist = load_datalist(args.dataset_dir, datalist_file, seed=args.split_seed, val_fraction=args.val_fraction,
+                             cache_file=out / "datalist_index.json")
+    return datalist, str(datalist_file or f"{args.dataset_dir} (indexed, split seed {args.split_seed})")
+
+
+def _sweep_method(args: argparse.Namespace, methods: Sequence[str]) -> str | None:
+    if args.sweep_method:
+        return args.sweep_method
+    return next((m for m in methods if METHODS[m].kind == "diffusion"), None)
+
+
+ABLATION_OVERRIDES: dict[str, str] = {
+    "xray_no_guidance": "--use_guidance False --use_intensity False",
+    "ldm_depth_only": "--use_xray_latent False --use_context False --use_guidance False --use_intensity False",
+}
+"""Stage-config overrides that train an ablation's UNet (the diffusion stage run alone, see ``reproduce``)."""
+
+
+def reproduce(args: argparse.Namespace, argv: Sequence[str], methods: Sequence[str], profile: str) -> list[str]:
+    """Shell lines that rebuild the report: the cohort (from its ``cohort.json``), the training of each evaluated
+    diffusion method (the standard recipe unless ``--train-command`` gives the real ones), the evaluation."""
+    lines: list[str] = []
+    data = shlex.quote(str(args.dataset_dir)) if args.dataset_dir else "COHORT"
+    meta = Path(args.dataset_dir) / "cohort.json" if args.dataset_dir else None
+    if meta is not None and meta.is_file():
+        cohort = json.loads(meta.read_text())
+        lines += ["# synthetic cohort", f"xray2mri make-cohort --out {data} --knees {cohort.get('knees_requested')} "
+                  f"--seed {cohort.get('seed')} --mri-matrix {cohort.get('mri_matrix')}"]
+    diffusion = [m for m in methods if METHODS[m].kind == "diffusion"]
+    if args.train_command:
+        lines += ["# training", *args.train_command]
+    elif diffusion:
+        model_dir = shlex.quote(str(args.model_dir))
+        lines.append("# training (the standard recipe; the ablations train the diffusion stage alone)")
+        if "full" in diffusion:
+            lines.append(f"python -m monai.bundle run training --config_file \"['configs/train.json', "
+                         f"'configs/profiles/{profile}.json']\" --dataset_dir {data} --model_dir {model_dir}")
+        for name in diffusion:
+            if name in ABLATION_OVERRIDES:
+                lines.append(
+                    f"python -m monai.bundle run --config_file \"['configs/common.json', 'configs/profiles/{profile}"
+                    f".json', 'configs/train_diffusion.json']\" --dataset_dir {data} --model_dir {model_dir} "
+                    f"{ABLATION_OVERRIDES[name]} --final_path {model_dir}/diffusion_{name}.pt "
+                    f"--checkpoint_dir eval/{profile}/diffusion_{name}")
+    lines += ["# evaluation", "xray2mri evaluate " + shlex.join(list(argv))]
+    return lines
+
+
+def run_evaluation(args: argparse.Namespace, argv: Sequence[str] = ()) -> EvaluationRun:
+    """Evaluate every method on the same knees; write CSV, JSON, figures and the report (see module doc)."""
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    run = EvaluationRun(out=out)
+    methods = parse_methods(args.methods)
+    profile = _profile(args)
+    size = int(args.image_size or PROFILES[profile]["image_size"])
+    device = _device(args.device)
+    cache = Path(args.cache_dir) if args.cache_dir else out / "cache"
+    datalist, source = _datalist(args, out)
+    val_records = select_knees(datalist.get("validation") or [], args.max_knees)
+    train_records = select_knees(datalist["training"], args.max_train_knees)
+    if not val_records:
+        raise SystemExit(f"xray2mri evaluate: no validation knees in {source}")
+    dataset_kwargs = {"cache": "persistent", "cache_dir": cache / f"knees_{size}", "mri_size": size,
+                      "xray_size": size}
+    val = build_knee_dataset(val_records, **dataset_kwargs)
+    train = build_knee_dataset(train_records, **dataset_kwargs)
+    ground_truth = read_ground_truth(args.dataset_dir)
+    examples = pick_examples(val_records, TABLE1_GRADES)
+    real_cache: dict[str, dict[str, Any]] = {}
+    sweep_name = _sweep_method(args, methods)
+    counts = [int(c) for c in str(args.sweep_depths).split(",") if c.strip()]
+    example_slices: dict[str, dict[str, Any]] = {}
+    logger.info("evaluating %s on %d validation knees (%d training knees for baselines), size %d, %s",
+                ",".join(methods), len(val_records), len(train_records), size, device)
+
+    for name in methods:
+        start = time.perf_counter()
+        try:
+            method = build_method(name, args.model_dir, train, device=device, steps=args.steps, eta=args.eta,
+                                  guidance_scale=args.guidance_scale, chunk_size=args.chunk_size,
+                                  nearest_metric=args.nearest_metric, profile=profile, image_size=size)
+        except (FileNotFoundError, ValueError, KeyError, RuntimeError) as err:
+            if args.strict:
+                raise
+            run.skipped[name] = str(err)
+            logger.warning("skipping %s: %s", name, err)
+            continue
+        is_diffusion = METHODS[name].kind == "diffusion"
+        recorder = KneeRecorder(name, ground_truth, examples=[k for k in examples.values() if k],
+                                steps=args.steps if is_diffusion else None, measure_jsw=not args.no_jsw,
+                                real_cache=real_cache, mri_matrix=read_mri_matrix(args.dataset_dir))
+        evaluator = build_evaluator(method, val, recorder, slices=args.slices or None, device=device, seed=args.seed)
+        evaluator.run()
+        run.rows += recorder.rows
+        run.metrics[name] = {k: float(v) for k, v in evaluator.state.metrics.items()}
+        for key, ex in recorder.example_slices.items():
+            slot = example_slices.setdefault(key, {"kl": ex["kl"], "xray": ex["xray"], "real": ex["real"],
+                                                   "label": key, "methods": {}})
+            slot["methods"][name] = ex["pred"]
+        logger.info("%s: %s (%.1f s)", name, run.metrics[name], time.perf_counter() - start)
+        if name == sweep_name:
+            _studies(run, method, val, counts, args)
+        del method, evaluator
+
+    if sweep_name and sweep_name not in run.metrics:
+        run.notes.append(f"Depth sweep and interpolation need the method `{sweep_name}`, which did not run.")
+    elif not sweep_name:
+        run.notes.append("Depth sweep and interpolation need a diffusion method; none was evaluated.")
+    for name, reason in run.skipped.items():
+        run.notes.append(f"`{name}` skipped: {reason}")
+    _write_outputs(run, args, methods, examples, example_slices, size, profile, device, source, argv)
+    return run
+
+
+def _studies(run: EvaluationRun, method: Any, val: Sequence[Any], counts: Sequence[int],
+             args: argparse.Namespace) -> None:
+    """Fig. 6 (depth sweep) and Table 2 (interpolation) with the sweep method, on the first knees."""
+    name = getattr(method, "name", "method")
+    knees = [val[i] for i in range(min(max(args.sweep_knees, 1), len(val)))]
+    if args.sweep_steps and hasattr(method, "steps"):
+        method.steps = int(args.sweep_steps)  # the evaluation of this method is over; only the studies follow
+    steps = getattr(method, "steps", None)
+    if counts:
+        result = depth_sweep(method, knees, counts, seed=args.seed, progress=logger.info)
+        write_sweep(result, run.out / "depth_sweep.csv")
+        run.figures["sweep"] = figures.depth_sweep_plot(result.generated, result.real_mean,
+                                                        run.out / "figures" / "fig6_adjacent_corr_vs_depths.png")
+        run.notes.append(f"Fig. 6 uses `{name}` ({steps} DDIM steps) on {len(knees)} knee(s): "
+                         f"{', '.join(result.knees)}; depths {', '.join(map(str, counts))}.")
+    if args.interp_frames > 0:
+        interp = interpolation(method, knees[0], frames=args.interp_frames, seed=args.seed)
+        run.figures["interpolation"] = figures.interpolation_strip(
+            interp.start, interp.frames, interp.end, interp.depths, run.out / "figures" / "table2_interpolation.png",
+            title=f"{name}, knee {interp.knee}: generated depths between real slices")
+        run.notes.append(f"Table 2 uses `{name}` on knee {interp.knee}, real slices at depths "
+                         f"{interp.depths[0]:.4f} and {interp.depths[-1]:.4f}.")
+
+
+def _write_outputs(
+    run: EvaluationRun, args: argparse.Namespace, methods: Sequence[str], examples: dict[int, str | None],
+    example_slices: dict[str, dict[str, Any]], size: int, profile: str, device: torch.device, datalist: str,
+    argv: Sequence[str],
+) -> None:
+    out = run.out
+    csv_path = write_rows(run.rows, out / "per_knee.csv")
+    rows = read_rows(csv_path)  # the report and the summary are computed from what was written
+    run.summary = summarise(rows)
+    evaluated = [m for m in methods if m in run.metrics]
+    settings = {
+        "model folder": f"`{args.model_dir}` (profile `{profile}`)", "datalist": datalist,
+        "validation knees": len({(r['subject'], r['side']) for r in rows}),
+        "compared slices": args.slices or 50, "DDIM steps": args.steps, "guidance scale": args.guidance_scale,
+        "eta": args.eta, "image size": size, "device": str(device), "seed": args.seed,
+        "nearest_xray feature": f"preprocessed X-ray crop, area-downsampled to 32 x 32, {args.nearest_metric} "
+                                "distance",
+    }
+    write_summary(run.summary, out / "summary.json", settings={k: str(v) for k, v in settings.items()},
+                  engine_metrics=run.metrics, skipped=run.skipped,
+                  disclaimer="synthetic research outputs, not for diagnosis")
+    if rows:
+        run.figures.update(figures.box_plots(rows, out / "figures", evaluated))
+    table = {g: (example_slices.get(k) if k else None) for g, k in examples.items()}
+    if any(table.values()):
+        run.figures["table1"] = figures.difference_table(table, evaluated,
+                                                         out / "figures" / "table1_difference_maps.png")
+    missing = [g for g, ex in table.items() if ex is None]
+    if any(table.values()):
+        run.notes.append("Table 1 shows, per knee, the compared slice nearest the cohort's joint-centre slice "
+                         "(`mri_joint_slice`; the middle compared slice without ground truth); difference maps are "
+                         "|Sobel(generated) - Sobel(real)| on one colour scale.")
+    if args.slices and args.slices < 50:
+        run.notes.append(f"Only {args.slices} evenly spaced real slices of 50 were compared (`--slices`): the "
+                         "adjacent-slice correlations are between those slices, so they read lower than for "
+                         "neighbouring 1.5 mm slices (real and generated alike).")
+    commands = reproduce(args, argv, methods, profile)
+    links = {key: path.relative_to(out).as_posix() for key, path in run.figures.items()}
+    run.report = write_report(out / "report.md", render_report(
+        run.summary, rows, settings, links, commands, run.notes, missing, args.title))
+    if args.write_docs:
+        docs = Path(args.docs_dir)
+        (docs / "results").mkdir(parents=True, exist_ok=True)
+        for path in run.figures.values():
+            shutil.copy2(path, docs / "results" / path.name)
+        doc_links = {key: f"results/{path.name}" for key, path in run.figures.items()}
+        run.docs = write_report(docs / "results.md", render_report(
+            run.summary, rows, settings, doc_links, commands, run.notes, missing, args.title))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``xray2mri evaluate``; returns 0 when at least one method was evaluated."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    run = run_evaluation(args, argv)
+    print(f"per-knee table: {run.out / 'per_knee.csv'}\nsummary:        {run.out / 'summary.json'}\n"
+          f"report:         {run.report}" + (f"\ndocs:           {run.docs}" if run.docs else ""))
+    for name, reason in run.skipped.items():
+        print(f"skipped {name}: {reason}")
+    return 0 if run.metrics else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

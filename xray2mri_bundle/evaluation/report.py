@@ -1,0 +1,204 @@
+"""The Markdown report of an evaluation run: settings, tables of medians [IQR], figures, failure modes.
+
+``render_report`` is pure (summary + rows + settings -> text); image links are relative to the report's own
+folder, so the same function writes ``<out>/report.md`` (links ``figures/...``) and ``docs/results.md``
+(links to a copy of the figures under ``docs/results/``). Failure modes are read off the numbers (a model that
+does not beat the mean volume, unmeasurable joints, over-smooth or flickering depth stacks, missing grades)
+plus the limits that hold for any X-ray -> MRI model.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from .methods import METHODS
+
+__all__ = ["PAPER_VALUES", "failure_modes", "render_report", "write_report"]
+
+PAPER_VALUES = {
+    "psnr": "29.2 dB", "ssim": "0.28", "rssim": "~0.5 (best baseline X-Diffusion 0.42)",
+    "adjacent_corr": "0.73 at 50 depths, 0.76 at 500; real MRI 0.82",
+}
+"""Medians reported by the paper for its model on OAI (section 4), for orientation only."""
+
+_TABLE_METRICS: tuple[tuple[str, str, int], ...] = (
+    ("psnr", "PSNR (dB)", 2), ("ssim", "SSIM", 3), ("rssim", "RSSIM", 3), ("adjacent_corr", "adjacent r", 3),
+    ("jsw_medial_abs_err_mm", "JSW medial abs. error (mm)", 2),
+    ("jsw_lateral_abs_err_mm", "JSW lateral abs. error (mm)", 2), ("seconds", "s / knee", 1),
+)
+DISCLAIMER = ("Synthetic research outputs, not for diagnosis: all images and numbers come from a research model; "
+              "they are not measurements of any patient and must not be used for clinical decisions.")
+
+
+def _fmt(stats: Mapping[str, Any] | None, digits: int) -> str:
+    """'median [q1, q3]' or 'n/a'."""
+    if not stats or stats.get("median") is None:
+        return "n/a"
+    return f"{stats['median']:.{digits}f} [{stats['q1']:.{digits}f}, {stats['q3']:.{digits}f}]"
+
+
+def _median(summary: Mapping[str, Any], method: str, metric: str) -> float | None:
+    stats = summary.get(method, {}).get("overall", {}).get(metric) or {}
+    return stats.get("median")
+
+
+def _count(rows: Sequence[Mapping[str, Any]], method: str, metric: str) -> tuple[int, int]:
+    """(missing, total) values of ``metric`` for ``method``."""
+    mine = [r for r in rows if r.get("method") == method]
+    missing = sum(1 for r in mine if r.get(metric) is None or not math.isfinite(float(r[metric])))
+    return missing, len(mine)
+
+
+def failure_modes(
+    summary: Mapping[str, Any], rows: Sequence[Mapping[str, Any]], missing_grades: Sequence[int] = (),
+) -> list[str]:
+    """Plain-language observations about what went wrong or is weak in this run (one bullet each)."""
+    notes: list[str] = []
+    diffusion = [m for m in summary if m in METHODS and METHODS[m].kind == "diffusion"]
+    mean_psnr = _median(summary, "mean_volume", "psnr")
+    nearest_rssim = _median(summary, "nearest_xray", "rssim")
+    for method in diffusion:
+        psnr, rssim = _median(summary, method, "psnr"), _median(summary, method, "rssim")
+        if mean_psnr is not None and psnr is not None and psnr <= mean_psnr:
+            notes.append(f"`{method}` does not beat the mean training volume on PSNR ({psnr:.2f} vs {mean_psnr:.2f} "
+                         "dB): its slices are no closer to the real knee than the population average. Expected for "
+                         "an under-trained model; PSNR also rewards blurry averages, so read it with RSSIM.")
+        if nearest_rssim is not None and rssim is not None and rssim <= nearest_rssim:
+            notes.append(f"`{method}` has no better bone-edge agreement (RSSIM {rssim:.3f}) than copying the MRI "
+                         f"of the training knee with the nearest X-ray ({nearest_rssim:.3f}).")
+    full, ldm = _median(summary, "full", "rssim"), _median(summary, "ldm_depth_only", "rssim")
+    if full is not None and ldm is not None and full <= ldm:
+        notes.append(f"The X-ray conditioning does not help yet: `full` RSSIM {full:.3f} <= `ldm_depth_only` "
+                     f"{ldm:.3f} (a model told only the depth).")
+    for method in summary:
+        gen = _median(summary, method, "adjacent_corr")
+        real = _median(summary, method, "adjacent_corr_real")
+        if gen is None or real is None:
+            continue
+        if gen > real + 0.05:
+            notes.append(f"`{method}` stacks are smoother than real MRI (adjacent r {gen:.3f} vs {real:.3f}): slices "
+                         "change too little with depth (a depth-blind or averaged volume).")
+        elif gen < real - 0.15:
+            notes.append(f"`{method}` flickers between neighbouring depths (adjacent r {gen:.3f} vs real "
+                         f"{real:.3f}): slices are drawn inconsistently along depth.")
+    for method in summary:
+        missing, total = _count(rows, method, "rssim")
+        if missing:
+            notes.append(f"RSSIM undefined for {missing}/{total} knees of `{method}` (no femur-over-tibia edge pair "
+                         "on any compared real slice): those knees are left out of its RSSIM statistics.")
+        for side in ("medial", "lateral"):
+            missing, total = _count(rows, method, f"jsw_{side}_gen_mm")
+            if missing and any(r.get(f"jsw_{side}_gt_mm") is not None for r in rows):
+                notes.append(f"Joint-space width ({side}) not measurable on {missing}/{total} `{method}` volumes "
+                             "(no bone above and below a dark gap): the generated joint is blurred or absent.")
+    for grade in missing_grades:
+        notes.append(f"No knee of KL grade {grade} among the evaluated knees: its Table 1 row is empty.")
+    notes += [
+        "An X-ray carries no soft-tissue, cartilage-signal or marrow information, so those regions of a pseudo-MRI "
+        "are guesses (paper section 4.3.3, Fig. 7); only bone shape and joint-space narrowing are constrained.",
+        "Metrics are computed on percentile-normalised [-1, 1] volumes of a synthetic phantom cohort: they are not "
+        "comparable to the paper's OAI numbers, and with few knees the IQRs are wide.",
+    ]
+    return notes
+
+
+def _overall_table(summary: Mapping[str, Any]) -> list[str]:
+    head = "| method | " + " | ".join(label for _, label, _ in _TABLE_METRICS) + " | knees |"
+    lines = [head, "|" + " --- |" * (len(_TABLE_METRICS) + 2)]
+    for method, data in summary.items():
+        cells = [_fmt(data["overall"].get(metric), digits) for metric, _, digits in _TABLE_METRICS]
+        lines.append(f"| `{method}` | " + " | ".join(cells) + f" | {data['n_knees']} |")
+    return lines
+
+
+def _kl_table(summary: Mapping[str, Any], metrics: Sequence[tuple[str, str, int]]) -> list[str]:
+    grades = sorted({int(g) for data in summary.values() for g in data.get("by_kl", {})})
+    lines = ["| method | metric | " + " | ".join(f"KL {g}" for g in grades) + " |",
+             "|" + " --- |" * (len(grades) + 2)]
+    for method, data in summary.items():
+        for metric, label, digits in metrics:
+            cells = [_fmt(data.get("by_kl", {}).get(str(g), {}).get(metric), digits) for g in grades]
+            lines.append(f"| `{method}` | {label} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _jsw_truth_table(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Ground-truth widths and the error of measuring them on the REAL volumes, per KL grade."""
+    from .records import quartiles
+
+    knees = {(r.get("subject"), r.get("side")): r for r in rows}.values()
+    grades = sorted({int(r["kl"]) for r in knees if r.get("kl") is not None})
+    lines = ["| KL | knees | GT medial (mm) | GT lateral (mm) | real-MRI medial abs. error (mm) | "
+             "real-MRI lateral abs. error (mm) |", "| --- | --- | --- | --- | --- | --- |"]
+    for g in grades:
+        mine = [r for r in knees if r.get("kl") == g]
+        cells = [_fmt(quartiles([r.get(c) for r in mine]), 2) for c in (
+            "jsw_medial_gt_mm", "jsw_lateral_gt_mm", "jsw_medial_real_abs_err_mm", "jsw_lateral_real_abs_err_mm")]
+        lines.append(f"| {g} | {len(mine)} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def render_report(
+    summary: Mapping[str, Any],
+    rows: Sequence[Mapping[str, Any]],
+    settings: Mapping[str, Any],
+    figures: Mapping[str, str],
+    commands: Sequence[str] = (),
+    notes: Sequence[str] = (),
+    missing_grades: Sequence[int] = (),
+    title: str = "Evaluation results",
+) -> str:
+    """Markdown text. ``figures``: key -> link relative to the report (keys: psnr, ssim_rssim, table1, sweep,
+    interpolation; absent keys are explained). ``notes``: extra lines (e.g. why a study was skipped)."""
+    lines = [f"# {title}", "", f"> {DISCLAIMER}", ""]
+    if commands:
+        lines += ["## Reproduce", "", "```bash", *commands, "```", ""]
+    lines += ["## Setup", ""]
+    lines += [f"- **{key}**: {value}" for key, value in settings.items()]
+    lines += ["", "Methods (all on the same knees, through the same `SupervisedEvaluator`):", ""]
+    lines += [f"- `{m}`: {METHODS[m].description}" if m in METHODS else f"- `{m}`" for m in summary]
+    lines += ["", "## Image quality and joint-space width (median [Q1, Q3] over knees)", ""]
+    lines += _overall_table(summary)
+    lines += ["", "Paper (OAI, its model): " + "; ".join(f"{k} {v}" for k, v in PAPER_VALUES.items()) + ".", ""]
+    lines += ["### Per KL grade", ""]
+    lines += _kl_table(summary, [m for m in _TABLE_METRICS if m[0] in ("psnr", "ssim", "rssim")])
+    lines += ["", "### Joint-space width against the cohort's ground truth", ""]
+    if any(r.get("jsw_medial_gt_mm") is not None for r in rows):
+        lines += ["Measured on the generated volume (per method) and on the real volume (the measurement's own "
+                  "error), absolute error in mm, median [Q1, Q3]:", ""]
+        lines += _kl_table(summary, [m for m in _TABLE_METRICS if m[0].startswith("jsw")])
+        lines += ["", *_jsw_truth_table(rows)]
+    else:
+        lines += ["No ground truth (`ground_truth.csv`) for this dataset: joint-space width errors not computed."]
+    lines += ["", "## Figures", ""]
+    captions = {
+        "psnr": "Fig. 5a - PSNR per method (box: quartiles, line: median).",
+        "ssim_rssim": "Fig. 5b - SSIM and RSSIM per method.",
+        "table1": "Table 1 - X-ray, ground truth and each method at KL 0, 2, 4 with Sobel edge-difference maps.",
+        "sweep": "Fig. 6 - adjacent-slice correlation against the number of generated depths (real MRI: line).",
+        "interpolation": "Table 2 - generated depths between two adjacent real slices.",
+    }
+    for key, caption in captions.items():
+        if key in figures:
+            lines += [f"**{caption}**", "", f"![{caption}]({figures[key]})", ""]
+        else:
+            lines += [f"**{caption}** Not produced in this run.", ""]
+    if notes:
+        lines += ["Notes:", "", *[f"- {n}" for n in notes], ""]
+    lines += ["## Failure modes", ""]
+    lines += [f"- {n}" for n in failure_modes(summary, rows, missing_grades)]
+    lines += ["", "Files: `per_knee.csv` (one row per knee and method), `summary.json` (medians, quartiles, IQR, "
+              "overall and per KL grade), `depth_sweep.csv`, `figures/`.", ""]
+    return "\n".join(lines)
+
+
+def write_report(path: str | os.PathLike, text: str) -> Path:
+    """Write the report text to ``path`` (folders created)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path

@@ -1,0 +1,467 @@
+"""``xray2mri generate``: knee X-ray files -> pseudo-MRI volumes (NIfTI, DICOM MR series, montage PNG, JSON).
+
+Each input (DICOM DX/CR, PNG, 2-D NIfTI) is validated, the knee is cropped the way training data were
+(``xray2mri_bundle.data.xray_transforms``), a volume is generated (``VolumeGenerator``) and written by
+``xray2mri_bundle.inference.writers``. A bilateral film gives both knees unless ``--side`` picks one. A bad
+file is reported by name and the batch goes on; the exit code is 1 when any input failed. Every knee's
+outputs are written to a hidden temporary folder that is renamed into place, so a knee folder is complete or
+absent. Outputs are SYNTHETIC research images, not for diagnosis.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .generator import (
+    REFERENCE_SLICES,
+    GenerationResult,
+    VolumeGenerator,
+    load_pipeline,
+    slice_spacing_mm,
+)
+
+__all__ = [
+    "FORMATS",
+    "MRI_FOV_MM",
+    "BatchReport",
+    "KneeInput",
+    "build_parser",
+    "main",
+    "output_names",
+    "prepare_knees",
+    "require_inputs",
+    "run_batch",
+    "write_knee_outputs",
+]
+
+#: Field of view of the training MRI slices (COR T1 3D FLASH: 160 mm), resized to the model's H x W, so a
+#: generated slice has pixels of ``MRI_FOV_MM / H`` mm (0.625 mm at 256 px).
+MRI_FOV_MM: float = 160.0
+FORMATS: tuple[str, ...] = ("nifti", "dicom", "png", "json")
+DISCLAIMER = "synthetic - not for diagnosis"
+_SIDES = {"left": "LEFT", "right": "RIGHT", "both": None}
+
+
+@dataclass
+class KneeInput:
+    """One knee ready for generation: ``crop`` (1, N, N) float32 in [-1, 1] (140 mm square around the joint)."""
+
+    path: Path
+    side: str | None  # "RIGHT" / "LEFT"; None when a unilateral film does not say which knee it shows
+    crop: torch.Tensor
+    info: dict[str, Any] = field(default_factory=dict)
+    source_info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class BatchReport:
+    """What a batch produced: one entry per written knee, and ``(input, error message)`` per failure."""
+
+    outputs: list[dict[str, Any]] = field(default_factory=list)
+    failures: list[tuple[str, str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+
+# ------------------------------------------------------------------------------------------------ preparation
+def _film_sides(film: torch.Tensor, side: str | None) -> tuple[str, list[str | None]]:
+    """(film kind, knees to generate) for a loaded film and the requested side (None = both / the film's)."""
+    from xray2mri_bundle.data.xray_transforms import SelectKnee
+
+    probe = SelectKnee("auto")(film, "RIGHT")
+    kind = probe.meta["film"]
+    laterality = str(film.meta.get("laterality") or "").upper()
+    if kind == "bilateral":
+        return kind, [side] if side else ["RIGHT", "LEFT"]
+    if laterality in ("RIGHT", "LEFT"):
+        return kind, [side or laterality]  # a mismatching --side is rejected by SelectKnee
+    return kind, [side]
+
+
+def _dicom_source_info(path: Path) -> dict[str, Any]:
+    """DICOM keywords carried from the input X-ray to the generated series (patient ID, source image)."""
+    import pydicom
+
+    from xray2mri_bundle.data.dicom_utils import is_dicom_file
+
+    if not is_dicom_file(path):
+        return {}
+    header = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+    info: dict[str, Any] = {}
+    if getattr(header, "PatientID", ""):
+        info["PatientID"] = str(header.PatientID)
+    if getattr(header, "SOPInstanceUID", ""):
+        info["source_sop_instance_uid"] = str(header.SOPInstanceUID)
+        info["source_sop_class_uid"] = str(getattr(header, "SOPClassUID", "") or "") or None
+    return info
+
+
+def prepare_knees(
+    path: str | os.PathLike, side: str | None = None, image_size: int = 256, png_spacing_mm: float | None = None
+) -> list[KneeInput]:
+    """Load, validate and crop the knee(s) of one X-ray file with the training preprocessing.
+
+    side: "RIGHT", "LEFT" or None (a bilateral film gives both knees, a unilateral film its own knee).
+    Raises ``InvalidXrayError`` (naming the file) for unusable input.
+    """
+    from monai.transforms import Compose
+
+    from xray2mri_bundle.data.xray_io import DEFAULT_PNG_SPACING_MM
+    from xray2mri_bundle.data.xray_transforms import CROP_MM, LoadXray, LoadXrayd, xray_transforms
+
+    path = Path(path)
+    spacing = DEFAULT_PNG_SPACING_MM if png_spacing_mm is None else float(png_spacing_mm)
+    film = LoadXray(png_spacing_mm=spacing)(str(path))
+    kind, sides = _film_sides(film, side)
+    chain = xray_transforms("xray", size=int(image_size), intensity_key=None, png_spacing_mm=spacing)
+    chain = [t for t in chain if not isinstance(t, LoadXrayd)]  # the film is already loaded (and validated)
+    source_info = _dicom_source_info(path)
+    knees = []
+    for knee_side in sides:
+        film_key = "BILATERAL" if kind == "bilateral" else (knee_side or "RIGHT")
+        out = Compose(chain)({"xray": film.clone(), "side": knee_side or "RIGHT", "film": film_key})
+        crop = out["xray"]
+        meta = dict(crop.meta)
+        info = {
+            "film": kind,
+            "film_laterality": film.meta.get("laterality") or None,
+            "modality": film.meta.get("modality") or None,
+            "photometric": film.meta.get("photometric"),
+            "film_spacing_mm": list(film.meta.get("film_spacing", ())),
+            "film_spacing_source": film.meta.get("spacing_source"),
+            "joint_rc_px": list(meta.get("joint_rc", ())),
+            "crop_box_px": list(meta.get("crop_box", ())),
+            "crop_mm": CROP_MM,
+            "crop_size_px": int(image_size),
+        }
+        extra = dict(source_info)
+        if knee_side:
+            extra["Laterality"] = knee_side[0]
+        knees.append(KneeInput(path, knee_side, torch.as_tensor(crop).as_subclass(torch.Tensor).float(), info,
+                               extra))
+    return knees
+
+
+def output_names(paths: Sequence[str | os.PathLike]) -> dict[str, str]:
+    """A distinct, filesystem-safe name per input path (the file stem, plus parent folders when stems clash,
+    e.g. OAI files are all called ``001``)."""
+
+    def stem(p: Path) -> str:
+        name = p.name
+        for suffix in (".nii.gz", ".nii", ".dcm", ".png", ".jpg", ".tif", ".tiff"):
+            if name.lower().endswith(suffix):
+                return name[: -len(suffix)]
+        return name
+
+    resolved = [Path(p) for p in paths]
+    depth = {str(p): 1 for p in resolved}
+    while True:
+        names = {}
+        for p in resolved:
+            parts = [*p.parent.parts, stem(p)][-depth[str(p)]:]
+            names[str(p)] = "_".join(x for x in parts if x not in ("/", "")).replace(os.sep, "_")
+        clashes = {n for n in names.values() if list(names.values()).count(n) > 1}
+        grow = [k for k, n in names.items() if n in clashes and depth[k] <= len(Path(k).parts)]
+        if not grow:
+            return {k: "".join(c if c.isalnum() or c in "._-" else "_" for c in n) for k, n in names.items()}
+        for k in grow:
+            depth[k] += 1
+
+
+# ---------------------------------------------------------------------------------------------------- writing
+def _replace_dir(tmp: Path, final: Path, overwrite: bool) -> None:
+    """Move the finished temporary knee folder into place (the old one is removed only after success)."""
+    if final.exists():
+        if not overwrite:
+            raise FileExistsError(f"{final} exists (pass --overwrite to replace it)")
+        old = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".old"))
+        os.replace(final, old / "previous")
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+
+
+def write_knee_outputs(
+    result: GenerationResult,
+    knee: KneeInput,
+    folder: str | os.PathLike,
+    generator: VolumeGenerator,
+    fov_mm: float = MRI_FOV_MM,
+    formats: Iterable[str] = FORMATS,
+    overwrite: bool = False,
+    settings: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Write one knee's volume to ``folder`` (NIfTI, DICOM series, montage PNG, JSON sidecar), atomically.
+
+    Geometry: in-plane spacing ``fov_mm / H`` (the MRI field of view the model was trained on), slice spacing
+    ``slice_spacing_mm(S)`` (1.5 mm at 50 slices). Returns the sidecar dictionary.
+    """
+    from xray2mri_bundle.inference import writers
+
+    formats = [f.lower() for f in formats]
+    unknown = sorted(set(formats) - set(FORMATS))
+    if unknown:
+        raise ValueError(f"unknown output format(s) {unknown}; choose from {', '.join(FORMATS)}")
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    if folder.exists() and not overwrite:
+        raise FileExistsError(f"{folder} exists (pass --overwrite to replace it)")
+    volume = result.volume
+    height, width, slices = volume.shape
+    spacing = (float(fov_mm) / height, float(fov_mm) / width)
+    thickness = slice_spacing_mm(slices)
+    side = (knee.side or "unknown side").lower()
+    title = f"Pseudo-MRI from {knee.path.name} ({side}) - {DISCLAIMER}"
+    start = time.perf_counter()
+    outputs: dict[str, str] = {}
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".tmp"))
+    try:
+        if "nifti" in formats:
+            writers.write_nifti(volume, spacing, thickness, tmp / "pseudo_mri.nii.gz", description=knee.path.name)
+            outputs["nifti"] = "pseudo_mri.nii.gz"
+        if "dicom" in formats:
+            writers.write_dicom_series(volume, spacing, thickness, tmp / "dicom", source_info=knee.source_info,
+                                       series_description=f"Pseudo-MRI COR T1 {side}")
+            outputs["dicom"] = "dicom"
+        if "png" in formats:
+            writers.write_montage_png(volume, tmp / "montage.png", slice_spacing_mm=thickness, title=title)
+            outputs["png"] = "montage.png"
+        sidecar = {
+            "disclaimer": DISCLAIMER,
+            "input": str(knee.path.resolve()),
+            "side": knee.side,
+            **knee.info,
+            "profile": generator.profile,
+            "weights": generator.weights,
+            "checkpoints_sha256": dict(generator.checkpoints),
+            "seed": result.seed,
+            "steps": result.num_inference_steps,
+            "eta": result.eta,
+            "guidance_scale": result.guidance_scale,
+            "slices": slices,
+            "depths": [round(float(d), 6) for d in result.depths],
+            "shared_noise": result.shared_noise,
+            "per_slice_conditions": result.per_slice_conditions,
+            "pixel_spacing_mm": list(spacing),
+            "slice_spacing_mm": thickness,
+            "field_of_view_mm": float(fov_mm),
+            "volume_layout": "(H, W, S): rows superior->inferior, columns to patient left, slices anterior->posterior",
+            "classifier_kl_probabilities": result.kl_probs,  # the KOA classifier's output (not a grading)
+            "timings_s": {**result.timings, "writing": time.perf_counter() - start},
+            "device": str(generator.device),
+            "versions": _versions(),
+            "settings": dict(settings or {}),
+            "outputs": outputs,
+        }
+        if "json" in formats:
+            outputs["json"] = "generation.json"
+            writers.write_sidecar_json(tmp / "generation.json", sidecar)
+        _replace_dir(tmp, folder, overwrite)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return sidecar
+
+
+def _versions() -> dict[str, str]:
+    import monai
+
+    import xray2mri_bundle
+
+    return {"xray2mri_bundle": xray2mri_bundle.__version__, "torch": torch.__version__, "monai": monai.__version__}
+
+
+# ------------------------------------------------------------------------------------------------------ batch
+def _as_paths(xrays: str | os.PathLike | Iterable[str | os.PathLike] | None) -> list[Path]:
+    if xrays is None:
+        return []
+    if isinstance(xrays, str | os.PathLike):
+        xrays = [xrays]
+    return [Path(p) for p in xrays]
+
+
+def require_inputs(xrays: str | os.PathLike | Iterable[str | os.PathLike] | None) -> list[Path]:
+    """The X-ray paths of a run; ``ValueError`` when there are none (``--xray PATH`` missing)."""
+    paths = _as_paths(xrays)
+    if not paths:
+        raise ValueError("no X-ray given: pass --xray PATH (or a list: --xray \"['a.dcm', 'b.png']\")")
+    return paths
+
+
+def run_batch(
+    xrays: str | os.PathLike | Iterable[str | os.PathLike],
+    output_dir: str | os.PathLike,
+    generator: VolumeGenerator,
+    slices: int = REFERENCE_SLICES,
+    num_inference_steps: int = 50,
+    eta: float = 0.0,
+    guidance_scale: float = 1.0,
+    seed: int = 0,
+    side: str = "both",
+    chunk_size: int = 16,
+    shared_noise: bool = True,
+    per_slice_conditions: bool = False,
+    formats: Iterable[str] = FORMATS,
+    fov_mm: float = MRI_FOV_MM,
+    png_spacing_mm: float | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    raise_on_failure: bool = False,
+    log: Callable[[str], None] | None = print,
+) -> BatchReport:
+    """Generate a volume per knee of every X-ray in ``xrays`` into ``output_dir/<name>[_<side>]/``.
+
+    A failing input (unreadable, not a radiograph, ...) is recorded with its message and the batch continues;
+    ``raise_on_failure`` raises ``RuntimeError`` listing the failures at the end (bundle runs). Every knee uses
+    the same ``seed``, so its volume does not depend on the other inputs.
+    """
+    from tqdm.auto import tqdm
+
+    side_key = str(side).lower()
+    if side_key not in _SIDES:
+        raise ValueError(f"side must be left, right or both, got {side!r}")
+    formats = [f.lower() for f in formats]
+    unknown = sorted(set(formats) - set(FORMATS))
+    if unknown:
+        raise ValueError(f"unknown output format(s) {unknown}; choose from {', '.join(FORMATS)}")
+    paths = require_inputs(xrays)
+    names = output_names(paths)
+    output_dir = Path(output_dir)
+    report = BatchReport()
+    settings = {"chunk_size": chunk_size, "formats": list(formats), "requested_side": side_key}
+    say = log or (lambda _msg: None)
+    for path in paths:
+        try:
+            start = time.perf_counter()
+            knees = prepare_knees(path, _SIDES[side_key], generator.image_size or 256, png_spacing_mm)
+            preprocessing = time.perf_counter() - start
+            if len(knees) > 1:
+                note = f"{path}: bilateral film, generating both knees (use --side left|right for one)"
+                report.notes.append(note)
+                say(note)
+            chunks = slices if per_slice_conditions else math.ceil(slices / max(1, chunk_size))
+            for knee in knees:
+                label = names[str(path)] + (f"_{knee.side.lower()}" if knee.side else "")
+                bar = tqdm(total=chunks * num_inference_steps, desc=label, unit="step", disable=not progress,
+                           leave=False)
+
+                def update(done: int, total: int, bar: Any = bar) -> None:
+                    bar.total, bar.n = total, done
+                    bar.refresh()
+
+                try:
+                    result = generator(
+                        knee.crop, slices=slices, num_inference_steps=num_inference_steps, eta=eta,
+                        guidance_scale=guidance_scale, seed=seed, chunk_size=chunk_size, shared_noise=shared_noise,
+                        per_slice_conditions=per_slice_conditions, progress=update,
+                    )
+                finally:
+                    bar.close()
+                result.timings["preprocessing"] = preprocessing
+                sidecar = write_knee_outputs(result, knee, output_dir / label, generator, fov_mm, formats,
+                                             overwrite, settings)
+                report.outputs.append({"input": str(path), "side": knee.side, "folder": str(output_dir / label),
+                                       "sidecar": sidecar})
+                say(f"{path} ({(knee.side or 'knee').lower()}): wrote {output_dir / label} "
+                    f"({result.slices} slices, {result.timings['total']:.1f} s)")
+        except Exception as exc:  # noqa: BLE001 - a batch reports every failure by file name and goes on
+            message = str(exc) if str(path) in str(exc) else f"{path}: {exc}"
+            report.failures.append((str(path), message))
+            print(f"error: {message}", file=sys.stderr)
+    if report.failures:
+        print(f"{len(report.failures)} of {len(paths)} input(s) failed:", file=sys.stderr)
+        for _, message in report.failures:
+            print(f"  - {message}", file=sys.stderr)
+        if raise_on_failure:
+            raise RuntimeError(f"{len(report.failures)} input(s) failed: " +
+                               "; ".join(message for _, message in report.failures))
+    return report
+
+
+# -------------------------------------------------------------------------------------------------------- CLI
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="xray2mri generate",
+        description="Generate pseudo-MRI volumes from knee X-rays (DICOM DX/CR, PNG, NIfTI). "
+        "Outputs are synthetic research images, not for diagnosis.",
+    )
+    parser.add_argument("xrays", nargs="+", metavar="XRAY", help="X-ray files")
+    parser.add_argument("-o", "--output-dir", required=True, help="output folder (one sub-folder per knee)")
+    parser.add_argument("--slices", type=int, default=REFERENCE_SLICES,
+                        help="depths to generate, evenly spaced over the 50 training slices (>50 interpolates)")
+    parser.add_argument("--steps", type=int, default=50, help="DDIM steps (default 50)")
+    parser.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0 = deterministic)")
+    parser.add_argument("--guidance-scale", type=float, default=1.0,
+                        help="classifier-free guidance scale (1 = conditional model only; >1 doubles the batch)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the initial noise")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    parser.add_argument("--model-dir", default="models", help="folder of autoencoder.pt, classifier.pt, "
+                        "diffusion.pt (or its <profile> sub-folder)")
+    parser.add_argument("--profile", default="small", help="network profile of the checkpoints (default small)")
+    parser.add_argument("--side", choices=sorted(_SIDES), default="both",
+                        help="knee of a bilateral film (default both: two volumes per bilateral film)")
+    parser.add_argument("--chunk-size", type=int, default=16, help="depths denoised together (memory)")
+    parser.add_argument("--independent-noise", action="store_true",
+                        help="one initial noise per depth instead of one shared noise (Algorithm 2)")
+    parser.add_argument("--per-slice-conditions", action="store_true",
+                        help="recompute the conditions for every slice, batch 1 (the paper's Algorithm 2 as "
+                        "written; slow, for comparison)")
+    parser.add_argument("--formats", default=",".join(FORMATS), help="comma-separated subset of "
+                        f"{','.join(FORMATS)}")
+    parser.add_argument("--fov-mm", type=float, default=MRI_FOV_MM,
+                        help="in-plane field of view of the generated slices in mm (training MRI: 160)")
+    parser.add_argument("--png-spacing-mm", type=float, default=None,
+                        help="pixel spacing of uncalibrated PNG inputs (default 140/299 mm)")
+    parser.add_argument("--clip-folder", default=None, help="local CLIP vision model (CLIP-encoder models)")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing knee folders")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda requested but CUDA is not available")
+    return device
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``xray2mri generate``; returns 0 when every input succeeded, 1 when any failed, 2 on setup errors."""
+    args = build_parser().parse_args(argv)
+    try:
+        device = _device(args.device)
+        generator = load_pipeline(args.model_dir, args.profile, device, clip_folder=args.clip_folder)
+    except (FileNotFoundError, KeyError, ValueError, RuntimeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    report = run_batch(
+        args.xrays, args.output_dir, generator, slices=args.slices, num_inference_steps=args.steps, eta=args.eta,
+        guidance_scale=args.guidance_scale, seed=args.seed, side=args.side, chunk_size=args.chunk_size,
+        shared_noise=not args.independent_noise, per_slice_conditions=args.per_slice_conditions,
+        formats=[f for f in args.formats.split(",") if f], fov_mm=args.fov_mm, png_spacing_mm=args.png_spacing_mm,
+        overwrite=args.overwrite, progress=not args.no_progress,
+    )
+    print(f"{len(report.outputs)} volume(s) written to {args.output_dir} ({DISCLAIMER})")
+    return 0 if report.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

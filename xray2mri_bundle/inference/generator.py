@@ -1,0 +1,422 @@
+"""Pseudo-MRI volume generation (the paper's Algorithm 2): one X-ray crop -> a stack of coronal slices.
+
+The generator only batches depths and stacks slices; the denoising loop is ``DDIMSampler`` and the
+conditions come from ``ConditionEncoder``. Algorithm 2 samples ONE initial noise and reuses it for every
+depth; the conditions do not depend on the depth, so they are computed once and broadcast.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .conditions import ConditionEncoder, XrayConditions
+from .sampler import DDIMSampler, build_ddim_scheduler
+
+__all__ = [
+    "CHECKPOINT_FILES",
+    "REFERENCE_SLICES",
+    "REFERENCE_SPACING_MM",
+    "GenerationResult",
+    "VolumeGenerator",
+    "load_pipeline",
+    "resolve_model_dir",
+    "sha256_file",
+    "slice_depths",
+    "slice_spacing_mm",
+]
+
+logger = logging.getLogger(__name__)
+
+#: The training volumes: 50 coronal slices (13..63 of 80) of 1.5 mm.
+REFERENCE_SLICES: int = 50
+REFERENCE_SPACING_MM: float = 1.5
+
+ProgressFn = Callable[[int, int], None]
+"""``progress(done, total)`` in denoising steps summed over all chunks (for a progress bar)."""
+
+
+def slice_depths(slices: int) -> torch.Tensor:
+    """``slices`` evenly spaced normalised depths in [0, 1] (k / (s - 1)); one slice is the middle, 0.5.
+
+    ``slices > 50`` interpolates between the training depths (the paper's s = 100 ... 500).
+    """
+    if slices < 1:
+        raise ValueError(f"slices must be >= 1, got {slices}")
+    if slices == 1:
+        return torch.tensor([0.5])
+    return torch.linspace(0.0, 1.0, slices)
+
+
+def slice_spacing_mm(
+    slices: int, reference_slices: int = REFERENCE_SLICES, reference_spacing_mm: float = REFERENCE_SPACING_MM
+) -> float:
+    """Distance between generated slice centres (mm) when ``slices`` depths span the training extent.
+
+    Depth 0 and 1 are the centres of the first and last training slice, 49 x 1.5 = 73.5 mm apart, so
+    s slices are ``73.5 / (s - 1)`` mm apart (1.5 mm at s = 50, ~0.147 mm at s = 500).
+    """
+    if slices <= 1:
+        return reference_spacing_mm * reference_slices
+    return reference_spacing_mm * (reference_slices - 1) / (slices - 1)
+
+
+@dataclass
+class GenerationResult:
+    """One generated pseudo-MRI volume (synthetic, not for diagnosis).
+
+    ``volume``: (H, W, S) float32 on CPU in [-1, 1]; slice k is depth ``depths[k]`` (the three identical
+    decoder channels are averaged). ``timings`` in seconds: conditions, sampling, decoding, total, per_slice.
+    """
+
+    volume: torch.Tensor
+    depths: torch.Tensor
+    seed: int
+    timings: dict[str, float]
+    num_inference_steps: int
+    eta: float
+    guidance_scale: float
+    shared_noise: bool
+    per_slice_conditions: bool
+    kl_probs: list[float] | None = None
+    """The KOA classifier's KL-grade probabilities for the crop (reported; a model output, not a grading)."""
+
+    @property
+    def slices(self) -> int:
+        return int(self.volume.shape[-1])
+
+
+class VolumeGenerator:
+    """Generate a pseudo-MRI volume from one knee X-ray crop.
+
+    Args:
+        unet: the denoiser (``XrayConditionedUNet`` with EMA weights, eval mode).
+        autoencoder: MONAI ``AutoencoderKL``; D decodes ``z / scale_factor``.
+        condition_encoder: computes the depth-independent conditions from the crop.
+        sampler: the DDIM sampler; its steps / eta / guidance scale are overridden per call.
+        scale_factor: latent scale (``z = scale * E1(x)`` in diffusion space), stored with diffusion.pt.
+        device: where the networks live.
+    """
+
+    def __init__(
+        self,
+        unet: nn.Module,
+        autoencoder: nn.Module,
+        condition_encoder: ConditionEncoder,
+        sampler: DDIMSampler,
+        scale_factor: float = 1.0,
+        device: str | torch.device = "cpu",
+    ) -> None:
+        self.unet = unet
+        self.autoencoder = autoencoder
+        self.condition_encoder = condition_encoder
+        self.sampler = sampler
+        self.scale_factor = float(scale_factor)
+        self.device = torch.device(device)
+        # provenance, filled by ``load_pipeline``: profile, checkpoint name -> sha256, weights used, input size
+        self.profile: str | None = None
+        self.checkpoints: dict[str, str] = {}
+        self.weights: str = "model"
+        self.image_size: int | None = None
+
+    @torch.inference_mode()
+    def __call__(
+        self,
+        xray: torch.Tensor,
+        slices: int = REFERENCE_SLICES,
+        num_inference_steps: int = 50,
+        eta: float = 0.0,
+        guidance_scale: float = 1.0,
+        seed: int = 0,
+        chunk_size: int = 16,
+        shared_noise: bool = True,
+        per_slice_conditions: bool = False,
+        progress: ProgressFn | None = None,
+    ) -> GenerationResult:
+        """Generate ``slices`` slices for one crop ``xray`` (1, H, W) or (1, 1, H, W) float in [-1, 1].
+
+        Args:
+            slices: number of depths s, evenly spaced in [0, 1] (s > 50 interpolates).
+            num_inference_steps, eta, guidance_scale: DDIM settings (guidance 1 = no CFG).
+            seed: seeds a ``torch.Generator`` on ``device``; same seed + device + settings -> same volume.
+            chunk_size: depths denoised together (memory: with CFG the UNet batch is 2 x chunk_size). With
+                eta = 0 the result does not depend on it.
+            shared_noise: one initial noise for all depths (Algorithm 2); False draws one per depth.
+            per_slice_conditions: the paper's Algorithm 2 as written: conditions recomputed for every
+                slice and batch size 1 (slow; for the benchmark's ratio). Same volume up to float rounding.
+            progress: optional ``progress(done, total)`` callback, outside the maths.
+        """
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        self.sampler.num_inference_steps = int(num_inference_steps)
+        self.sampler.eta = float(eta)
+        self.sampler.guidance_scale = float(guidance_scale)
+        xray = xray.to(self.device, torch.float32)
+        depths = slice_depths(slices).to(self.device)
+        chunk = 1 if per_slice_conditions else int(chunk_size)
+        total_steps = math.ceil(slices / chunk) * int(num_inference_steps)
+        timings = {"conditions": 0.0, "sampling": 0.0, "decoding": 0.0}
+        start = time.perf_counter()
+
+        with _timer(timings, "conditions", self.device):
+            conditions = self.condition_encoder(xray)
+        generator = torch.Generator(device=self.device).manual_seed(int(seed))
+        shape = conditions.latent_shape
+        if shared_noise:
+            noise = torch.randn((1, *shape), generator=generator, device=self.device).expand(slices, *shape)
+        else:
+            noise = torch.randn((slices, *shape), generator=generator, device=self.device)
+
+        done = 0
+        images = []
+        for index in _chunks(slices, chunk):
+            if per_slice_conditions and index.start > 0:
+                with _timer(timings, "conditions", self.device):
+                    conditions = self.condition_encoder(xray)
+            with _timer(timings, "sampling", self.device):
+                latents = self._denoise(conditions, noise[index], depths[index], generator, progress, done,
+                                        total_steps)
+            done += int(num_inference_steps)
+            with _timer(timings, "decoding", self.device):
+                images.append(self._decode(latents))
+        _sync(self.device)
+        timings["total"] = time.perf_counter() - start
+        timings["per_slice"] = timings["total"] / slices
+        volume = torch.cat(images).permute(1, 2, 0).contiguous()
+        kl = None if conditions.kl_probs is None else [float(v) for v in conditions.kl_probs[0].cpu()]
+        return GenerationResult(
+            volume=volume, depths=depths.cpu(), seed=int(seed), timings=timings,
+            num_inference_steps=int(num_inference_steps), eta=float(eta), guidance_scale=float(guidance_scale),
+            shared_noise=shared_noise, per_slice_conditions=per_slice_conditions, kl_probs=kl,
+        )
+
+    def _denoise(
+        self,
+        conditions: XrayConditions,
+        noise: torch.Tensor,
+        depth: torch.Tensor,
+        generator: torch.Generator,
+        progress: ProgressFn | None,
+        done: int,
+        total: int,
+    ) -> torch.Tensor:
+        """DDIM for one chunk of depths; returns latents in diffusion space (B, C, h, w)."""
+        callback = None
+        if progress is not None:
+            def callback(index: int, _steps: int, _t: int) -> None:
+                progress(done + index + 1, total)
+        return self.sampler(self.unet, noise, conditions.model_kwargs(depth), generator=generator, callback=callback)
+
+    def _decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """D(z / scale) -> grey slices (B, H, W) float32 on CPU in [-1, 1]."""
+        images = self.autoencoder.decode(latents / self.scale_factor)
+        return images.float().mean(dim=1).clamp(-1.0, 1.0).cpu()
+
+
+def _chunks(total: int, size: int) -> Iterator[slice]:
+    for begin in range(0, total, size):
+        yield slice(begin, min(begin + size, total))
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@contextlib.contextmanager
+def _timer(timings: dict[str, float], key: str, device: torch.device) -> Iterator[None]:
+    """Add the wall time of a block (between device syncs) to ``timings[key]``."""
+    _sync(device)
+    start = time.perf_counter()
+    yield
+    _sync(device)
+    timings[key] += time.perf_counter() - start
+
+
+# ------------------------------------------------------------------------------------------- checkpoint loading
+#: One final export per training stage (``xray2mri_bundle.engines.checkpoints``), in ``models/<profile>/``.
+CHECKPOINT_FILES: tuple[str, ...] = ("autoencoder.pt", "classifier.pt", "diffusion.pt")
+
+
+def sha256_file(path: str | os.PathLike, chunk_bytes: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file (recorded in every sidecar so an output names the exact weights)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(chunk_bytes), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def resolve_model_dir(model_dir: str | os.PathLike, profile: str | None) -> Path:
+    """``model_dir/<profile>`` when it holds a diffusion.pt, else ``model_dir`` itself (both layouts work)."""
+    model_dir = Path(model_dir)
+    if profile and (model_dir / profile / "diffusion.pt").is_file():
+        return model_dir / profile
+    return model_dir
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for truncated / foreign files
+        raise RuntimeError(f"checkpoint {path} cannot be read ({type(exc).__name__}: {exc})") from exc
+
+
+def _weights(checkpoint: Mapping[str, Any], path: Path, ema_key: str, model_key: str) -> tuple[dict, str]:
+    """EMA weights when the checkpoint has them, else the raw ones; returns (state_dict, key used)."""
+    for key in (ema_key, model_key):
+        state = checkpoint.get(key)
+        if state:
+            return state, key
+    raise KeyError(f"checkpoint {path} has neither '{ema_key}' nor '{model_key}' weights")
+
+
+def _check_profile(checkpoint: Mapping[str, Any], path: Path, profile: str | None) -> None:
+    saved = checkpoint.get("profile")
+    if profile is not None and saved is not None and saved != profile:
+        raise ValueError(f"checkpoint {path} was trained with profile {saved!r}, not {profile!r}")
+
+
+def load_pipeline(
+    model_dir: str | os.PathLike,
+    profile: str | None = None,
+    device: str | torch.device = "cpu",
+    diffusion_checkpoint: str | os.PathLike | None = None,
+    unet: nn.Module | None = None,
+    autoencoder: nn.Module | None = None,
+    classifier: nn.Module | None = None,
+    xray_encoder: nn.Module | None = None,
+    clip_folder: str | os.PathLike | None = None,
+) -> VolumeGenerator:
+    """Load a trained bundle into a ``VolumeGenerator`` (EMA weights when present, eval mode, no gradients).
+
+    Expects ``model_dir`` (or ``model_dir/<profile>``) to hold the final exports of the three stages
+    (``xray2mri_bundle.engines.checkpoints``)::
+
+        autoencoder.pt  {"model", "ema"?, "profile", "config": {"network": AutoencoderKL kwargs, ...}}
+        classifier.pt   {"model", "profile", "config": {"network": KOAClassifier kwargs, ...}}
+        diffusion.pt    {"model", "ema", "xray_encoder", "xray_encoder_ema", "scale_factor", "profile",
+                         "config": {"network": UNet kwargs, "flags": {use_depth, use_xray_latent, use_context,
+                                    use_guidance, use_intensity}, "xray_encoder": {"kind", "network"},
+                                    "num_train_timesteps", "noise_schedule": {schedule, beta_start, beta_end},
+                                    "prediction_type"}}
+
+    ``profile``: expected profile (None: the checkpoint's); a checkpoint of another profile raises
+    ``ValueError``. ``diffusion_checkpoint``: another diffusion file (an ablation, e.g.
+    ``diffusion_xray_no_guidance.pt``; relative paths are taken inside the model folder) sharing the
+    autoencoder and classifier. The networks are built from each checkpoint's ``config["network"]`` (else the
+    profile) unless given (a bundle config's ``network_def`` etc.); their weights are always loaded here.
+    classifier.pt is needed only when the model uses the p guidance. Missing files raise one
+    ``FileNotFoundError`` naming each missing file. ``clip_folder``: local CLIP vision model, for a model
+    trained with the frozen CLIP encoder.
+    """
+    from xray2mri_bundle import networks
+    from xray2mri_bundle.data.intensity import IntensityDistribution
+
+    folder = resolve_model_dir(model_dir, profile)
+    diffusion_path = folder / (diffusion_checkpoint or "diffusion.pt")
+    diffusion = _read(diffusion_path) if diffusion_path.is_file() else {}
+    config = dict(diffusion.get("config") or {})
+    flags = {**_DEFAULT_FLAGS, **dict(config.get("flags") or {})}
+    needed = [name for name in CHECKPOINT_FILES if name != "classifier.pt" or flags["use_guidance"]]
+    paths = {name: folder / name for name in needed}
+    paths["diffusion.pt"] = diffusion_path
+    missing = [str(path) for path in paths.values() if not path.is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"missing checkpoint file(s): {', '.join(missing)}. A trained bundle has {', '.join(needed)} in "
+            f"{folder} (train them with `python -m monai.bundle run training --config_file configs/train.json`)"
+        )
+    _check_profile(diffusion, diffusion_path, profile)
+    profile = profile or diffusion.get("profile") or "small"
+
+    ae_ckpt = _read(paths["autoencoder.pt"])
+    _check_profile(ae_ckpt, paths["autoencoder.pt"], profile)
+    if autoencoder is None:
+        autoencoder = networks.build_autoencoder(profile, **_network_config(ae_ckpt))
+    _load(autoencoder, _weights(ae_ckpt, paths["autoencoder.pt"], "ema", "model")[0], paths["autoencoder.pt"])
+
+    if flags["use_guidance"]:
+        cls_ckpt = _read(paths["classifier.pt"])
+        _check_profile(cls_ckpt, paths["classifier.pt"], profile)
+        if classifier is None:
+            classifier = networks.build_classifier(profile, **_network_config(cls_ckpt))
+        _load(classifier, _weights(cls_ckpt, paths["classifier.pt"], "ema", "model")[0], paths["classifier.pt"])
+    else:
+        classifier = None
+
+    if unet is None:
+        unet_flags = {k: bool(flags[k]) for k in ("use_depth", "use_xray_latent", "use_context", "use_guidance")}
+        unet = networks.build_unet(profile, **{**_network_config(diffusion), **unet_flags})
+    unet_state, unet_key = _weights(diffusion, diffusion_path, "ema", "model")
+    _load(unet, unet_state, diffusion_path)
+
+    if flags["use_context"]:
+        encoder_cfg = dict(config.get("xray_encoder") or {})
+        kind = encoder_cfg.get("kind", "trainable")
+        if xray_encoder is None and kind == "trainable" and encoder_cfg.get("network"):
+            xray_encoder = networks.XrayEncoder(**encoder_cfg["network"])
+        elif xray_encoder is None:
+            xray_encoder = networks.build_xray_encoder(profile, kind=kind, clip_folder=clip_folder)
+        encoder_state = diffusion.get("xray_encoder_ema") or diffusion.get("xray_encoder")
+        if encoder_state:
+            _load(xray_encoder, encoder_state, diffusion_path)
+        elif kind == "trainable":
+            raise KeyError(f"checkpoint {diffusion_path} has no 'xray_encoder' weights for the trained encoder")
+    else:
+        xray_encoder = None
+
+    device = torch.device(device)
+    for module in (autoencoder, classifier, unet, xray_encoder):
+        if module is not None:
+            module.to(device).eval().requires_grad_(False)
+    scale = diffusion.get("scale_factor")
+    if scale is None:
+        raise KeyError(f"checkpoint {diffusion_path} has no 'scale_factor' (the latent scale used in training)")
+    scheduler = build_ddim_scheduler(
+        int(config.get("num_train_timesteps", 1000)),
+        **dict(config.get("noise_schedule") or {}),
+        prediction_type=str(config.get("prediction_type", "epsilon")),
+    )
+    intensity = IntensityDistribution() if flags["use_intensity"] else None
+    encoder = ConditionEncoder(autoencoder, xray_encoder, classifier, intensity)
+    generator = VolumeGenerator(unet, autoencoder, encoder, DDIMSampler(scheduler), float(scale), device)
+    generator.profile = profile
+    generator.checkpoints = {
+        str(path.relative_to(folder)) if path.is_relative_to(folder) else str(path): sha256_file(path)
+        for path in paths.values()
+    }
+    generator.weights = unet_key
+    generator.image_size = int(config.get("image_size") or networks.get_profile(profile)["image_size"])
+    logger.info("loaded the %s pipeline from %s (%s weights, scale factor %.4f)", profile, folder, unet_key, scale)
+    return generator
+
+
+_DEFAULT_FLAGS = {"use_depth": True, "use_xray_latent": True, "use_context": True, "use_guidance": True,
+                  "use_intensity": True}
+
+
+def _network_config(checkpoint: Mapping[str, Any]) -> dict[str, Any]:
+    """Constructor kwargs stored with a checkpoint (``config["network"]``), {} when absent."""
+    return dict((checkpoint.get("config") or {}).get("network") or {})
+
+
+def _load(module: nn.Module, state: Mapping[str, torch.Tensor], path: Path) -> None:
+    """``load_state_dict`` with an error that names the checkpoint (wrong profile / flags give mismatches)."""
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as exc:
+        raise RuntimeError(
+            f"weights in {path} do not fit {type(module).__name__} (another profile or condition flags?): {exc}"
+        ) from exc

@@ -1,0 +1,407 @@
+"""Writers of a generated pseudo-MRI volume: NIfTI, DICOM MR series, montage PNG, JSON sidecar.
+
+Every output is SYNTHETIC and says so (NIfTI ``descrip``, DICOM SeriesDescription / ImageComments, PNG caption).
+
+Volume layout: (H, W, S) float in [-1, 1], as ``VolumeGenerator`` returns it (torch or numpy):
+- rows (H) run superior -> inferior (femur at the top),
+- columns (W) run towards the patient's LEFT (the X-ray crop's direction: on a PA film the patient's right is
+  on the image left; the OAI COR_T1 series has ImageOrientationPatient [1, 0, 0, 0, 0, -1], the same),
+- slices (S) step anterior -> posterior.
+``spacing_mm`` is (row spacing, column spacing) in mm, ``slice_spacing_mm`` the distance between slice centres
+(the caller computes it from the number of generated depths).
+
+World geometry (shared by the NIfTI and the DICOM series, volume centre at the world origin):
+NIfTI is RAS+, so voxel (i=row, j=col, k=slice) maps with the columns of the affine
+i -> (0, 0, -row mm) (inferior), j -> (-col mm, 0, 0) (left), k -> (0, -slice mm, 0) (posterior):
+``nibabel.aff2axcodes`` gives ("I", "L", "P"). DICOM is LPS+: ImageOrientationPatient [1, 0, 0, 0, 0, -1]
+and ImagePositionPatient of slice k = the LPS position of voxel (0, 0, k), stepping +y (posterior).
+
+Atomic writes: a file is written to a hidden temporary name in its destination folder and moved into place
+with ``os.replace``; the DICOM series is written to a hidden temporary folder that is then renamed. A failure
+(or a crash) before that last step leaves no output (and an existing one untouched).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import gzip
+import io
+import json
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import pydicom
+import torch
+from pydicom.datadict import tag_for_keyword
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.sequence import Sequence as DicomSequence
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, MRImageStorage, generate_uid
+
+__all__ = [
+    "DISCLAIMER",
+    "DicomSeries",
+    "coronal_affine",
+    "write_dicom_series",
+    "write_montage_png",
+    "write_nifti",
+    "write_sidecar_json",
+]
+
+DISCLAIMER = "SYNTHETIC pseudo-MRI - not for diagnosis"
+SERIES_DISCLAIMER = "synthetic - not for diagnosis"
+_PIXEL_MAX = 4095
+"""Stored DICOM value of +1.0 (12 bits used of 16): stored = round((v + 1) / 2 * 4095), v clipped to [-1, 1]."""
+_LPS_FROM_RAS = np.diag([-1.0, -1.0, 1.0])
+_RESERVED_KEYWORDS = frozenset(
+    {
+        "SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID",
+        "ImageType", "SeriesDescription", "ImageComments", "BurnedInAnnotation", "Modality",
+        "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "SliceThickness",
+        "SpacingBetweenSlices", "InstanceNumber", "Rows", "Columns", "PixelData", "BitsAllocated",
+        "BitsStored", "HighBit", "PixelRepresentation", "SamplesPerPixel", "PhotometricInterpretation",
+    }
+)  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------------- geometry
+def _as_volume(volume: Any) -> np.ndarray:
+    """(H, W, S) float32 numpy from a tensor or array; rejects other layouts."""
+    if isinstance(volume, torch.Tensor):
+        volume = volume.detach().cpu().numpy()
+    v = np.asarray(volume, dtype=np.float32)
+    if v.ndim != 3:
+        raise ValueError(f"volume must be (H, W, S), got shape {v.shape}")
+    if not np.isfinite(v).all():
+        raise ValueError("volume has NaN or infinite values")
+    return v
+
+
+def coronal_affine(
+    shape: Sequence[int],
+    spacing_mm: Sequence[float],
+    slice_spacing_mm: float,
+) -> np.ndarray:
+    """RAS+ voxel-to-world affine (4, 4) of an (H, W, S) coronal stack, its centre at the world origin.
+
+    spacing_mm: (row, column) in mm; slice_spacing_mm: between slice centres. See the module docstring.
+    """
+    row_mm, col_mm = (float(s) for s in spacing_mm)
+    if min(row_mm, col_mm, float(slice_spacing_mm)) <= 0:
+        raise ValueError(f"spacings must be positive, got {spacing_mm}, {slice_spacing_mm}")
+    rot = np.array(
+        [
+            [0.0, -col_mm, 0.0],  # column index -> patient left (-x in RAS)
+            [0.0, 0.0, -float(slice_spacing_mm)],  # slice index -> posterior (-y in RAS)
+            [-row_mm, 0.0, 0.0],  # row index -> inferior (-z in RAS)
+        ]
+    )
+    centre = (np.asarray(shape[:3], dtype=np.float64) - 1.0) / 2.0
+    affine = np.eye(4)
+    affine[:3, :3] = rot
+    affine[:3, 3] = -rot @ centre
+    return affine
+
+
+# ------------------------------------------------------------------------------------------------ atomic I/O
+def _write_bytes_atomic(path: Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+@contextlib.contextmanager
+def _atomic_dir(out_dir: Path, overwrite: bool) -> Iterator[Path]:
+    """Yield a temporary folder beside ``out_dir``; on success it becomes ``out_dir``, on failure it is removed."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
+        raise FileExistsError(f"{out_dir} exists and is not empty (pass overwrite=True to replace it)")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".tmp"))
+    try:
+        yield tmp
+        old = None
+        if out_dir.exists():
+            old = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".old"))
+            os.replace(out_dir, old / "previous")
+        os.replace(tmp, out_dir)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+# ----------------------------------------------------------------------------------------------------- NIfTI
+def write_nifti(
+    volume: Any,
+    spacing_mm: Sequence[float],
+    slice_spacing_mm: float,
+    path: str | os.PathLike,
+    description: str | None = None,
+) -> Path:
+    """Write an (H, W, S) volume as float32 NIfTI-1 (``.nii`` or ``.nii.gz``) with the coronal affine.
+
+    Values are stored unchanged (the bundle's [-1, 1]; cal_min/cal_max = -1/1 for display). qform and sform
+    both carry the affine (code 1, scanner anatomical). ``descrip`` is the disclaimer, then ``description``
+    (80 bytes at most).
+    """
+    v = _as_volume(volume)
+    path = Path(path)
+    if not (path.name.endswith(".nii") or path.name.endswith(".nii.gz")):
+        raise ValueError(f"NIfTI path must end with .nii or .nii.gz, got {path.name}")
+    affine = coronal_affine(v.shape, spacing_mm, slice_spacing_mm)
+    img = nib.Nifti1Image(v, affine)
+    header = img.header
+    header.set_data_dtype(np.float32)
+    header.set_xyzt_units(xyz="mm")
+    img.set_qform(affine, code=1)
+    img.set_sform(affine, code=1)
+    header["cal_min"], header["cal_max"] = -1.0, 1.0
+    text = DISCLAIMER if not description else f"{DISCLAIMER}; {description}"
+    header["descrip"] = text.encode("ascii", "replace")[:80]
+    data = img.to_bytes()
+    if path.name.endswith(".gz"):
+        data = gzip.compress(data, mtime=0)
+    return _write_bytes_atomic(path, data)
+
+
+# ----------------------------------------------------------------------------------------------------- DICOM
+@dataclass(frozen=True)
+class DicomSeries:
+    """Where a series was written and its identifiers (files in InstanceNumber order)."""
+
+    out_dir: Path
+    study_instance_uid: str
+    series_instance_uid: str
+    files: tuple[Path, ...]
+
+
+def _ds_number(value: float) -> str:
+    """A DICOM decimal string (DS, at most 16 characters) for ``value``."""
+    text = f"{value:.6f}".rstrip("0").rstrip(".")
+    if text in ("-0", ""):
+        text = "0"
+    return text if len(text) <= 16 else f"{value:.8g}"
+
+
+def _save_dataset(ds: Dataset, path: Path) -> None:
+    """Save as a DICOM Part 10 file on pydicom 2.4 and 3.x (explicit VR little endian)."""
+    if int(pydicom.__version__.split(".")[0]) >= 3:
+        ds.save_as(path, enforce_file_format=True)
+    else:  # pragma: no cover - exercised with pydicom 2.4 only
+        ds.is_little_endian = True
+        ds.is_implicit_VR = False
+        ds.save_as(path, write_like_original=False)
+
+
+def _source_items(source_info: Mapping[str, Any] | None) -> tuple[dict[str, Any], Dataset | None]:
+    """Split ``source_info`` into DICOM keyword values and an optional SourceImageSequence item."""
+    info = dict(source_info or {})
+    src_uid = info.pop("source_sop_instance_uid", None)
+    src_class = info.pop("source_sop_class_uid", None)
+    for key in info:
+        if tag_for_keyword(key) is None:
+            raise ValueError(
+                f"source_info key {key!r} is not a DICOM keyword (or source_sop_instance_uid / source_sop_class_uid)"
+            )
+        if key in _RESERVED_KEYWORDS:
+            raise ValueError(f"source_info may not set {key!r}: the writer owns it")
+    item = None
+    if src_uid:
+        item = Dataset()
+        item.ReferencedSOPClassUID = str(src_class or "1.2.840.10008.5.1.4.1.1.1.1")  # DX image storage
+        item.ReferencedSOPInstanceUID = str(src_uid)
+    return info, item
+
+
+def write_dicom_series(
+    volume: Any,
+    spacing_mm: Sequence[float],
+    slice_spacing_mm: float,
+    out_dir: str | os.PathLike,
+    source_info: Mapping[str, Any] | None = None,
+    series_description: str = "Pseudo-MRI COR T1",
+    series_number: int = 9001,
+    study_instance_uid: str | None = None,
+    overwrite: bool = False,
+) -> DicomSeries:
+    """Write an (H, W, S) volume in [-1, 1] as an MR series, one file per slice (``0001.dcm`` ...).
+
+    New UIDs: one StudyInstanceUID (unless ``study_instance_uid`` is given), one SeriesInstanceUID and
+    FrameOfReferenceUID, a SOPInstanceUID per slice. ImageType DERIVED/SECONDARY, BurnedInAnnotation NO,
+    SeriesDescription and ImageComments say "synthetic - not for diagnosis". Pixels are uint16,
+    stored = round((v + 1) / 2 * 4095) (window centre 2047.5, width 4096); geometry as the NIfTI writer.
+
+    source_info: DICOM keywords copied to every slice (PatientID, PatientName, StudyDate, Laterality, ...);
+    ``source_sop_instance_uid`` / ``source_sop_class_uid`` fill SourceImageSequence (the input X-ray).
+    """
+    v = _as_volume(volume)
+    height, width, n_slices = v.shape
+    info, source_item = _source_items(source_info)
+    affine = coronal_affine(v.shape, spacing_mm, slice_spacing_mm)
+    row_mm, col_mm = (float(s) for s in spacing_mm)
+    pixels = np.rint((np.clip(v, -1.0, 1.0) + 1.0) * (_PIXEL_MAX / 2.0)).astype(np.uint16)
+
+    study_uid = study_instance_uid or generate_uid()
+    series_uid, frame_uid = generate_uid(), generate_uid()
+    now = _dt.datetime.now()
+    date, time = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
+    suffix = f" ({SERIES_DISCLAIMER})"
+    description = series_description[: 64 - len(suffix)] + suffix  # LO: 64 characters, disclaimer kept
+    comments = f"{DISCLAIMER}. Generated from a knee X-ray by xray2mri_bundle (research use only)."
+
+    files = []
+    with _atomic_dir(Path(out_dir), overwrite) as tmp:
+        for k in range(n_slices):
+            position_lps = _LPS_FROM_RAS @ (affine @ np.array([0.0, 0.0, k, 1.0]))[:3]
+            sop_uid = generate_uid()
+            meta = FileMetaDataset()
+            meta.MediaStorageSOPClassUID = MRImageStorage
+            meta.MediaStorageSOPInstanceUID = sop_uid
+            meta.TransferSyntaxUID = ExplicitVRLittleEndian
+            meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+
+            ds = Dataset()
+            ds.file_meta = meta
+            ds.SpecificCharacterSet = "ISO_IR 100"
+            ds.SOPClassUID = MRImageStorage
+            ds.SOPInstanceUID = sop_uid
+            ds.StudyInstanceUID = study_uid
+            ds.SeriesInstanceUID = series_uid
+            ds.FrameOfReferenceUID = frame_uid
+            ds.Modality = "MR"
+            ds.ImageType = ["DERIVED", "SECONDARY"]
+            ds.SeriesDescription = description
+            ds.ImageComments = comments
+            ds.DerivationDescription = "Pseudo-MRI synthesised by a latent diffusion model from a radiograph"
+            ds.BurnedInAnnotation = "NO"
+            ds.Manufacturer = "xray2mri_bundle (synthetic)"
+            ds.PatientName = ""
+            ds.PatientID = ""
+            ds.PatientBirthDate = ""
+            ds.PatientSex = ""
+            ds.StudyDate = ds.SeriesDate = ds.ContentDate = date
+            ds.StudyTime = ds.SeriesTime = ds.ContentTime = time
+            ds.StudyID = ""
+            ds.AccessionNumber = ""
+            ds.ReferringPhysicianName = ""
+            ds.SeriesNumber = int(series_number)
+            ds.InstanceNumber = k + 1
+            ds.ScanningSequence = "RM"  # research mode: no acquisition took place
+            ds.SequenceVariant = "NONE"
+            ds.ScanOptions = ""
+            ds.MRAcquisitionType = ""
+            ds.EchoTime = ""
+            ds.EchoTrainLength = ""
+            ds.PositionReferenceIndicator = ""
+            ds.ImagePositionPatient = [_ds_number(x) for x in position_lps]
+            ds.ImageOrientationPatient = ["1", "0", "0", "0", "0", "-1"]
+            ds.SliceLocation = _ds_number(float(position_lps[1]))
+            ds.PixelSpacing = [_ds_number(row_mm), _ds_number(col_mm)]
+            ds.SliceThickness = _ds_number(float(slice_spacing_mm))
+            ds.SpacingBetweenSlices = _ds_number(float(slice_spacing_mm))
+            ds.SamplesPerPixel = 1
+            ds.PhotometricInterpretation = "MONOCHROME2"
+            ds.Rows, ds.Columns = height, width
+            ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
+            ds.PixelRepresentation = 0
+            ds.WindowCenter = _ds_number(_PIXEL_MAX / 2.0)
+            ds.WindowWidth = _ds_number(_PIXEL_MAX + 1.0)
+            if source_item is not None:
+                ds.SourceImageSequence = DicomSequence([source_item])
+            for key, value in info.items():
+                setattr(ds, key, value)
+            ds.PixelData = np.ascontiguousarray(pixels[:, :, k]).tobytes()
+            name = f"{k + 1:04d}.dcm"
+            _save_dataset(ds, tmp / name)
+            files.append(Path(out_dir) / name)
+    return DicomSeries(Path(out_dir), study_uid, series_uid, tuple(files))
+
+
+# ------------------------------------------------------------------------------------------------ montage PNG
+def write_montage_png(
+    volume: Any,
+    path: str | os.PathLike,
+    n: int = 12,
+    slice_spacing_mm: float | None = None,
+    title: str | None = None,
+) -> Path:
+    """A grid of ``n`` evenly spaced slices of an (H, W, S) volume, each labelled with its index and depth.
+
+    Depth d = k / (S - 1) in [0, 1] (the model's depth code) and, with ``slice_spacing_mm``, the distance from
+    the first slice in mm. Slices are shown as stored (femur up, patient right on the image left), grey
+    window [-1, 1]. The caption reads "SYNTHETIC - not for diagnosis".
+    """
+    from matplotlib.figure import Figure  # local: matplotlib is only needed for previews
+
+    v = _as_volume(volume)
+    n_slices = v.shape[-1]
+    picks = np.unique(np.rint(np.linspace(0, n_slices - 1, max(1, min(n, n_slices)))).astype(int))
+    cols = math.ceil(math.sqrt(len(picks)))
+    rows = math.ceil(len(picks) / cols)
+    fig = Figure(figsize=(2.2 * cols, 2.4 * rows + 0.6), dpi=100)
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for ax in axes.ravel():
+        ax.set_axis_off()
+    for ax, k in zip(axes.ravel(), picks, strict=False):
+        ax.imshow(v[:, :, k], cmap="gray", vmin=-1.0, vmax=1.0, interpolation="nearest")
+        depth = k / (n_slices - 1) if n_slices > 1 else 0.5
+        label = f"slice {k}  d={depth:.2f}"
+        if slice_spacing_mm is not None:
+            label += f"\n{k * float(slice_spacing_mm):.1f} mm"
+        ax.set_title(label, fontsize=8)
+    fig.suptitle(title or "Pseudo-MRI (coronal)", fontsize=10)
+    fig.text(0.5, 0.01, "SYNTHETIC - not for diagnosis", ha="center", va="bottom", fontsize=10, color="red")
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return _write_bytes_atomic(Path(path), buffer.getvalue())
+
+
+# ------------------------------------------------------------------------------------------------ JSON sidecar
+def _to_json_types(obj: Any) -> Any:
+    """Nested data -> JSON types: numpy / torch values to Python, paths to str, NaN / infinities to None."""
+    if isinstance(obj, torch.Tensor):
+        obj = obj.detach().cpu().numpy()
+    if isinstance(obj, np.ndarray):
+        obj = obj.tolist()
+    elif isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, Mapping):
+        return {str(k): _to_json_types(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_to_json_types(v) for v in obj]
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    return obj
+
+
+def write_sidecar_json(path: str | os.PathLike, data: Mapping[str, Any]) -> Path:
+    """Write ``data`` as indented strict JSON, atomically.
+
+    numpy / torch values and paths are converted; NaN and infinities become null.
+    """
+    text = json.dumps(_to_json_types(dict(data)), indent=2, allow_nan=False)
+    return _write_bytes_atomic(Path(path), (text + "\n").encode("utf-8"))

@@ -1,0 +1,42 @@
+"""Networks of the X-ray -> pseudo-MRI latent diffusion model (paper section 2.2).
+
+Everything takes and returns plain tensors; sizes come from ``PROFILES`` ("paper", "small", "tiny").
+"""
+
+from .adaptive_weight import AdaptiveWeight, GuidanceEmbedding
+from .autoencoder import build_autoencoder
+from .conditional_unet import XrayConditionedUNet, build_unet, depth_fourier_code
+from .koa_classifier import KOAClassifier, build_classifier
+from .ldm_import import (
+    LdmImportError,
+    LdmImportReport,
+    convert_ldm_unet_state_dict,
+    ldm_key_map,
+    load_ldm_checkpoint,
+    load_ldm_unet,
+)
+from .profiles import PROFILE_NAMES, PROFILES, get_profile
+from .xray_encoder import ClipImageEncoder, XrayEncoder, build_xray_encoder
+
+__all__ = [
+    "PROFILES",
+    "PROFILE_NAMES",
+    "AdaptiveWeight",
+    "ClipImageEncoder",
+    "GuidanceEmbedding",
+    "KOAClassifier",
+    "LdmImportError",
+    "LdmImportReport",
+    "XrayConditionedUNet",
+    "XrayEncoder",
+    "build_autoencoder",
+    "build_classifier",
+    "build_unet",
+    "build_xray_encoder",
+    "convert_ldm_unet_state_dict",
+    "depth_fourier_code",
+    "get_profile",
+    "ldm_key_map",
+    "load_ldm_checkpoint",
+    "load_ldm_unet",
+]
