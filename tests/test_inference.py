@@ -17,6 +17,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from xray2mri_bundle import networks
+from xray2mri_bundle.data.dicom_utils import save_dataset
 from xray2mri_bundle.engines.checkpoints import atomic_save, make_final_checkpoint
 from xray2mri_bundle.inference import generate_cli, writers
 from xray2mri_bundle.inference.conditions import ConditionEncoder
@@ -116,7 +117,7 @@ def write_film(path: Path, modality: str = "DX", rows: int = 200, cols: int = 40
     ds.ImagerPixelSpacing = [spacing, spacing]
     ds.PixelData = pixels.tobytes()
     path.parent.mkdir(parents=True, exist_ok=True)
-    ds.save_as(path, enforce_file_format=True)
+    save_dataset(ds, path)
     return path
 
 

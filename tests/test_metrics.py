@@ -231,24 +231,38 @@ def test_rssim_ignite_handler_on_an_evaluator():
 # ----------------------------------------------------------------------------------------- joint-space width
 
 
-@pytest.mark.parametrize("cortex", [0, 1])
-def test_jsw_on_a_drawn_knee_with_known_gaps(cortex):
-    img = knee_slice(gap_medial=8, gap_lateral=12, cortex=cortex)  # 0.5 mm pixels: 4 mm medial, 6 mm lateral
+def test_jsw_surfaces_on_a_drawn_knee_with_known_gaps():
+    img = knee_slice(gap_medial=8, gap_lateral=12, cortex=3, cartilage=3)  # 0.5 mm pixels: 4 mm and 6 mm
     res = joint_space_width(img, "RIGHT", (0.5, 0.5))
-    # the marrow boundary is measured: a dark cortex (cortex px on each bone) counts as gap
-    bias = 2 * cortex * 0.5
     assert res.reason == ""
-    assert res.jsw_medial_mm == pytest.approx(4.0 + bias, abs=0.3)
-    assert res.jsw_lateral_mm == pytest.approx(6.0 + bias, abs=0.3)
+    assert res.jsw_medial_mm == pytest.approx(4.0, abs=0.15) and res.jsw_lateral_mm == pytest.approx(6.0, abs=0.15)
     mirrored = joint_space_width(img[:, ::-1], "LEFT", (0.5, 0.5))  # a left knee is the mirror image
     assert mirrored.jsw_medial_mm == pytest.approx(res.jsw_medial_mm, abs=0.05)
     assert mirrored.jsw_lateral_mm == pytest.approx(res.jsw_lateral_mm, abs=0.05)
+    right_as_left = joint_space_width(img, "LEFT", (0.5, 0.5))  # the side decides which half is medial
+    assert right_as_left.jsw_medial_mm == pytest.approx(res.jsw_lateral_mm, abs=0.05)
+
+
+@pytest.mark.parametrize("cortex", [0, 1, 3])
+def test_jsw_marrow_edges_count_both_plates_as_gap(cortex):
+    img = knee_slice(gap_medial=8, gap_lateral=12, cortex=cortex, cartilage=2)
+    res = joint_space_width(img, "RIGHT", (0.5, 0.5), edge="marrow")
+    plates = 2 * cortex * 0.5
+    assert res.jsw_medial_mm == pytest.approx(4.0 + plates, abs=0.3)
+    assert res.jsw_lateral_mm == pytest.approx(6.0 + plates, abs=0.3)
+
+
+def test_jsw_surfaces_need_a_resolved_plate():
+    blurred = ndi.gaussian_filter(knee_slice(gap_medial=8, gap_lateral=12, cortex=1), 0.7)  # 1 px plate, blurred
+    res = joint_space_width(blurred, "RIGHT", (0.5, 0.5))
+    assert math.isnan(res.jsw_medial_mm) and math.isnan(res.jsw_lateral_mm)
+    assert "not resolved" in res.reason
 
 
 def test_jsw_scales_with_pixel_spacing_and_takes_a_joint_column():
-    img = knee_slice(gap_medial=6, gap_lateral=10, cortex=0)
+    img = knee_slice(gap_medial=6, gap_lateral=10, cortex=3, cartilage=2)
     res = joint_space_width(torch.from_numpy(img)[None], "right", (0.25, 0.25), joint_col=64)
-    assert res.jsw_medial_mm == pytest.approx(1.5, abs=0.15) and res.jsw_lateral_mm == pytest.approx(2.5, abs=0.15)
+    assert res.jsw_medial_mm == pytest.approx(1.5, abs=0.1) and res.jsw_lateral_mm == pytest.approx(2.5, abs=0.1)
     assert res.details["centre_col"] == 64.0
 
 
@@ -259,14 +273,19 @@ def test_jsw_without_a_joint_is_nan():
         joint_space_width(knee_slice(), "MEDIAL", (1.0, 1.0))  # type: ignore[arg-type]
 
 
-def test_volume_jsw_takes_the_narrowest_slice_and_compares_with_truth():
-    vol = np.stack([knee_slice(gap_medial=g, cortex=0) for g in (10, 6, 8)] + [np.zeros((128, 128))], axis=-1)
+def test_volume_jsw_takes_the_narrowest_slice_of_the_smooth_run_and_compares_with_truth():
+    slices = [knee_slice(gap_medial=g, cortex=3, cartilage=2) for g in (10, 8, 6, 8)]
+    vol = np.stack([*slices, np.zeros((128, 128)), knee_slice(gap_medial=2, cortex=3, cartilage=2)], axis=-1)
     res = volume_joint_space_width(vol, "RIGHT", (0.5, 0.5))
-    assert res.jsw_medial_mm == pytest.approx(3.0, abs=0.3) and res.jsw_lateral_mm == pytest.approx(6.0, abs=0.3)
-    assert len(res.details["per_slice"]) == 4 and math.isnan(res.details["per_slice"][3][1])
+    # the last slice is cut off by the blank one: the run is slices 0..3 (5, 4, 3, 4 mm medial)
+    assert res.details["runs"]["medial"] == [0, 1, 2, 3]
+    assert res.jsw_medial_mm == pytest.approx(3.0, abs=0.15) and res.jsw_lateral_mm == pytest.approx(6.0, abs=0.15)
+    assert len(res.details["per_slice"]) == 6 and math.isnan(res.details["per_slice"][4][1])
     med = volume_joint_space_width(vol, "RIGHT", (0.5, 0.5), reduce="median")
-    assert med.jsw_medial_mm == pytest.approx(4.0, abs=0.3)
+    assert med.jsw_medial_mm == pytest.approx(4.0, abs=0.15)
     errors = jsw_errors(res, {"jsw_medial_mm": 3.0, "jsw_lateral_mm": "6.0"})
     assert set(errors) == {"jsw_medial_mm_error", "jsw_lateral_mm_error"}
-    assert abs(errors["jsw_medial_mm_error"]) < 0.3
+    assert abs(errors["jsw_medial_mm_error"]) < 0.15
+    assert jsw_errors(res, {"jsw_medial_mm": 1.0, "jsw_lateral_mm": 4.0}, bias_mm=2.0)["jsw_medial_mm_error"] == (
+        pytest.approx(errors["jsw_medial_mm_error"]))
     assert isinstance(res, JSWResult) and set(res.as_dict()) == {"jsw_medial_mm", "jsw_lateral_mm"}

@@ -41,7 +41,7 @@ from pydicom.dataset import Dataset, FileDataset, FileMetaDataset  # noqa: E402
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid  # noqa: E402
 
 from xray2mri_bundle import networks  # noqa: E402
-from xray2mri_bundle.cohort.dicom_writer import save_dataset  # noqa: E402
+from xray2mri_bundle.data.dicom_utils import save_dataset  # noqa: E402
 from xray2mri_bundle.engines.checkpoints import atomic_save, make_final_checkpoint  # noqa: E402
 from xray2mri_bundle.inference.generator import slice_spacing_mm  # noqa: E402
 

@@ -347,3 +347,24 @@ def test_stage_paths_resolve_for_the_paper_profile():
     assert parser.get_parsed_content("final_path") == "/bundle/models/paper/autoencoder.pt"
     assert parser.get_parsed_content("checkpoint_dir") == "/bundle/outputs/paper/autoencoder"
     assert parser.get_parsed_content("image_size") == 256
+
+
+def test_command_line_spellings_become_values():
+    from xray2mri_bundle.engines.stages import command_line_value
+
+    assert command_line_value("true") is True and command_line_value("False") is False
+    assert command_line_value("null") is None and command_line_value("tiny") == "tiny"
+    assert command_line_value(0.2) == 0.2
+
+
+def test_train_cli_builds_the_bundle_command(tmp_path):
+    from xray2mri_bundle.engines.train_cli import bundle_arguments
+
+    kwargs = bundle_arguments(["--profile", "small", "--dataset-dir", str(tmp_path), "--stages", "diffusion",
+                               "--force-retrain", "--tracking", "mlflow", "--set", "diffusion_max_epochs=3",
+                               "--set", "scale_factor=0.2", "--bundle-root", str(REPO)])
+    assert kwargs["run_id"] == "training" and kwargs["bundle_root"] == str(REPO)
+    assert kwargs["config_file"] == [str(CONFIGS / "train.json"), str(CONFIGS / "profiles" / "small.json")]
+    assert kwargs["dataset_dir"] == str(tmp_path) and kwargs["stages"] == ["diffusion"]
+    assert kwargs["force_retrain"] is True and kwargs["tracking"] == "mlflow"
+    assert kwargs["diffusion_max_epochs"] == 3 and kwargs["scale_factor"] == 0.2

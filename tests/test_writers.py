@@ -14,6 +14,7 @@ import SimpleITK as sitk  # noqa: N813 - the library's own convention
 import torch
 from PIL import Image
 
+from xray2mri_bundle.data import dicom_utils
 from xray2mri_bundle.inference import writers
 from xray2mri_bundle.inference.writers import (
     coronal_affine,
@@ -171,7 +172,7 @@ def test_dicom_existing_folder_needs_overwrite(tmp_path, volume):
 
 
 def test_dicom_failure_mid_series_leaves_nothing(tmp_path, volume, monkeypatch):
-    real_save = writers._save_dataset
+    real_save = writers.save_dataset
     calls = []
 
     def save_then_fail(ds, path):
@@ -180,7 +181,7 @@ def test_dicom_failure_mid_series_leaves_nothing(tmp_path, volume, monkeypatch):
             raise OSError("disk full")
         real_save(ds, path)
 
-    monkeypatch.setattr(writers, "_save_dataset", save_then_fail)
+    monkeypatch.setattr(writers, "save_dataset", save_then_fail)
     with pytest.raises(OSError, match="disk full"):
         write_dicom_series(volume, SPACING, SLICE_MM, tmp_path / "dcm")
     assert list(tmp_path.iterdir()) == []
@@ -195,7 +196,7 @@ def test_save_helper_uses_the_pydicom_version_api(monkeypatch, major, kwargs):
 
     monkeypatch.setattr(pydicom, "__version__", major)
     ds = FakeDataset()
-    writers._save_dataset(ds, "x.dcm")  # type: ignore[arg-type]
+    dicom_utils.save_dataset(ds, "x.dcm")  # type: ignore[arg-type]
     assert ds.saved == ("x.dcm", kwargs)
     if major.startswith("2"):
         assert ds.is_little_endian is True and ds.is_implicit_VR is False  # type: ignore[attr-defined]

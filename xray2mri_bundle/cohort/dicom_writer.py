@@ -13,13 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pydicom
 from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_data_element, write_file_meta_info
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-PYDICOM_MAJOR = int(pydicom.__version__.split(".")[0])
+from xray2mri_bundle.data.dicom_utils import save_dataset
+
 SYNTHETIC_COMMENT = "SYNTHETIC phantom - not patient data"
 PATIENT_NAME = "SYNTHETIC^KNEE"
 MANUFACTURER = "SYNTHETIC (xray2mri_bundle cohort generator)"
@@ -57,15 +57,6 @@ def _file_dataset(path: Path, sop_class: str, sop_instance: str) -> FileDataset:
     ds.SOPInstanceUID = sop_instance
     return ds
 
-
-def save_dataset(ds: FileDataset, path: Path) -> None:
-    """Save as explicit VR little endian Part 10 on pydicom 3.x (``enforce_file_format``) and 2.4."""
-    if PYDICOM_MAJOR >= 3:
-        ds.save_as(path, enforce_file_format=True)
-    else:  # pragma: no cover - exercised with pydicom 2.4 only
-        ds.is_little_endian = True
-        ds.is_implicit_VR = False
-        ds.save_as(path, write_like_original=False)
 
 
 def _buffer() -> DicomBytesIO:

@@ -142,3 +142,17 @@ def read_header(path: str | os.PathLike, check_pixels: bool = True) -> Dataset:
         if check_pixels:
             _check_pixel_element(fp, path, ds, file_size)
     return ds
+
+
+def save_dataset(ds: Dataset, path: str | os.PathLike) -> None:
+    """Save ``ds`` as a DICOM Part 10 file (explicit VR little endian) on pydicom 2.4 and 3.x alike.
+
+    pydicom 3 spells it ``enforce_file_format=True``; 2.4 needs the encoding set on the dataset and
+    ``write_like_original=False``. MONAI Label 0.8.5 pins pydicom 2.4.4, so both must work.
+    """
+    if int(pydicom.__version__.split(".")[0]) >= 3:
+        ds.save_as(path, enforce_file_format=True)
+    else:  # pragma: no cover - exercised with pydicom 2.4 only
+        ds.is_little_endian = True
+        ds.is_implicit_VR = False
+        ds.save_as(path, write_like_original=False)

@@ -94,8 +94,13 @@ def intensity_distribution(
     lo, hi = value_range
     idx = ((x - lo) / (hi - lo) * bins).floor().clamp(0, bins - 1).long()
     # cell of each row / column, matching np.array_split bounds
-    row_cell = torch.as_tensor(np.repeat(np.arange(grid), [len(a) for a in np.array_split(np.arange(h), grid)]))
-    col_cell = torch.as_tensor(np.repeat(np.arange(grid), [len(a) for a in np.array_split(np.arange(w), grid)]))
+    # built on the input's device, so a CUDA crop stays on the GPU
+    row_cell = torch.as_tensor(
+        np.repeat(np.arange(grid), [len(a) for a in np.array_split(np.arange(h), grid)]), device=x.device
+    )
+    col_cell = torch.as_tensor(
+        np.repeat(np.arange(grid), [len(a) for a in np.array_split(np.arange(w), grid)]), device=x.device
+    )
     cell = row_cell[:, None] * grid + col_cell[None, :]
     flat = (cell * bins + idx).reshape(-1)
     counts = torch.bincount(flat, minlength=grid * grid * bins).float().reshape(grid, grid, bins)

@@ -227,6 +227,8 @@ class ResumeFromLatest:
                 CheckpointLoader(load_path=str(path), load_dict=self.load_dict, map_location=self.map_location)(
                     engine
                 )
+            except ValueError:  # the checkpoint is further than max_epochs: MONAI's message says what to do
+                raise
             except Exception as error:  # a truncated/corrupt file: try the previous one
                 logger.warning("cannot resume from %s (%s); trying an older checkpoint", path, error)
                 continue

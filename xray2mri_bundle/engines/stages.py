@@ -21,6 +21,7 @@ import copy
 import inspect
 import logging
 import os
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,7 @@ __all__ = [
     "STAGES",
     "StageDecision",
     "as_bool",
+    "command_line_value",
     "decide",
     "final_checkpoint",
     "prepare_stage",
@@ -149,12 +151,34 @@ def _active_workflow() -> ConfigWorkflow | None:
     return None
 
 
+def _ensure_console_logging() -> None:
+    """Show this package's INFO messages (stage decisions, resume, scale factor) when the bundle run has no
+    logging configuration (no ``configs/logging.conf``): MONAI's own handlers print, ours would be silent."""
+    package = logging.getLogger("xray2mri_bundle")
+    if logging.getLogger().handlers or package.handlers:
+        return
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(asctime)s - %(name)s - %(levelname)s - %(message)s"))
+    package.addHandler(handler)
+    package.setLevel(logging.INFO)
+
+
+def command_line_value(value: Any) -> Any:
+    """``"true"``/``"false"``/``"null"`` as the bundle command line delivers them (python-fire keeps them as
+    strings, where a config needs a bool or None); other values unchanged."""
+    if isinstance(value, str):
+        word = value.strip().lower()
+        if word in ("true", "false"):
+            return word == "true"
+        if word in ("null", "none"):
+            return None
+    return value
+
+
 def _stage_overrides(pipeline: Mapping[str, Any]) -> dict[str, Any]:
-    """The pipeline's settings to pass on to every stage (top-level keys, minus the pipeline's own)."""
-    overrides = {k: copy.deepcopy(v) for k, v in pipeline.items() if k not in PIPELINE_KEYS}
-    if "force_retrain" in overrides:
-        overrides["force_retrain"] = as_bool(overrides["force_retrain"])
-    return overrides
+    """The pipeline's settings to pass on to every stage (top-level keys, minus the pipeline's own), with
+    command-line spellings of booleans and null turned into values."""
+    return {k: command_line_value(copy.deepcopy(v)) for k, v in pipeline.items() if k not in PIPELINE_KEYS}
 
 
 def _resolve(files: Sequence[str], overrides: Mapping[str, Any], *ids: str) -> list[Any]:
@@ -183,6 +207,7 @@ def run_training(
 
     Returns the decision taken for each stage.
     """
+    _ensure_console_logging()
     workflow = _active_workflow()
     if config is None:
         if workflow is None:

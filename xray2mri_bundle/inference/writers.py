@@ -39,12 +39,13 @@ from typing import Any
 
 import nibabel as nib
 import numpy as np
-import pydicom
 import torch
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, MRImageStorage, generate_uid
+
+from xray2mri_bundle.data.dicom_utils import save_dataset
 
 __all__ = [
     "DISCLAIMER",
@@ -205,14 +206,6 @@ def _ds_number(value: float) -> str:
     return text if len(text) <= 16 else f"{value:.8g}"
 
 
-def _save_dataset(ds: Dataset, path: Path) -> None:
-    """Save as a DICOM Part 10 file on pydicom 2.4 and 3.x (explicit VR little endian)."""
-    if int(pydicom.__version__.split(".")[0]) >= 3:
-        ds.save_as(path, enforce_file_format=True)
-    else:  # pragma: no cover - exercised with pydicom 2.4 only
-        ds.is_little_endian = True
-        ds.is_implicit_VR = False
-        ds.save_as(path, write_like_original=False)
 
 
 def _source_items(source_info: Mapping[str, Any] | None) -> tuple[dict[str, Any], Dataset | None]:
@@ -334,7 +327,7 @@ def write_dicom_series(
                 setattr(ds, key, value)
             ds.PixelData = np.ascontiguousarray(pixels[:, :, k]).tobytes()
             name = f"{k + 1:04d}.dcm"
-            _save_dataset(ds, tmp / name)
+            save_dataset(ds, tmp / name)
             files.append(Path(out_dir) / name)
     return DicomSeries(Path(out_dir), study_uid, series_uid, tuple(files))
 

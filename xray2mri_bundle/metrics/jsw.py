@@ -2,38 +2,43 @@
 
 Geometry assumed (as the MRI series and the writers store it): rows run superior -> inferior, columns run
 towards the patient's LEFT. So for a RIGHT knee the medial compartment is at the higher column indices,
-for a LEFT knee at the lower ones.
+for a LEFT knee at the lower ones. Contrast assumed: T1-like (bright marrow, dark cortex).
 
 Method, on one slice (H, W):
 1. The joint rows come from the bone edges (``bone_edges.find_joint``: Canny sigma 3, femoral surface over
    tibial surface); the search window is the joint centre row +- ``window_fraction`` x H.
 2. Every column's intensity profile (smoothed along rows, sigma 1 px) is searched in that window: g = the
-   darkest row (the joint gap), B_f / B_t = the brightest value above / below g (femoral / tibial marrow,
-   bright on T1). The column counts only if both stand out of the gap by ``min_contrast`` (fraction of the
-   slice's 1..99 percentile range).
-3. Each bone edge is the marrow's boundary step: walking down from the femoral maximum, the first row where
-   the profile falls below (B_f + p(g)) / 2 picks the step; walking up from the tibial maximum, the same with
-   B_t. The edge sits at that step's steepest point (within +-1 row, parabolic sub-pixel fit), which a
-   partial-volume ramp or the tissue beyond the bone does not bias.
-4. The knee spans all runs of >= 3 % of W measurable columns (first to last); its centre is ``joint_col``
+   darkest row, B_f / B_t = the brightest value above / below g (femoral / tibial marrow). The column counts
+   only if both stand out of g by ``min_contrast`` (fraction of the slice's 1..99 percentile range).
+3. Marrow edges: walking down from the femoral maximum, the first row where the profile falls below
+   (B_f + p(g)) / 2 picks the marrow boundary step; walking up from the tibial maximum, the same with B_t.
+   Each edge sits at its step's steepest point (parabolic sub-pixel fit).
+4. ``edge="surface"`` (default) goes on to the articular bone surfaces, between the marrow edges, on the
+   profile smoothed by 0.3 mm: walking from the femoral marrow edge towards the midpoint, the subchondral plate
+   is the first dark minimum followed by a rise of >= 0.1 (into the cartilage), and the surface is that rise's
+   steepest point; the tibial one mirrors it from below. No cartilage rise on a side: bone contact (width 0)
+   if the marrow edges are <= 3.5 mm apart, else the column is not measurable. ``edge="marrow"`` keeps the marrow edges (robust, but it counts both plates as gap).
+5. The knee spans all runs of >= 3 % of W measurable columns (first to last); its centre is ``joint_col``
    when given, else the span's midpoint. Each compartment is the middle half of its side of the knee
    (skipping the notch / tibial spines and the bone margins).
-5. Inside a compartment the two edges must be continuous curves: columns are split wherever either edge jumps
-   by more than 2 px from its neighbour, and only the longest continuous segment is kept (a short segment is
-   some other structure: a meniscus, the fat pad, a ligament). The compartment's JSW is the minimum (or,
-   ``stat="median"``, the median) of the segment's gaps after a 3-column running median, x row spacing.
+6. Inside a compartment both edges must be continuous curves: columns are split wherever an edge jumps by more
+   than 2 px from its neighbour, and only the longest continuous segment is kept (a short one is another
+   structure: a meniscus, the fat pad, a ligament). The compartment's JSW is the minimum (or, ``stat=
+   "median"``, the median) of that segment's gaps after a 3-column running median, x row spacing.
 
 A volume: every slice is measured; per compartment only the longest run of consecutive slices whose width
 changes smoothly (<= 1.5 mm per slice) is kept, since along a condyle the gap varies smoothly with depth and
-slices in front of or behind the joint pick up other structures (fat pad, menisci, vessels). The run is
-reduced with its minimum (default: the narrowest gap, as a radiograph shows it) or its median.
+slices in front of or behind the joint pick up other structures. The run gives its minimum (default: the
+narrowest gap, as a radiograph shows it) or its median.
 
-Accuracy, honestly: the measured edge is the MARROW boundary, so the dark subchondral cortex of both bones
-counts as gap: on T1 the result is the bone-to-bone gap plus both cortical plates (about +2.2 mm on the
-synthetic cohort, whose plates are 1.1 mm, thicker with sclerosis). Generated and real volumes measured the
-same way share that bias, so compare them with each other; subtract the plates before comparing with a
-bone-to-bone ground truth (``jsw_errors(..., bias_mm=...)``). Gaps under ~2 px are not resolved. Numbers on
-the drawn and the cohort phantom are in docs/metrics.md.
+Accuracy (docs/metrics.md has the tables): on the synthetic cohort's MRI (0.31-0.63 mm pixels) the surface
+JSW is within ~0.3 mm of the true bone-to-bone gap for KL 0-3 (10 knees: mean abs. error 0.36 mm at 256 px,
+0.31 mm at 512 px without the one failure below); it fails on bone contact with heavy sclerosis (KL 4, dark
+subchondral marrow: the marrow edges are too far apart to call it contact). Surfaces need a resolved plate
+(>= ~2 px): at 128 px (1.25 mm) and below columns become unmeasurable and results NaN or wrong; the marrow
+JSW still measures there but reads the gap plus both plates (+2.2 mm on the cohort, more with sclerosis).
+Compare generated and real volumes measured the same way; check the per-slice details before trusting one
+number.
 """
 
 from __future__ import annotations
@@ -51,6 +56,10 @@ from .bone_edges import CANNY_SIGMA, find_joint, normalise_unit
 __all__ = ["JSWResult", "column_edges", "joint_space_width", "jsw_errors", "volume_joint_space_width"]
 
 Side = Literal["RIGHT", "LEFT"]
+_SURFACE_SIGMA_MM = 0.3
+"""Row smoothing before the articular-surface search, in mm (1 px at OAI's 0.31 mm, none at >= 3x that)."""
+_CONTACT_MM = 3.5
+"""Marrow edges at most this far apart with no cartilage between them: the bones touch (two plates of ~1.5 mm)."""
 _MAX_EDGE_STEP = 2.0
 """Largest row change (px) of an edge between neighbouring columns of one continuous surface."""
 
@@ -103,28 +112,43 @@ def _steepest(d: np.ndarray, lo: int, hi: int, sign: float) -> float:
     return _parabolic(d, lo + int(np.argmax(sign * d[lo : hi + 1])), sign)
 
 
-def _surfaces(p: np.ndarray, d: np.ndarray, e_f: float, e_t: float, min_rise: float) -> tuple[float, float]:
+def _plate_surface(p: np.ndarray, start: int, stop: int, step: int, min_rise: float) -> tuple[int, int] | None:
+    """Walk from a marrow edge (row ``start``) towards ``stop`` (step +1 down, -1 up) to the first dark plate
+    followed by a rise of at least ``min_rise``: returns (plate row, cartilage peak row) or None."""
+    r = start
+    while r != stop:
+        while r != stop and p[r + step] <= p[r]:  # down the marrow -> plate ramp
+            r += step
+        m = r
+        while r != stop and p[r + step] > p[r]:  # up into the cartilage
+            r += step
+        if p[r] - p[m] >= min_rise:
+            return m, r
+    return None
+
+
+def _surfaces(
+    p: np.ndarray, d: np.ndarray, e_f: float, e_t: float, min_rise: float, contact_px: float
+) -> tuple[float, float] | None:
     """Articular bone surfaces between the two marrow edges: the joint side of each subchondral plate.
 
-    The femoral plate is the darkest row of the upper half of [e_f, e_t]; its surface is the steepest rise
-    from it up to the next peak (cartilage). The tibial one mirrors it in the lower half. A plate with no rise
-    of ``min_rise`` after it (bone on bone, or unresolved) puts its surface at the midpoint.
+    Walking from the femoral marrow edge towards the midpoint, the plate is the first dark minimum followed by a
+    rise of ``min_rise`` (into the cartilage); the surface is that rise's steepest point. The tibial surface
+    mirrors it from below. No such rise on a side: the bones touch when the marrow edges are at most
+    ``contact_px`` apart (both surfaces at the midpoint, width 0); otherwise the column is not measurable.
     """
     a, b = int(np.ceil(e_f)), int(np.floor(e_t))
     mid = 0.5 * (e_f + e_t)
+    contact = (mid, mid) if e_t - e_f <= contact_px else None
     if b - a < 2:
-        return mid, mid
-    m = a + int(np.argmin(p[a : int(np.floor(mid)) + 1]))
-    q = m
-    while q < b and p[q + 1] > p[q]:
-        q += 1
-    s_f = _steepest(d, m, q - 1, +1.0) if q > m and p[q] - p[m] >= min_rise else mid
-    m = int(np.ceil(mid)) + int(np.argmin(p[int(np.ceil(mid)) : b + 1]))
-    q = m
-    while q > a and p[q - 1] > p[q]:
-        q -= 1
-    s_t = _steepest(d, q, m - 1, -1.0) if q < m and p[q] - p[m] >= min_rise else mid
-    return (s_f, s_t) if s_t >= s_f else (mid, mid)
+        return contact
+    upper = _plate_surface(p, a, int(np.floor(mid)), +1, min_rise)
+    lower = _plate_surface(p, b, int(np.ceil(mid)), -1, min_rise)
+    if upper is None or lower is None:
+        return contact
+    s_f = _steepest(d, upper[0], upper[1] - 1, +1.0)
+    s_t = _steepest(d, lower[1], lower[0] - 1, -1.0)
+    return (s_f, s_t) if s_t >= s_f else contact
 
 
 def column_edges(
@@ -134,15 +158,22 @@ def column_edges(
     min_contrast: float = 0.25,
     edge: Literal["surface", "marrow"] = "surface",
     min_rise: float = 0.1,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Femoral and tibial edge rows of every column (sub-pixel, NaN where not measurable), (W,) each.
+    surface_sigma: float = 1.0,
+    contact_px: float = 0.0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Femoral and tibial edge rows of every column (sub-pixel, NaN where not measurable), (W,) each, and a
+    (W,) bool mask of the columns with both marrow edges (bone above and below the gap, whatever ``edge``).
 
     image: (H, W) scaled to [0, 1]; searched in rows [row0, row1]. edge: "marrow" boundaries or articular
-    "surface"s (see the module docstring, steps 2-4).
+    "surface"s (see the module docstring, steps 2-4); surface_sigma: row smoothing (px) before the surface
+    search (the marrow search always uses 1 px); contact_px: marrow edges this close with no cartilage between
+    count as bone contact (width 0).
     """
     prof = ndi.gaussian_filter1d(image, 1.0, axis=0)
+    fine = ndi.gaussian_filter1d(image, surface_sigma, axis=0) if surface_sigma > 0.1 else image
     femoral = np.full(image.shape[1], np.nan)
     tibial = np.full(image.shape[1], np.nan)
+    bone = np.zeros(image.shape[1], dtype=bool)
     for c in range(image.shape[1]):
         p = prof[:, c]
         g = row0 + int(np.argmin(p[row0 : row1 + 1]))
@@ -161,10 +192,15 @@ def column_edges(
         e_t = _steepest(d, max(int(np.floor(e_t)) - 1, g), min(int(np.floor(e_t)) + 1, t_max - 1), +1.0)
         if e_t <= e_f:
             continue
-        if edge == "surface":
-            e_f, e_t = _surfaces(p, d, e_f, e_t, min_rise)
+        bone[c] = True
+        if edge == "surface":  # lightly smoothed: a plate of ~2 px must stay darker than the gap
+            q = fine[:, c]
+            found = _surfaces(q, np.diff(q), e_f, e_t, min_rise, contact_px)
+            if found is None:
+                continue
+            e_f, e_t = found
         femoral[c], tibial[c] = e_f, e_t
-    return femoral, tibial
+    return femoral, tibial, bone
 
 
 # ------------------------------------------------------------------------------------------ compartments
@@ -245,8 +281,11 @@ def joint_space_width(
     centre = (joint.femoral_row + joint.tibial_row) // 2
     half = max(3, round(window_fraction * height))
     row0, row1 = max(centre - half, 0), min(centre + half, height - 1)
-    femoral, tibial = column_edges(x, row0, row1, min_contrast, edge)
-    run = _knee_extent(~np.isnan(femoral), max(3, round(0.03 * image.shape[1])))
+    surface_sigma = _SURFACE_SIGMA_MM / float(spacing_mm[0])
+    contact_px = _CONTACT_MM / float(spacing_mm[0])
+    femoral, tibial, bone = column_edges(x, row0, row1, min_contrast, edge, surface_sigma=surface_sigma,
+                                         contact_px=contact_px)
+    run = _knee_extent(bone, max(3, round(0.03 * image.shape[1])))
     if run is None:
         return JSWResult(nan, nan, "no column with bone above and below the gap")
     c0, c1 = run
@@ -256,9 +295,16 @@ def joint_space_width(
     # columns run towards the patient's left: the medial side of a RIGHT knee has the higher columns
     medial, lateral = (high_side, low_side) if side_u == "RIGHT" else (low_side, high_side)
     row_mm = float(spacing_mm[0])
+    medial_mm = _compartment_px(femoral, tibial, medial, stat) * row_mm
+    lateral_mm = _compartment_px(femoral, tibial, lateral, stat) * row_mm
+    reason = ""
+    if np.isnan(medial_mm) and np.isnan(lateral_mm):
+        reason = f"no measurable {edge} edges in either compartment" + (
+            " (subchondral plates not resolved?)" if edge == "surface" else "")
     return JSWResult(
-        jsw_medial_mm=_compartment_px(femoral, tibial, medial, stat) * row_mm,
-        jsw_lateral_mm=_compartment_px(femoral, tibial, lateral, stat) * row_mm,
+        jsw_medial_mm=medial_mm,
+        jsw_lateral_mm=lateral_mm,
+        reason=reason,
         details={"knee_cols": (c0, c1), "centre_col": cc, "medial_cols": medial, "lateral_cols": lateral,
                  "rows": (row0, row1)},
     )

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Recipe of the shipped demo weights (models/small): the small profile, all three stages, on the default
+# synthetic cohort (100 knees, seed 0, MRI matrix 256), on CPU. About an hour on 2 cores; run it in the
+# background with a log:   nohup scripts/train_small_demo.sh > outputs/train_small.log 2>&1 &
+# Writes models/small/{autoencoder,classifier,diffusion}.pt and models/small/training_record.json.
+# The weights are DEMO weights trained on synthetic knees only: not for any clinical or research claim.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+COHORT=${COHORT:-data/cohort}
+OUT=${OUT:-outputs/train_small}
+MODELS=${MODELS:-models/small}
+SEED=0; KNEES=100; MATRIX=256
+[ -f "$COHORT/cohort.json" ] || "$PY" -m xray2mri_bundle.cohort --out "$COHORT" --knees $KNEES --seed $SEED --mri-matrix $MATRIX
+mkdir -p "$OUT" "$MODELS"
+declare -A WALL
+for stage in autoencoder classifier diffusion; do
+  start=$(date +%s)
+  "$PY" -m monai.bundle run training \
+    --config_file "['configs/train.json','configs/profiles/small.json']" \
+    --stages "['$stage']" --dataset_dir "$COHORT" --output_dir "$OUT" --model_dir "$MODELS" "$@" \
+    2>&1 | tee "$OUT/$stage.log"
+  WALL[$stage]=$(( $(date +%s) - start ))
+done
+"$PY" -m xray2mri_bundle.engines.training_record --models "$MODELS" --logs "$OUT" --cohort "$COHORT" \
+  --wall "autoencoder=${WALL[autoencoder]}" "classifier=${WALL[classifier]}" "diffusion=${WALL[diffusion]}" \
+  --command "scripts/train_small_demo.sh $*"
