@@ -100,8 +100,14 @@ def test_ssim_identical_is_one_and_matches_monai_ssim_metric():
     pred = np.clip(gt + rng.normal(0, 0.2, gt.shape), -1, 1)
     ours = ssim_slices(pred, gt)
     monai = SSIMMetric(spatial_dims=2, data_range=2.0, reduction="none")
-    ref = monai(torch.from_numpy(pred.transpose(2, 0, 1)[:, None]).float(),
-                torch.from_numpy(gt.transpose(2, 0, 1)[:, None]).float()).reshape(-1).numpy()
+    ref = (
+        monai(
+            torch.from_numpy(pred.transpose(2, 0, 1)[:, None]).float(),
+            torch.from_numpy(gt.transpose(2, 0, 1)[:, None]).float(),
+        )
+        .reshape(-1)
+        .numpy()
+    )
     np.testing.assert_allclose(ours, ref, rtol=1e-5)
     assert volume_ssim(pred, gt) == pytest.approx(ref.mean(), rel=1e-5)
     assert ssim_map(pred[..., 0], gt[..., 0]).shape == (14, 10)  # valid windows: H - 10, W - 10
@@ -287,5 +293,6 @@ def test_volume_jsw_takes_the_narrowest_slice_of_the_smooth_run_and_compares_wit
     assert set(errors) == {"jsw_medial_mm_error", "jsw_lateral_mm_error"}
     assert abs(errors["jsw_medial_mm_error"]) < 0.15
     assert jsw_errors(res, {"jsw_medial_mm": 1.0, "jsw_lateral_mm": 4.0}, bias_mm=2.0)["jsw_medial_mm_error"] == (
-        pytest.approx(errors["jsw_medial_mm_error"]))
+        pytest.approx(errors["jsw_medial_mm_error"])
+    )
     assert isinstance(res, JSWResult) and set(res.as_dict()) == {"jsw_medial_mm", "jsw_lateral_mm"}

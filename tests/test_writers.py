@@ -97,8 +97,12 @@ def _read_series(folder) -> list[pydicom.Dataset]:
 
 
 def test_dicom_series_tags_uids_and_pixels(tmp_path, volume):
-    info = {"PatientID": "9000099", "PatientName": "SYNTH^9000099", "Laterality": "R",
-            "source_sop_instance_uid": "1.2.3.4"}
+    info = {
+        "PatientID": "9000099",
+        "PatientName": "SYNTH^9000099",
+        "Laterality": "R",
+        "source_sop_instance_uid": "1.2.3.4",
+    }
     series = write_dicom_series(volume, SPACING, SLICE_MM, tmp_path / "dcm", source_info=info)
     dss = _read_series(tmp_path / "dcm")
     assert len(dss) == S == len(series.files) and all(p.exists() for p in series.files)
@@ -118,8 +122,7 @@ def test_dicom_series_tags_uids_and_pixels(tmp_path, volume):
         assert [float(x) for x in d.PixelSpacing] == pytest.approx(list(SPACING))
         assert float(d.SliceThickness) == pytest.approx(SLICE_MM)
         assert d.InstanceNumber == k + 1 and (d.Rows, d.Columns) == (H, W)
-        np.testing.assert_allclose([float(x) for x in d.ImagePositionPatient], _lps_point(affine, (0, 0, k)),
-                                   atol=1e-4)
+        np.testing.assert_allclose([float(x) for x in d.ImagePositionPatient], _lps_point(affine, (0, 0, k)), atol=1e-4)
         assert d.PatientID == "9000099" and d.Laterality == "R"
         assert d.SourceImageSequence[0].ReferencedSOPInstanceUID == "1.2.3.4"
         assert d.pixel_array.dtype == np.uint16
@@ -143,8 +146,9 @@ def test_simpleitk_reads_one_series_matching_the_nifti(tmp_path, volume):
     ref = sitk.ReadImage(str(nii))  # NIfTI index order (row, column, slice), LPS in ITK
     assert ref.GetSize() == (H, W, S)
     for r, c, k in [(0, 0, 0), (H - 1, 0, 2), (3, W - 1, S - 1), (7, 4, 1)]:
-        np.testing.assert_allclose(dcm.TransformIndexToPhysicalPoint((c, r, k)),
-                                   ref.TransformIndexToPhysicalPoint((r, c, k)), atol=1e-3)
+        np.testing.assert_allclose(
+            dcm.TransformIndexToPhysicalPoint((c, r, k)), ref.TransformIndexToPhysicalPoint((r, c, k)), atol=1e-3
+        )
     # each physical axis has the same direction in both files
     d_dcm = np.array(dcm.GetDirection()).reshape(3, 3)
     d_nii = np.array(ref.GetDirection()).reshape(3, 3)
@@ -187,8 +191,9 @@ def test_dicom_failure_mid_series_leaves_nothing(tmp_path, volume, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("major, kwargs", [("3.0.1", {"enforce_file_format": True}),
-                                           ("2.4.4", {"write_like_original": False})])
+@pytest.mark.parametrize(
+    "major, kwargs", [("3.0.1", {"enforce_file_format": True}), ("2.4.4", {"write_like_original": False})]
+)
 def test_save_helper_uses_the_pydicom_version_api(monkeypatch, major, kwargs):
     class FakeDataset:
         def save_as(self, path, **kw):
@@ -245,9 +250,23 @@ def test_montage_png(tmp_path, volume):
 
 
 def test_sidecar_json_types(tmp_path):
-    data = {"seed": np.int64(3), "psnr": float("inf"), "rssim": np.float32(0.5), "depths": torch.tensor([0.0, 1.0]),
-            "nan": math.nan, "path": tmp_path, "nested": {"v": np.array([1.5, np.nan])}}
+    data = {
+        "seed": np.int64(3),
+        "psnr": float("inf"),
+        "rssim": np.float32(0.5),
+        "depths": torch.tensor([0.0, 1.0]),
+        "nan": math.nan,
+        "path": tmp_path,
+        "nested": {"v": np.array([1.5, np.nan])},
+    }
     path = write_sidecar_json(tmp_path / "sidecar.json", data)
     back = json.loads(path.read_text())
-    assert back == {"seed": 3, "psnr": None, "rssim": 0.5, "depths": [0.0, 1.0], "nan": None,
-                    "path": os.fspath(tmp_path), "nested": {"v": [1.5, None]}}
+    assert back == {
+        "seed": 3,
+        "psnr": None,
+        "rssim": 0.5,
+        "depths": [0.0, 1.0],
+        "nan": None,
+        "path": os.fspath(tmp_path),
+        "nested": {"v": [1.5, None]},
+    }

@@ -206,8 +206,6 @@ def _ds_number(value: float) -> str:
     return text if len(text) <= 16 else f"{value:.8g}"
 
 
-
-
 def _source_items(source_info: Mapping[str, Any] | None) -> tuple[dict[str, Any], Dataset | None]:
     """Split ``source_info`` into DICOM keyword values and an optional SourceImageSequence item."""
     info = dict(source_info or {})

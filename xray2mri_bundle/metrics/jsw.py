@@ -17,8 +17,9 @@ Method, on one slice (H, W):
    profile smoothed by 0.3 mm: walking from the femoral marrow edge towards the midpoint, the subchondral plate
    is the first dark minimum followed by a rise of >= 0.1 (into the cartilage), and the surface is that rise's
    steepest point; the tibial one mirrors it from below. No cartilage rise on a side: bone contact (width 0)
-   if the marrow edges are <= 3.5 mm apart, else the column is not measurable. ``edge="marrow"`` keeps the marrow edges (robust, but it counts both plates as gap).
-5. The knee spans all runs of >= 3 % of W measurable columns (first to last); its centre is ``joint_col``
+   if the marrow edges are <= 3.5 mm apart, else the column is not measurable. ``edge="marrow"`` keeps the
+   marrow edges (robust, but it counts both plates as gap).
+5. The knee spans all runs of >= 3 % of W columns with both marrow edges (first to last); its centre is ``joint_col``
    when given, else the span's midpoint. Each compartment is the middle half of its side of the knee
    (skipping the notch / tibial spines and the bone margins).
 6. Inside a compartment both edges must be continuous curves: columns are split wherever an edge jumps by more
@@ -31,14 +32,12 @@ changes smoothly (<= 1.5 mm per slice) is kept, since along a condyle the gap va
 slices in front of or behind the joint pick up other structures. The run gives its minimum (default: the
 narrowest gap, as a radiograph shows it) or its median.
 
-Accuracy (docs/metrics.md has the tables): on the synthetic cohort's MRI (0.31-0.63 mm pixels) the surface
-JSW is within ~0.3 mm of the true bone-to-bone gap for KL 0-3 (10 knees: mean abs. error 0.36 mm at 256 px,
-0.31 mm at 512 px without the one failure below); it fails on bone contact with heavy sclerosis (KL 4, dark
-subchondral marrow: the marrow edges are too far apart to call it contact). Surfaces need a resolved plate
-(>= ~2 px): at 128 px (1.25 mm) and below columns become unmeasurable and results NaN or wrong; the marrow
-JSW still measures there but reads the gap plus both plates (+2.2 mm on the cohort, more with sclerosis).
-Compare generated and real volumes measured the same way; check the per-slice details before trusting one
-number.
+Accuracy (docs/metrics.md has the tables), on 10 knees of the synthetic cohort (KL 0-4) against the true
+bone-to-bone gap: surface JSW mean absolute error 0.12 mm at 512 px (0.31 mm pixels; worst 0.94 mm, KL 4 with
+heavy sclerosis), 0.38 mm at 256 px (worst 1.7 mm); at 128 px (1.25 mm) the plates are not resolved and it
+reads ~0.8 mm short (MAE 1.3 mm): do not trust it there. The marrow JSW reads the gap plus both plates
+(+3 to +4 mm on the cohort, far more with sclerosis). Compare generated and real volumes measured the same way,
+and check the per-slice details before trusting one number.
 """
 
 from __future__ import annotations
@@ -283,8 +282,9 @@ def joint_space_width(
     row0, row1 = max(centre - half, 0), min(centre + half, height - 1)
     surface_sigma = _SURFACE_SIGMA_MM / float(spacing_mm[0])
     contact_px = _CONTACT_MM / float(spacing_mm[0])
-    femoral, tibial, bone = column_edges(x, row0, row1, min_contrast, edge, surface_sigma=surface_sigma,
-                                         contact_px=contact_px)
+    femoral, tibial, bone = column_edges(
+        x, row0, row1, min_contrast, edge, surface_sigma=surface_sigma, contact_px=contact_px
+    )
     run = _knee_extent(bone, max(3, round(0.03 * image.shape[1])))
     if run is None:
         return JSWResult(nan, nan, "no column with bone above and below the gap")
@@ -300,13 +300,19 @@ def joint_space_width(
     reason = ""
     if np.isnan(medial_mm) and np.isnan(lateral_mm):
         reason = f"no measurable {edge} edges in either compartment" + (
-            " (subchondral plates not resolved?)" if edge == "surface" else "")
+            " (subchondral plates not resolved?)" if edge == "surface" else ""
+        )
     return JSWResult(
         jsw_medial_mm=medial_mm,
         jsw_lateral_mm=lateral_mm,
         reason=reason,
-        details={"knee_cols": (c0, c1), "centre_col": cc, "medial_cols": medial, "lateral_cols": lateral,
-                 "rows": (row0, row1)},
+        details={
+            "knee_cols": (c0, c1),
+            "centre_col": cc,
+            "medial_cols": medial,
+            "lateral_cols": lateral,
+            "rows": (row0, row1),
+        },
     )
 
 
@@ -363,9 +369,7 @@ def volume_joint_space_width(
     return JSWResult(results["medial"], results["lateral"], reason, details=details)
 
 
-def jsw_errors(
-    measured: JSWResult | dict[str, float], truth: dict[str, Any], bias_mm: float = 0.0
-) -> dict[str, float]:
+def jsw_errors(measured: JSWResult | dict[str, float], truth: dict[str, Any], bias_mm: float = 0.0) -> dict[str, float]:
     """Signed errors (measured - bias_mm) - truth in mm for both compartments.
 
     truth uses the ground-truth CSV names (jsw_medial_mm, jsw_lateral_mm); bias_mm is a known offset of the

@@ -85,31 +85,40 @@ def joint_roi(gt_slice: Any, sigma: float = CANNY_SIGMA, max_gap_fraction: float
     )
 
 
-def rssim(
-    pred_slice: Any, gt_slice: Any, data_range: float = DATA_RANGE, roi: JointROI | None = None
-) -> float:
+def _mean_in_roi(smap: np.ndarray, roi: JointROI) -> float:
+    """Mean of a valid-mode SSIM map (H - 10, W - 10) over the windows centred inside the ROI."""
+    if not roi.found:
+        return float("nan")
+    half = SSIM_WIN_SIZE // 2
+    height, width = roi.shape
+    inside = roi.mask()[half : height - half, half : width - half]
+    return float(smap[inside].mean()) if inside.any() else float("nan")
+
+
+def _check_size(shape: tuple[int, ...]) -> None:
+    if min(shape[:2]) < SSIM_WIN_SIZE:
+        raise ValueError(f"slices must be at least {SSIM_WIN_SIZE} px for SSIM, got {shape[:2]}")
+
+
+def rssim(pred_slice: Any, gt_slice: Any, data_range: float = DATA_RANGE, roi: JointROI | None = None) -> float:
     """RSSIM of one slice pair (H, W) or (C, H, W); NaN when the ground truth has no joint region.
 
     roi: a region computed earlier with ``joint_roi(gt_slice)`` (it is computed here when None).
     """
     pred, gt = as_slice(pred_slice), as_slice(gt_slice)
     check_same_shape(pred, gt)
+    _check_size(gt.shape)
     roi = joint_roi(gt) if roi is None else roi
-    if not roi.found:
-        return float("nan")
-    half = SSIM_WIN_SIZE // 2
-    if min(gt.shape) < SSIM_WIN_SIZE:
-        raise ValueError(f"slices must be at least {SSIM_WIN_SIZE} px for SSIM, got {gt.shape}")
-    smap = ssim_map(pred, gt, data_range)
-    inside = roi.mask()[half : gt.shape[0] - half, half : gt.shape[1] - half]
-    return float(smap[inside].mean()) if inside.any() else float("nan")
+    return _mean_in_roi(ssim_map(pred, gt, data_range), roi) if roi.found else float("nan")
 
 
 def rssim_slices(pred: Any, gt: Any, data_range: float = DATA_RANGE) -> np.ndarray:
     """RSSIM of every slice of a volume (H, W, S) or (C, H, W, S), shape (S,), NaN where no region."""
     p, g = as_volume(pred), as_volume(gt)
     check_same_shape(p, g)
-    return np.array([rssim(p[..., k], g[..., k], data_range) for k in range(g.shape[-1])], dtype=np.float64)
+    _check_size(g.shape)
+    maps = ssim_map(p.transpose(2, 0, 1), g.transpose(2, 0, 1), data_range)  # one batch: (S, H - 10, W - 10)
+    return np.array([_mean_in_roi(maps[k], joint_roi(g[..., k])) for k in range(g.shape[-1])], dtype=np.float64)
 
 
 def volume_rssim(pred: Any, gt: Any, data_range: float = DATA_RANGE) -> float:

@@ -1,0 +1,180 @@
+"""Measuring tools shared by the benchmark (``xray2mri benchmark``) and ``scripts/network_costs.py``.
+
+Wall-clock timing between device syncs, peak memory (process RSS from ``/proc``, CUDA allocator peaks), the
+machine description every figure must carry, FLOP counts of one network call on the meta device, and random
+condition tensors of the UNet's shapes. Nothing here loads weights or data.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import resource
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+__all__ = [
+    "H100_BF16_DENSE_TFLOPS",
+    "amp_context",
+    "attention_sdpa",
+    "best_time",
+    "count_flops",
+    "cpu_name",
+    "load_average",
+    "machine_description",
+    "peak_memory_mib",
+    "random_conditions",
+    "reset_peak_memory",
+    "sync",
+]
+
+#: NVIDIA's dense (no sparsity) bf16 tensor-core peak of an H100 SXM, TFLOP/s: the cost model's ceiling.
+H100_BF16_DENSE_TFLOPS: float = 989.0
+
+_PROC_STATUS = Path("/proc/self/status")
+_CLEAR_REFS = Path("/proc/self/clear_refs")
+
+
+def cpu_name() -> str:
+    """CPU model from /proc/cpuinfo (Linux), else what ``platform`` knows."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def load_average() -> list[float]:
+    """1, 5 and 15 minute load averages (runnable processes; compare with the core count)."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:  # not available on this platform
+        return []
+
+
+def machine_description(device: torch.device) -> dict:
+    """What a timing depends on: cores, CPU model, load, threads, library versions and the accelerator."""
+    import monai
+
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        usable = os.cpu_count()
+    machine = {
+        "nproc": usable,
+        "cpu_count": os.cpu_count(),
+        "cpu_model": cpu_name(),
+        "load_average_start": load_average(),
+        "torch_threads": torch.get_num_threads(),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "monai": monai.__version__,
+        "device": device.type,
+    }
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        machine.update(gpu=props.name, gpu_memory_gib=round(props.total_memory / 2**30, 1),
+                       cuda=torch.version.cuda)
+    return machine
+
+
+def sync(device: torch.device) -> None:
+    """Wait for queued GPU work (no-op on the CPU) so that wall-clock times cover it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def best_time(fn: Callable[[], object], repeats: int, device: torch.device, warmup: int = 1) -> float:
+    """Smallest wall time (s) of ``repeats`` calls of ``fn`` after ``warmup`` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(max(1, repeats)):
+        sync(device)
+        start = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    """Restart the peak counters: the process's peak RSS (Linux ``clear_refs``) and CUDA's allocator peak."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    with contextlib.suppress(OSError):
+        _CLEAR_REFS.write_text("5")
+
+
+def peak_memory_mib(device: torch.device) -> dict[str, float]:
+    """Peaks since ``reset_peak_memory``: ``rss`` (VmHWM; without /proc the process-lifetime ru_maxrss) and,
+    on CUDA, ``cuda_allocated`` / ``cuda_reserved`` (MiB)."""
+    peaks: dict[str, float] = {}
+    with contextlib.suppress(OSError):
+        for line in _PROC_STATUS.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                peaks["rss"] = round(int(line.split()[1]) / 1024, 1)
+    if "rss" not in peaks:  # ru_maxrss: KiB on Linux, bytes on macOS
+        scale = 1024**2 if platform.system() == "Darwin" else 1024
+        peaks["rss"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale, 1)
+    if device.type == "cuda":
+        peaks["cuda_allocated"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+        peaks["cuda_reserved"] = round(torch.cuda.max_memory_reserved(device) / 2**20, 1)
+    return peaks
+
+
+def amp_context(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    """``torch.autocast`` to ``dtype`` on ``device`` (None: full precision)."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+@contextlib.contextmanager
+def attention_sdpa(module: nn.Module, enabled: bool) -> Iterator[int]:
+    """Switch MONAI's attention blocks (``SABlock``, ``CrossAttentionBlock``) to / from
+    ``torch.nn.functional.scaled_dot_product_attention`` (their ``use_flash_attention`` flag; MONAI's default
+    is the einsum + softmax path). The weights are the same either way. Yields the number of blocks switched."""
+    blocks = [m for m in module.modules() if hasattr(m, "use_flash_attention")]
+    before = [m.use_flash_attention for m in blocks]
+    try:
+        for m in blocks:
+            m.use_flash_attention = enabled
+        yield len(blocks)
+    finally:
+        for m, value in zip(blocks, before, strict=True):
+            m.use_flash_attention = value
+
+
+def random_conditions(batch: int, latent_shape: Sequence[int], device: torch.device | str = "cpu",
+                      dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+    """UNet condition kwargs of the right shapes: X-ray latent (B, *latent), context (B, 1, 768), depth (B,),
+    p (B, 5, 8, 8) and i (B, 16, 8, 8) (softmaxed like the real maps)."""
+    kw = {"device": device, "dtype": dtype}
+    return {
+        "xray_latent": torch.randn(batch, *latent_shape, **kw),
+        "context": torch.randn(batch, 1, 768, **kw),
+        "depth": torch.linspace(0, 1, batch, **kw),
+        "p_map": torch.softmax(torch.randn(batch, 5, 8, 8, **kw), dim=1),
+        "i_map": torch.softmax(torch.randn(batch, 16, 8, 8, **kw), dim=1),
+    }
+
+
+def count_flops(build: Callable[[], nn.Module], call: Callable[[nn.Module], object]) -> int:
+    """FLOPs (2 per multiply-add) of ``call(build())`` counted by ``torch.utils.flop_counter.FlopCounterMode``
+    on the meta device: no memory, no arithmetic, so the paper-size networks count in seconds on a laptop."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.device("meta"):
+        module = build().eval()
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            call(module)
+    return int(counter.get_total_flops())
