@@ -28,6 +28,7 @@ from xray2mri_bundle.inference.generator import (
     slice_depths,
     slice_spacing_mm,
 )
+from xray2mri_bundle.inference.knees import KneeInput
 from xray2mri_bundle.inference.sampler import DDIMSampler, build_ddim_scheduler, uniform_ddim_timesteps
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -387,7 +388,7 @@ def test_outputs_are_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     result = GenerationResult(volume=torch.zeros(16, 16, 2), depths=slice_depths(2), seed=0, timings={},
                               num_inference_steps=1, eta=0.0, guidance_scale=1.0, shared_noise=True,
                               per_slice_conditions=False)
-    knee = generate_cli.KneeInput(tmp_path / "x.png", "LEFT", torch.zeros(1, 16, 16))
+    knee = KneeInput(tmp_path / "x.png", "LEFT", torch.zeros(1, 16, 16))
     fake = SimpleNamespace(profile=PROFILE, weights="ema", checkpoints={}, device=torch.device("cpu"))
     with pytest.raises(OSError, match="disk full"):
         generate_cli.write_knee_outputs(result, knee, tmp_path / "out" / "x_left", fake)

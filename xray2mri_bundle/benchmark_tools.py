@@ -28,6 +28,7 @@ __all__ = [
     "load_average",
     "machine_description",
     "peak_memory_mib",
+    "process_peak_rss_mib",
     "random_conditions",
     "reset_peak_memory",
     "sync",
@@ -122,13 +123,18 @@ def peak_memory_mib(device: torch.device) -> dict[str, float]:
         for line in _PROC_STATUS.read_text().splitlines():
             if line.startswith("VmHWM:"):
                 peaks["rss"] = round(int(line.split()[1]) / 1024, 1)
-    if "rss" not in peaks:  # ru_maxrss: KiB on Linux, bytes on macOS
-        scale = 1024**2 if platform.system() == "Darwin" else 1024
-        peaks["rss"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale, 1)
+    if "rss" not in peaks:
+        peaks["rss"] = process_peak_rss_mib()
     if device.type == "cuda":
         peaks["cuda_allocated"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
         peaks["cuda_reserved"] = round(torch.cuda.max_memory_reserved(device) / 2**20, 1)
     return peaks
+
+
+def process_peak_rss_mib() -> float:
+    """Peak RSS of the whole process lifetime (``ru_maxrss``; not reset by ``reset_peak_memory``), MiB."""
+    scale = 1024**2 if platform.system() == "Darwin" else 1024  # bytes on macOS, KiB on Linux
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale, 1)
 
 
 def amp_context(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:

@@ -13,7 +13,7 @@ from typing import Any
 from fastapi import HTTPException
 
 from xray2mri_bundle.data.xray_io import InvalidXrayError
-from xray2mri_bundle.inference.generate_cli import prepare_knees
+from xray2mri_bundle.inference.knees import prepare_knees
 
 from .settings import GenerationParams, parse_generation_params
 
