@@ -9,22 +9,28 @@ CPU timings use ``--threads`` threads (default 2, the project's target); pin the
     python scripts/network_costs.py                                   # tiny + small, 2 threads
     taskset -c 0,1 python scripts/network_costs.py --paper-cpu        # plus one paper UNet forward
     python scripts/network_costs.py --device cuda --profiles paper small
+
+The whole-pipeline benchmark (volumes, Algorithm 2 ratio, speed-ups, training, ingestion, targets) is
+``xray2mri benchmark`` (docs/performance.md); this script and it share ``xray2mri_bundle.benchmark_tools``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import platform
 import re
+import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from monai.networks.schedulers import DDIMScheduler
 
-from xray2mri_bundle.networks import (
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from xray2mri_bundle.benchmark_tools import best_time, cpu_name  # noqa: E402
+from xray2mri_bundle.benchmark_tools import random_conditions as conditions  # noqa: E402
+from xray2mri_bundle.networks import (  # noqa: E402
     PROFILES,
     build_autoencoder,
     build_classifier,
@@ -38,31 +44,6 @@ NEW_LAYERS = ("depth_embed.", "guidance.", "context_proj.", "null_context")
 
 def count(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
-
-
-def best_time(fn: Callable[[], object], repeats: int, device: torch.device) -> float:
-    """Smallest wall time (s) of ``repeats`` calls after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return min(times)
-
-
-def conditions(batch: int, latent_shape: list[int], device: torch.device) -> dict[str, torch.Tensor]:
-    return {
-        "xray_latent": torch.randn(batch, *latent_shape, device=device),
-        "context": torch.randn(batch, 1, 768, device=device),
-        "depth": torch.linspace(0, 1, batch, device=device),
-        "p_map": torch.softmax(torch.randn(batch, 5, 8, 8, device=device), dim=1),
-        "i_map": torch.softmax(torch.randn(batch, 16, 8, 8, device=device), dim=1),
-    }
 
 
 def parameter_counts(name: str) -> dict[str, int]:
@@ -165,16 +146,6 @@ def paper_cpu_forward() -> float:
 
 def millions(n: int) -> str:
     return f"{n / 1e6:.2f} M"
-
-
-def cpu_name() -> str:
-    """CPU model from /proc/cpuinfo (Linux), else what ``platform`` knows."""
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def markdown_tables(report: dict) -> str:

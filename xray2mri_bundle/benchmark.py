@@ -34,6 +34,7 @@ import argparse
 import json
 import math
 import os
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -580,14 +581,17 @@ def _load_report(out_dir: Path, merge: Sequence[Path]) -> dict:
     report: dict[str, Any] = {"format_version": FORMAT_VERSION, "runs": {}}
     for path in [out_dir / "performance.json", *merge]:
         if path.is_file():
-            report["runs"].update(json.loads(path.read_text()).get("runs", {}))
+            data = json.loads(path.read_text())
+            report["runs"].update(data.get("runs", {}))
+            report.setdefault("cost_model", data.get("cost_model"))
     return report
 
 
 def run_benchmark(args: argparse.Namespace) -> dict:
     """Measure (unless ``render_only``), write the JSON and Markdown, return the report."""
     report = _load_report(args.out_dir, args.merge)
-    report["cost_model"] = cost_model(["tiny", "small", "paper"] if not args.quick else ["tiny"])
+    if not (args.render_only and report.get("cost_model")):
+        report["cost_model"] = cost_model(["tiny", "small", "paper"] if not args.quick else ["tiny"])
 
     def save() -> None:
         _save(report, args.out_dir)
@@ -607,9 +611,10 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     label = args.label or (machine.get("gpu", "cuda").split()[1].lower() if device.type == "cuda"
                            else f"cpu{threads}")
     run: dict[str, Any] = {"label": label, "machine": machine, "quick": bool(args.quick), "profiles": {},
+                           "command": getattr(args, "command", None),
                            "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
                            "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
-                                        if k not in ("merge", "render_only", "out_dir")}}
+                                        if k not in ("merge", "render_only", "out_dir", "command")}}
     report["runs"][label] = run
     save()
     start = time.perf_counter()
@@ -627,7 +632,9 @@ def run_benchmark(args: argparse.Namespace) -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(None if argv is None else list(argv))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = _parser().parse_args(argv)
+    args.command = "xray2mri benchmark " + " ".join(argv)
     if args.quick:
         _apply_quick(args)
     run_benchmark(args)
