@@ -31,13 +31,14 @@ stage, so an interrupted run leaves what it measured. Outputs of the model are s
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -308,9 +309,10 @@ def measure_compile(unet: torch.nn.Module, latent_shape: Sequence[int], batch: i
     """``torch.compile`` of the UNet: compile time (first call), then one sampling step. Any failure (no C++
     compiler, an unsupported op) is recorded as ``error``. Returns (figures, compiled module or None)."""
     x, t, cond = _unet_inputs(latent_shape, batch, device)
+    torch._dynamo.reset()  # no graphs from earlier calls in this process
     try:
         compiled = torch.compile(unet)
-        with torch.inference_mode():
+        with _fresh_inductor_cache(), torch.inference_mode():
             sync(device)
             start = time.perf_counter()
             compiled(x, t, **cond)
@@ -321,6 +323,21 @@ def measure_compile(unet: torch.nn.Module, latent_shape: Sequence[int], batch: i
         message = str(exc).strip().splitlines()
         return {"error": f"{type(exc).__name__}: {message[0] if message else ''}"[:300]}, None
     return {"compile_s": compile_s, **_speedup(baseline_s, step)}, compiled
+
+
+@contextlib.contextmanager
+def _fresh_inductor_cache() -> Iterator[None]:
+    """An empty on-disk inductor cache (``TORCHINDUCTOR_CACHE_DIR``), so the compile time is a cold one."""
+    before = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    with tempfile.TemporaryDirectory(prefix="inductor_") as tmp:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = tmp
+        try:
+            yield
+        finally:
+            if before is None:
+                os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
+            else:
+                os.environ["TORCHINDUCTOR_CACHE_DIR"] = before
 
 
 def measure_training(generator: Any, batch: int, repeats: int, dtype: torch.dtype | None) -> dict:
@@ -510,18 +527,19 @@ def benchmark_profile(profile: str, args: argparse.Namespace, device: torch.devi
         batch = args.train_batch or training_batch(profile)
         _step(f"{profile} training", lambda: measure_training(generator, batch, args.repeats, dtype), run,
               section, "training", save)
-    if args.compile and unet:
+    if args.compile and unet and volume:
         def compiled_figures() -> dict:
             figures, compiled = measure_compile(generator.unet, latent_shape, s, device, args.repeats,
                                                 unet["step_s"])
-            if compiled is not None and volume:
+            if compiled is not None:  # eager and compiled volumes back to back, same load
                 eager = generator.unet
+                baseline = measure_volume(generator, xray, s, steps, args.repeats, dtype)
                 generator.unet = compiled
                 try:
-                    timed = measure_volume(generator, xray, s, steps, 1, dtype)
-                    figures["volume"] = _speedup(volume["seconds"], timed["seconds"])
+                    timed = measure_volume(generator, xray, s, steps, args.repeats, dtype)
                 finally:
                     generator.unet = eager
+                figures["volume"] = _speedup(baseline["seconds"], timed["seconds"], repeats=args.repeats)
             return figures
         _step(f"{profile} torch.compile", compiled_figures, run, section, "compile", save)
 

@@ -69,7 +69,9 @@ def _measured(profile: str, what: str, section: dict) -> tuple[float | None, str
         return alg2.get("ratio_vs_optimised"), note
     if what.startswith("training") and _ok(section.get("training")):
         train = section["training"]
-        return train["slices_per_s"], f"batch {train['batch']}, with the PrepareBatch encoders"
+        return train["slices_per_s"], (f"batch {train['batch']}, full iteration with the PrepareBatch's frozen "
+                                       f"encoders; UNet + X-ray encoder alone "
+                                       f"{_num(train['unet_encoder_slices_per_s'])} slices/s")
     return None, ""
 
 
@@ -196,11 +198,13 @@ def _profile_tables(label: str, profile: str, s: dict) -> list[str]:
         if _ok(comp):
             vol_note = ""
             if "volume" in comp:
-                vol_note = (f"; whole volume (autocast {s.get('amp')}, eager attention) "
-                            f"{_num(comp['volume']['baseline_s'])} -> {_num(comp['volume']['variant_s'])} s "
-                            f"({_num(comp['volume']['speedup'])}x, one timed volume after a 2-step warm-up)")
+                v = comp["volume"]
+                vol_note = (f"; whole volume (autocast {s.get('amp')}, eager attention) {_num(v['baseline_s'])} "
+                            f"-> {_num(v['variant_s'])} s ({_num(v['speedup'])}x; eager and compiled timed back to "
+                            f"back, best of {v.get('repeats', 1)} each)")
             out.append(f"| torch.compile (default mode) | {_num(comp['baseline_s'])} | {_num(comp['variant_s'])} | "
-                       f"{_num(comp['speedup'])}x | compile time {_num(comp['compile_s'])} s (first call){vol_note} |")
+                       f"{_num(comp['speedup'])}x | compile time {_num(comp['compile_s'])} s (first call, empty "
+                       f"inductor cache){vol_note} |")
         elif _error(comp):
             out.append(f"| torch.compile | - | - | - | failed here: {_error(comp)} |")
         out.append("")
@@ -219,12 +223,16 @@ def _profile_tables(label: str, profile: str, s: dict) -> list[str]:
     quality = s.get("steps_quality")
     if _ok(quality):
         out += [f"Fewer DDIM steps: validation knee {quality['knee']} against its real MRI (same seed, "
-                f"{s.get('weights')}):", "",
+                f"{s.get('weights')}, all 50 depths in one batch). The figures against the real MRI are only as good "
+                "as the weights (see the training record next to them); the last column is how much fewer steps "
+                "change the output itself.", "",
                 "| DDIM steps | s per volume | PSNR dB | SSIM | RSSIM | "
                 f"PSNR vs {quality['reference_steps']} steps dB |",
                 "| --- | --- | --- | --- | --- | --- |"]
         out += [f"| {r['steps']} | {_num(r['seconds'])} | {_num(r['psnr_db'])} | {_num(r['ssim'])} | "
-                f"{_num(r['rssim'])} | {_num(r['psnr_vs_most_steps_db'])} |" for r in quality["rows"]]
+                f"{_num(r['rssim'])} | "
+                f"{'(reference)' if r['steps'] == quality['reference_steps'] else _num(r['psnr_vs_most_steps_db'])} |"
+                for r in quality["rows"]]
         out.append("")
     return out
 
