@@ -51,6 +51,8 @@ from xray2mri_bundle.benchmark_tools import (
     attention_sdpa,
     best_time,
     count_flops,
+    cpu_snapshot,
+    cpu_use_since,
     load_average,
     machine_description,
     peak_memory_mib,
@@ -213,15 +215,18 @@ def measure_volume(generator: Any, xray: torch.Tensor, slices: int, steps: int, 
 
 
 def measure_algorithm2(generator: Any, xray: torch.Tensor, slices: int, measured_slices: int, steps: int,
-                       dtype: torch.dtype | None = None) -> dict:
-    """The paper's Algorithm 2 as written: conditions per slice, batch 1. Runs ``measured_slices`` slices and
-    scales linearly to ``slices`` (each slice costs the same: conditions + ``steps`` forwards + one decode)."""
+                       dtype: torch.dtype | None = None, repeats: int = 1) -> dict:
+    """The paper's Algorithm 2 as written: conditions per slice, batch 1. Runs ``measured_slices`` slices (best
+    of ``repeats``, like the optimised path) and scales linearly to ``slices`` (each slice costs the same:
+    conditions + ``steps`` forwards + one decode)."""
     n = min(measured_slices, slices)
-    result = _volume_once(generator, xray, n, steps, 1, per_slice=True, dtype=dtype)
+    runs = [_volume_once(generator, xray, n, steps, 1, per_slice=True, dtype=dtype) for _ in range(max(1, repeats))]
+    result = min(runs, key=lambda r: r.timings["total"])
     scale = slices / n
     measured = _timings(result)
-    return {"measured_slices": n, "slices": slices, "steps": steps, "scaled": n < slices,
-            "measured": measured, "seconds": measured["seconds"] * scale,
+    return {"measured_slices": n, "slices": slices, "steps": steps, "scaled": n < slices, "repeats": len(runs),
+            "all_measured_s": [r.timings["total"] for r in runs], "measured": measured,
+            "seconds": measured["seconds"] * scale,
             "conditions_s": measured["conditions_s"] * scale, "sampling_s": measured["sampling_s"] * scale,
             "decoding_s": measured["decoding_s"] * scale}
 
@@ -253,6 +258,30 @@ def _speedup(baseline: float, variant: float, **extra: Any) -> dict:
     return {"baseline_s": baseline, "variant_s": variant, "speedup": baseline / variant, **extra}
 
 
+def _inference(fn: Callable[[], object]) -> Callable[[], object]:
+    def call() -> object:
+        with torch.inference_mode():
+            return fn()
+    return call
+
+
+def _compare(baseline: Callable[[], object], variant: Callable[[], object], repeats: int, device: torch.device,
+             switch: Callable[[bool], None] | None = None) -> dict:
+    """Baseline, variant, baseline again (A B A), each the best of ``repeats``; the baseline is the better of its
+    two blocks, so a slow spell of a shared machine does not show up as a speed-up. ``switch(True/False)``
+    turns the variant's setting on / off around its block."""
+    first = best_time(baseline, repeats, device)
+    if switch is not None:
+        switch(True)
+    try:
+        other = best_time(variant, repeats, device)
+    finally:
+        if switch is not None:
+            switch(False)
+    again = best_time(baseline, repeats, device)
+    return _speedup(min(first, again), other, baseline_blocks_s=[first, again])
+
+
 def measure_unet(unet: torch.nn.Module, latent_shape: Sequence[int], batch: int, device: torch.device,
                  repeats: int, flops_per_forward: int | None = None) -> dict:
     """UNet forwards per second (batch 1, one step over ``batch`` depths, and the ``2 x batch`` guidance
@@ -274,43 +303,63 @@ def measure_unet(unet: torch.nn.Module, latent_shape: Sequence[int], batch: int,
     if flops_per_forward:
         result["achieved_tflops_step"] = flops_per_forward * batch / step / 1e12
 
+    reps = max(repeats, 5)  # one step is cheap: more repeats make the comparisons steadier
     speedups: dict[str, dict] = {}
-    with torch.no_grad():
-        speedups["inference_mode_vs_no_grad"] = _speedup(best_time(forward(), repeats, device), step)
-    try:  # converted outside inference mode: parameters made inside it could never train again
-        unet.to(memory_format=torch.channels_last)
-        xc = x.contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode():
-            speedups["channels_last"] = _speedup(step, best_time(lambda: unet(xc, t, **cond), repeats, device))
-    finally:
-        unet.to(memory_format=torch.contiguous_format)
+
+    def no_grad_step() -> object:
+        with torch.no_grad():
+            return forward()()
+
+    speedups["inference_mode_vs_no_grad"] = _compare(no_grad_step, _inference(forward()), reps, device)
     with torch.inference_mode():
         reference = forward()()
-        blocks = [m for m in unet.modules() if hasattr(m, "use_flash_attention")]
-        if blocks:
-            default = "sdpa" if blocks[0].use_flash_attention else "einsum"
-            with attention_sdpa(unet, False):
-                einsum = best_time(forward(), repeats, device)
-            with attention_sdpa(unet, True):
-                sdpa = best_time(forward(), repeats, device)
-                diff = float((forward()() - reference).abs().max())
-            speedups["sdpa_attention"] = _speedup(einsum, sdpa, attention_blocks=len(blocks), default=default,
-                                                  max_abs_diff=diff)
-        with amp_context(device, torch.bfloat16):
-            bf16 = best_time(forward(), repeats, device)
-            diff = float((forward()().float() - reference).abs().max())
-        speedups["bf16_autocast"] = _speedup(step, bf16, max_abs_diff=diff)
+    xc = x.contiguous(memory_format=torch.channels_last)
+
+    def channels_last(enabled: bool) -> None:  # outside inference mode: inference-mode parameters cannot train
+        unet.to(memory_format=torch.channels_last if enabled else torch.contiguous_format)
+
+    try:
+        speedups["channels_last"] = _compare(_inference(forward()), _inference(lambda: unet(xc, t, **cond)), reps,
+                                             device, switch=channels_last)
+    finally:
+        channels_last(False)
+    blocks = [m for m in unet.modules() if hasattr(m, "use_flash_attention")]
+    if blocks:
+        default = "sdpa" if blocks[0].use_flash_attention else "einsum"
+
+        def attention(sdpa: bool) -> Callable[[], object]:
+            def call() -> object:
+                with attention_sdpa(unet, sdpa), torch.inference_mode():
+                    return forward()()
+            return call
+
+        row = _compare(attention(False), attention(True), reps, device)
+        row.update(attention_blocks=len(blocks), default=default,
+                   max_abs_diff=float((attention(True)() - reference).abs().max()))
+        speedups["sdpa_attention"] = row
+
+    def bf16_step() -> object:
+        with amp_context(device, torch.bfloat16), torch.inference_mode():
+            return forward()()
+
+    row = _compare(_inference(forward()), bf16_step, reps, device)
+    row["max_abs_diff"] = float((bf16_step().float() - reference).abs().max())
+    speedups["bf16_autocast"] = row
     result["speedups"] = speedups
     return result
 
 
 def measure_compile(unet: torch.nn.Module, latent_shape: Sequence[int], batch: int, device: torch.device,
-                    repeats: int, baseline_s: float) -> tuple[dict, torch.nn.Module | None]:
-    """``torch.compile`` of the UNet: compile time (first call), then one sampling step. Any failure (no C++
-    compiler, an unsupported op) is recorded as ``error``. Returns (figures, compiled module or None)."""
+                    repeats: int) -> tuple[dict, torch.nn.Module | None]:
+    """``torch.compile`` of the UNet: compile time (first call, empty inductor cache), then one sampling step,
+    compared A B A with the eager UNet. Any failure (no C++ compiler, an unsupported op) is recorded as
+    ``error``. Returns (figures, compiled module or None)."""
     x, t, cond = _unet_inputs(latent_shape, batch, device)
     torch._dynamo.reset()  # no graphs from earlier calls in this process
+    eager = _inference(lambda: unet(x, t, **cond))
+    reps = max(repeats, 5)
     try:
+        first = best_time(eager, reps, device)
         compiled = torch.compile(unet)
         with _fresh_inductor_cache(), torch.inference_mode():
             sync(device)
@@ -318,11 +367,12 @@ def measure_compile(unet: torch.nn.Module, latent_shape: Sequence[int], batch: i
             compiled(x, t, **cond)
             sync(device)
             compile_s = time.perf_counter() - start
-            step = best_time(lambda: compiled(x, t, **cond), repeats, device)
+        step = best_time(_inference(lambda: compiled(x, t, **cond)), reps, device)
+        again = best_time(eager, reps, device)
     except Exception as exc:  # noqa: BLE001 - inductor raises many kinds; the benchmark goes on
         message = str(exc).strip().splitlines()
         return {"error": f"{type(exc).__name__}: {message[0] if message else ''}"[:300]}, None
-    return {"compile_s": compile_s, **_speedup(baseline_s, step)}, compiled
+    return {"compile_s": compile_s, **_speedup(min(first, again), step, baseline_blocks_s=[first, again])}, compiled
 
 
 @contextlib.contextmanager
@@ -508,7 +558,7 @@ def benchmark_profile(profile: str, args: argparse.Namespace, device: torch.devi
     volume = _step(f"{profile} volume", lambda: measure_volume(generator, xray, s, steps, args.repeats, dtype),
                    run, section, "volume", save)
     alg2 = _step(f"{profile} algorithm 2", lambda: measure_algorithm2(generator, xray, s, args.alg2_slices,
-                                                                        steps, dtype), run, section,
+                                                                        steps, dtype, args.repeats), run, section,
                  "algorithm2", save)
     if volume and alg2:
         section["algorithm2"]["ratio_vs_optimised"] = alg2["seconds"] / volume["seconds"]
@@ -529,17 +579,18 @@ def benchmark_profile(profile: str, args: argparse.Namespace, device: torch.devi
               section, "training", save)
     if args.compile and unet and volume:
         def compiled_figures() -> dict:
-            figures, compiled = measure_compile(generator.unet, latent_shape, s, device, args.repeats,
-                                                unet["step_s"])
-            if compiled is not None:  # eager and compiled volumes back to back, same load
+            figures, compiled = measure_compile(generator.unet, latent_shape, s, device, args.repeats)
+            if compiled is not None:  # eager, compiled, eager volumes back to back (A B A), same load
                 eager = generator.unet
-                baseline = measure_volume(generator, xray, s, steps, args.repeats, dtype)
+                first = measure_volume(generator, xray, s, steps, args.repeats, dtype)["seconds"]
                 generator.unet = compiled
                 try:
-                    timed = measure_volume(generator, xray, s, steps, args.repeats, dtype)
+                    timed = measure_volume(generator, xray, s, steps, args.repeats, dtype)["seconds"]
                 finally:
                     generator.unet = eager
-                figures["volume"] = _speedup(baseline["seconds"], timed["seconds"], repeats=args.repeats)
+                again = measure_volume(generator, xray, s, steps, args.repeats, dtype)["seconds"]
+                figures["volume"] = _speedup(min(first, again), timed, repeats=args.repeats,
+                                             baseline_blocks_s=[first, again])
             return figures
         _step(f"{profile} torch.compile", compiled_figures, run, section, "compile", save)
 
@@ -635,7 +686,7 @@ def run_benchmark(args: argparse.Namespace) -> dict:
                                         if k not in ("merge", "render_only", "out_dir", "command")}}
     report["runs"][label] = run
     save()
-    start = time.perf_counter()
+    start, cpu_before = time.perf_counter(), cpu_snapshot()
     for profile in args.profiles or (["paper"] if device.type == "cuda" else ["small"]):
         benchmark_profile(profile, args, device, run, save)
     if args.ingest:
@@ -644,6 +695,7 @@ def run_benchmark(args: argparse.Namespace) -> dict:
               "ingestion", save)
     run["machine"]["load_average_end"] = load_average()
     run["wall_s"] = time.perf_counter() - start
+    run["machine"]["cpu_use_during_run"] = cpu_use_since(cpu_before)
     run["peak_rss_mib_process_lifetime"] = process_peak_rss_mib()
     save()
     return report

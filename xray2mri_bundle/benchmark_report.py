@@ -136,7 +136,8 @@ def _profile_tables(label: str, profile: str, s: dict) -> list[str]:
                    f"sampling {_num(vol['sampling_s'])}, decoding {_num(vol['decoding_s'])}) |")
         out.append(f"| peak memory while sampling | {_peak(vol.get('peak_memory_mib'))} |")
     if _ok(alg2):
-        scaled = (f"measured on {alg2['measured_slices']} slices ({_num(alg2['measured']['seconds'])} s), scaled "
+        scaled = (f"measured on {alg2['measured_slices']} slices ({_num(alg2['measured']['seconds'])} s, best of "
+                  f"{alg2.get('repeats', 1)}), scaled "
                   f"linearly to {alg2['slices']}" if alg2["scaled"] else "measured on the whole volume")
         out.append(f"| volume, Algorithm 2 as written (conditions per slice, batch 1) | {_num(alg2['seconds'])} s, "
                    f"{scaled} |")
@@ -200,8 +201,9 @@ def _profile_tables(label: str, profile: str, s: dict) -> list[str]:
             if "volume" in comp:
                 v = comp["volume"]
                 vol_note = (f"; whole volume (autocast {s.get('amp')}, eager attention) {_num(v['baseline_s'])} "
-                            f"-> {_num(v['variant_s'])} s ({_num(v['speedup'])}x; eager and compiled timed back to "
-                            f"back, best of {v.get('repeats', 1)} each)")
+                            f"-> {_num(v['variant_s'])} s ({_num(v['speedup'])}x; eager, compiled"
+                            f"{', eager' if 'baseline_blocks_s' in v else ''} timed back to back, best of "
+                            f"{v.get('repeats', 1)} each)")
             out.append(f"| torch.compile (default mode) | {_num(comp['baseline_s'])} | {_num(comp['variant_s'])} | "
                        f"{_num(comp['speedup'])}x | compile time {_num(comp['compile_s'])} s (first call, empty "
                        f"inductor cache){vol_note} |")
@@ -328,12 +330,20 @@ def render_markdown(report: dict) -> str:
         if run.get("errors"):
             out += ["Errors in this run: " + "; ".join(run["errors"]), ""]
         if "wall_s" in run:
+            use = run.get("machine", {}).get("cpu_use_during_run")
+            other = ""
+            if use:
+                other = (f" CPU time during the run: this process {_num(use['own_cpu_s'])} s, all other processes "
+                         f"{_num(use['other_processes_cpu_s'])} s, steal {_num(use['steal_s'])} s.")
             out += [f"Run wall time {_num(run['wall_s'])} s; process peak RSS "
-                    f"{_num(run.get('peak_rss_mib_process_lifetime'))} MiB.", ""]
+                    f"{_num(run.get('peak_rss_mib_process_lifetime'))} MiB.{other}", ""]
     out += _cost_model(report)
     out += ["## Method", "",
             "- Timings are wall-clock seconds between device synchronisations; a figure is the best of the run's "
-            "repeats after a warm-up. The optimised path is `VolumeGenerator` with all depths in one batch "
+            "repeats after a warm-up. A speed-up is timed baseline, variant, baseline again (the better baseline "
+            "counts), so a slow spell of a shared machine is not read as a speed-up (runs from before this "
+            "method, without `baseline_blocks_s` in the JSON, timed the baseline once). The optimised path is "
+            "`VolumeGenerator` with all depths in one batch "
             "(`chunk_size` = slices), conditions computed once per X-ray, one shared initial noise, "
             "`torch.inference_mode`; Algorithm 2 as written is `per_slice_conditions=True` (conditions and decoding "
             "per slice, UNet batch 1).",

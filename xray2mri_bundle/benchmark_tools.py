@@ -8,6 +8,7 @@ condition tensors of the UNet's shapes. Nothing here loads weights or data.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import platform
 import resource
@@ -24,6 +25,8 @@ __all__ = [
     "attention_sdpa",
     "best_time",
     "count_flops",
+    "cpu_snapshot",
+    "cpu_use_since",
     "cpu_name",
     "load_average",
     "machine_description",
@@ -57,6 +60,31 @@ def load_average() -> list[float]:
         return [round(v, 2) for v in os.getloadavg()]
     except OSError:  # not available on this platform
         return []
+
+
+def cpu_snapshot() -> dict[str, float]:
+    """Machine-wide busy and steal CPU seconds (``/proc/stat``) and this process's own CPU seconds (with its
+    finished children, e.g. compiler workers); two snapshots give how much OTHER processes ran meanwhile."""
+    own = sum(getattr(resource.getrusage(who), f) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+              for f in ("ru_utime", "ru_stime"))
+    snap = {"own_s": own, "busy_s": math.nan, "steal_s": math.nan}
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+        tick = os.sysconf("SC_CLK_TCK")
+        # user nice system idle iowait irq softirq steal ...: busy = all but idle and iowait
+        snap["busy_s"] = (sum(fields[:8]) - fields[3] - fields[4]) / tick
+        snap["steal_s"] = fields[7] / tick
+    return snap
+
+
+def cpu_use_since(before: dict[str, float]) -> dict[str, float]:
+    """CPU seconds since ``before``: this process, all other processes together, and steal (time the host
+    gave our virtual CPUs to other machines). Other processes or steal well above zero mean a disturbed run."""
+    now = cpu_snapshot()
+    own = now["own_s"] - before["own_s"]
+    busy = now["busy_s"] - before["busy_s"]
+    return {"own_cpu_s": round(own, 1), "other_processes_cpu_s": round(max(0.0, busy - own), 1),
+            "steal_s": round(now["steal_s"] - before["steal_s"], 1)}
 
 
 def machine_description(device: torch.device) -> dict:
