@@ -13,19 +13,8 @@ from xray2mri_bundle.data.datasets import KneeSliceDataset, build_knee_dataset, 
 from xray2mri_bundle.data.index import index_oai, write_datalist
 from xray2mri_bundle.data.preview import main as preview_main
 
-KNEES, SEED, MATRIX = 12, 3, 64
 SIZE = 64
 
-
-@pytest.fixture(scope="session")
-def cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The session's cohort (shared on disk with the other test_data_* modules; generated once)."""
-    from xray2mri_bundle.cohort import make_cohort
-
-    root = tmp_path_factory.getbasetemp() / f"data_cohort_{KNEES}_{SEED}_{MATRIX}"
-    if not (root / "cohort.json").exists():
-        make_cohort(root, knees=KNEES, seed=SEED, mri_matrix=MATRIX, progress=False)
-    return root
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+from conftest import DATA_KNEES as KNEES  # noqa: E402
 
 from xray2mri_bundle.data.index import (
     index_manifest,
@@ -22,23 +23,6 @@ from xray2mri_bundle.data.index import (
     visit_of_folder,
 )
 from xray2mri_bundle.data.mri_io import inspect_series
-
-KNEES, SEED, MATRIX = 12, 3, 64
-
-
-def _cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The session's cohort (12 knees, matrix 64), generated once and shared by the test_data_* modules."""
-    from xray2mri_bundle.cohort import make_cohort
-
-    root = tmp_path_factory.getbasetemp() / f"data_cohort_{KNEES}_{SEED}_{MATRIX}"
-    if not (root / "cohort.json").exists():
-        make_cohort(root, knees=KNEES, seed=SEED, mri_matrix=MATRIX, progress=False)
-    return root
-
-
-@pytest.fixture(scope="session")
-def cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _cohort(tmp_path_factory)
 
 
 def _truth(root: Path) -> list[dict]:

@@ -11,6 +11,9 @@ import numpy as np
 import pydicom
 import pytest
 import torch
+from conftest import DATA_KNEES as KNEES  # noqa: E402
+from conftest import DATA_MATRIX as MATRIX  # noqa: E402
+from conftest import DATA_SEED as SEED  # noqa: E402
 from monai.transforms import Compose
 from PIL import Image
 
@@ -28,19 +31,6 @@ from xray2mri_bundle.data.xray_transforms import (
     SelectKneed,
     xray_transforms,
 )
-
-KNEES, SEED, MATRIX = 12, 3, 64
-
-
-@pytest.fixture(scope="session")
-def cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The session's cohort (shared on disk with the other test_data_* modules; generated once)."""
-    from xray2mri_bundle.cohort import make_cohort
-
-    root = tmp_path_factory.getbasetemp() / f"data_cohort_{KNEES}_{SEED}_{MATRIX}"
-    if not (root / "cohort.json").exists():
-        make_cohort(root, knees=KNEES, seed=SEED, mri_matrix=MATRIX, progress=False)
-    return root
 
 
 @pytest.fixture(scope="session")
