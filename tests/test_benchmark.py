@@ -40,6 +40,7 @@ def test_quick_writes_json_and_markdown(quick_report: tuple[Path, dict]) -> None
                   tiny["algorithm2"]["seconds"], tiny["algorithm2"]["ratio_vs_optimised"],
                   tiny["unet"]["forwards_per_s_b1"], tiny["unet"]["slice_forwards_per_s"],
                   tiny["training"]["slices_per_s"], tiny["training"]["unet_encoder_slices_per_s"],
+                  tiny["training"]["uncached_slices_per_s"], tiny["training"]["latent_cache_knee_s"],
                   run["ingestion"]["cold_knees_per_s"], run["ingestion"]["warm_knees_per_s"],
                   report["cost_model"]["tiny"]["unet_gflop_per_forward"],
                   report["cost_model"]["tiny"]["lower_bound_s"]):

@@ -249,6 +249,25 @@ def test_report_lists_methods_figures_and_failure_modes() -> None:
     assert "does not beat the mean training volume" in text
     assert "smoother than real MRI" in text and "KL grade 4" in text
     assert "Not produced in this run" in text
+    assert "`full` median RSSIM 0.200 [0.200, 0.200] (IQR 0.000)" in text
+    assert "- `mean_volume`: 0.300 [0.300, 0.300] (IQR 0.000); `full` is lower by 0.100" in text
+    assert "No `training_record.json`" in text
+
+
+def test_report_says_how_long_the_weights_trained() -> None:
+    rows = [{"subject": "1", "side": "LEFT", "kl": 2, "method": "full", "psnr": 20.0, "rssim": 0.4}]
+    record = {"profile": "small", "commit": "0123456789abcdef", "date_utc": "2026-11-25", "command": "train.sh",
+              "notes": ["resumed once"],
+              "stages": {"autoencoder": {"iterations": 1080, "wall_time_s": 1800.0, "final_train_loss": 0.03,
+                                         "final_validation": {"epoch": 120.0, "val_psnr": 22.5}},
+                         "diffusion": {"iterations": 5000, "wall_time_s": 3000.0, "final_train_loss": None,
+                                       "final_validation": None},
+                         "diffusion_ldm_depth_only": {"iterations": 5000, "wall_time_s": 60.0}}}
+    text = render_report(summarise(rows), rows, {}, {}, training_record=record)
+    assert "| `autoencoder.pt` | 1080 | 30.0 | 0.03 | val_psnr 22.5 |" in text
+    assert "| `diffusion.pt` | 5000 | 50.0 | n/a | n/a |" in text
+    assert "diffusion_ldm_depth_only" not in text  # not an evaluated method here
+    assert "- resumed once" in text and "`train.sh`" in text
 
 
 # ------------------------------------------------------------------------------- end to end on a tiny cohort

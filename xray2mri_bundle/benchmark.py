@@ -11,7 +11,8 @@ same load. Per profile (``small`` on a CPU, ``paper`` on a GPU, ``tiny`` for ``-
   channels_last, MONAI's ``use_flash_attention`` (torch SDPA) vs its einsum attention, bf16 autocast, and
   ``torch.compile`` (compile time reported apart; a failure is recorded, not raised);
 - training slices per second: UNet + X-ray encoder forward, backward and AdamW at the profile's batch, with
-  and without the ``LatentDiffusionPrepareBatch`` (frozen E1 and C, noising);
+  the ``LatentDiffusionPrepareBatch`` reading cached E1/C latents (the default), encoding on the fly, and
+  without it; plus the one-off cost of caching one knee;
 - quality against steps (10 / 20 / 50): PSNR, SSIM and RSSIM of a validation knee against its real MRI, only
   with trained weights;
 - ingestion knees per second, cold and warm (``data.measure_cache_speed`` on a fresh synthetic cohort);
@@ -391,25 +392,43 @@ def _fresh_inductor_cache() -> Iterator[None]:
 
 
 def measure_training(generator: Any, batch: int, repeats: int, dtype: torch.dtype | None) -> dict:
-    """One training iteration of the diffusion stage at ``batch`` slices: (a) the trainable part alone
-    (UNet + X-ray encoder E2 forward, epsilon-MSE, backward, AdamW) on a batch prepared once, (b) the full
-    iteration with ``LatentDiffusionPrepareBatch`` (frozen E1 encodes slice and crop, frozen C gives p, noising).
-    Random images; the UNet and E2 weights are updated in place (run this after the sampling measurements)."""
+    """One training iteration of the diffusion stage at ``batch`` slices, three ways: (a) the full iteration as
+    the bundle trains by default (``cache_latents``: the frozen E1/C outputs come from ``LatentKneeCache``, so
+    the step is posterior sample + noising + UNet/E2 forward, epsilon-MSE, backward, AdamW); (b) the full
+    iteration encoding on the fly (``cache_latents false``: frozen E1 encodes slice and crop, frozen C gives p,
+    every step); (c) the trainable part alone on a batch prepared once. Also the one-off cost of caching one
+    50-slice knee. Random images; the UNet and E2 weights are updated in place (run after the sampling
+    measurements)."""
     from monai.networks.schedulers import DDPMScheduler
 
     from xray2mri_bundle.engines.denoiser import XrayDenoiser
+    from xray2mri_bundle.engines.latent_cache import LatentKneeCache
     from xray2mri_bundle.engines.prepare_batch import LatentDiffusionPrepareBatch
     from xray2mri_bundle.inference.sampler import DEFAULT_SCHEDULE
 
     device, encoders = generator.device, generator.condition_encoder
     size = int(generator.image_size or 0) or _image_size(generator.profile)
     gen = torch.Generator().manual_seed(0)
+    knee = {"mri": torch.rand(1, size, size, 50, generator=gen) * 2 - 1,
+            "xray": torch.rand(1, size, size, generator=gen) * 2 - 1}
+    index = torch.arange(batch) % 50
     batch_data = {
-        "image": torch.rand(batch, 3, size, size, generator=gen) * 2 - 1,
-        "xray": torch.rand(batch, 1, size, size, generator=gen) * 2 - 1,
-        "depth": torch.rand(batch, generator=gen),
+        "image": knee["mri"][..., index].permute(3, 0, 1, 2).expand(-1, 3, -1, -1).contiguous(),
+        "xray": knee["xray"].expand(batch, -1, -1, -1).contiguous(),
+        "depth": index.float() / 49,
         "intensity": torch.softmax(torch.randn(batch, 16, 8, 8, generator=gen), dim=1),
     }
+    cache = LatentKneeCache.__new__(LatentKneeCache)  # the encoder of the cache without building a dataset
+    cache.autoencoder, cache.classifier = encoders.autoencoder, encoders.classifier
+    cache.device, cache.batch_size, cache.channels = device, 32, 3
+    with amp_context(device, dtype):
+        encode_knee_s = best_time(lambda: cache.encode_knee(knee), repeats, device)
+        latents = cache.encode_knee(knee)
+    cached_batch = {k: batch_data[k] for k in ("xray", "depth", "intensity")}
+    cached_batch.update(latent_mu=latents["mri_latent_mu"][index], latent_sigma=latents["mri_latent_sigma"][index],
+                        xray_latent=latents["xray_latent"].expand(batch, -1, -1, -1))
+    if "p_map" in latents:
+        cached_batch["p_map"] = latents["p_map"].expand(batch, *latents["p_map"].shape)
     prepare = LatentDiffusionPrepareBatch(
         encoders.autoencoder, DDPMScheduler(num_train_timesteps=1000, **DEFAULT_SCHEDULE), generator.scale_factor,
         classifier=encoders.classifier, amp=device.type == "cuda" and dtype is not None,
@@ -427,19 +446,23 @@ def measure_training(generator: Any, batch: int, repeats: int, dtype: torch.dtyp
         optimizer.step()
 
     try:
-        prepared = prepare(batch_data, device)
+        prepared = prepare(cached_batch, device)
         reset_peak_memory(device)
         unet_only = best_time(lambda: step(prepared), repeats, device)
-        full = best_time(lambda: step(prepare(batch_data, device)), repeats, device)
+        cached = best_time(lambda: step(prepare(cached_batch, device)), repeats, device)
+        uncached = best_time(lambda: step(prepare(batch_data, device)), repeats, device)
+        prepare_cached_s = best_time(lambda: prepare(cached_batch, device), repeats, device)
         prepare_s = best_time(lambda: prepare(batch_data, device), repeats, device)
         peak = peak_memory_mib(device)
     finally:
         denoiser.eval().requires_grad_(False)
         optimizer.zero_grad(set_to_none=True)
     return {"batch": batch, "amp": str(dtype).replace("torch.", "") if dtype else "none",
-            "step_s": full, "slices_per_s": batch / full,
+            "step_s": cached, "slices_per_s": batch / cached,
+            "uncached_step_s": uncached, "uncached_slices_per_s": batch / uncached,
             "unet_encoder_step_s": unet_only, "unet_encoder_slices_per_s": batch / unet_only,
-            "prepare_batch_s": prepare_s, "peak_memory_mib": peak}
+            "prepare_batch_s": prepare_s, "prepare_batch_cached_s": prepare_cached_s,
+            "latent_cache_knee_s": encode_knee_s, "peak_memory_mib": peak}
 
 
 def measure_quality(generator: Any, knee: dict, steps_list: Sequence[int]) -> dict:

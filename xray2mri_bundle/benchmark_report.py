@@ -69,9 +69,13 @@ def _measured(profile: str, what: str, section: dict) -> tuple[float | None, str
         return alg2.get("ratio_vs_optimised"), note
     if what.startswith("training") and _ok(section.get("training")):
         train = section["training"]
-        return train["slices_per_s"], (f"batch {train['batch']}, full iteration with the PrepareBatch's frozen "
-                                       f"encoders; UNet + X-ray encoder alone "
-                                       f"{_num(train['unet_encoder_slices_per_s'])} slices/s")
+        if "uncached_slices_per_s" not in train:  # runs before the latent cache: encoders ran every step
+            return train["slices_per_s"], (f"batch {train['batch']}, full iteration with the PrepareBatch's frozen "
+                                           f"encoders (before the latent cache); UNet + X-ray encoder alone "
+                                           f"{_num(train['unet_encoder_slices_per_s'])} slices/s")
+        return train["slices_per_s"], (f"batch {train['batch']}, full iteration with cached E1/C latents (the "
+                                       f"default); encoding on the fly {_num(train['uncached_slices_per_s'])} "
+                                       f"slices/s")
     return None, ""
 
 
@@ -156,12 +160,21 @@ def _profile_tables(label: str, profile: str, s: dict) -> list[str]:
             out.append(f"| achieved TFLOP/s in that step | {_num(unet['achieved_tflops_step'])} |")
     train = s.get("training")
     if _ok(train):
-        out.append(f"| training, full iteration (PrepareBatch encoders + UNet/E2 fwd+bwd + AdamW), batch "
-                   f"{train['batch']}, amp {train['amp']} | **{_num(train['slices_per_s'])} slices/s** "
-                   f"({_num(train['step_s'])} s) |")
+        cached = "uncached_slices_per_s" in train
+        what = "cached E1/C latents (default) + UNet/E2 fwd+bwd + AdamW" if cached else \
+            "PrepareBatch encoders + UNet/E2 fwd+bwd + AdamW"
+        out.append(f"| training, full iteration ({what}), batch {train['batch']}, amp {train['amp']} | "
+                   f"**{_num(train['slices_per_s'])} slices/s** ({_num(train['step_s'])} s) |")
+        if cached:
+            out.append(f"| training, full iteration encoding on the fly (``cache_latents false``) | "
+                       f"{_num(train['uncached_slices_per_s'])} slices/s ({_num(train['uncached_step_s'])} s; "
+                       f"PrepareBatch alone {_num(train['prepare_batch_s'])} s, from the cache "
+                       f"{_num(train['prepare_batch_cached_s'])} s) |")
+            out.append(f"| latent cache, one-off cost per 50-slice knee (E1 on slices and crop, C on crop) | "
+                       f"{_num(train['latent_cache_knee_s'])} s |")
         out.append(f"| training, UNet + X-ray encoder only (batch prepared once) | "
-                   f"{_num(train['unet_encoder_slices_per_s'])} slices/s (PrepareBatch alone "
-                   f"{_num(train['prepare_batch_s'])} s) |")
+                   f"{_num(train['unet_encoder_slices_per_s'])} slices/s"
+                   + ("" if cached else f" (PrepareBatch alone {_num(train['prepare_batch_s'])} s)") + " |")
         out.append(f"| peak memory while training | {_peak(train.get('peak_memory_mib'))} |")
     for key in ("volume", "algorithm2", "unet", "training", "chunks", "compile", "steps_quality",
                 "volume_variants"):

@@ -6,7 +6,9 @@ slices 13..62, resize, [-1, 1], X-ray crop, intensity map) and cached: on disk w
 The cache stores the MRI with ONE channel (a third of the bytes); :class:`KneeSliceDataset` repeats it to 3
 channels per slice.
 
-A *sample* is (knee, depth): keys ``image`` (3, H, W), ``depth`` float in [0, 1] (slice k of S -> k / (S - 1)),
+A *sample* is (knee, depth): keys ``image`` (3, H, W) (or, for knees from
+``engines.latent_cache.LatentKneeCache``, the slice's cached ``latent_mu`` / ``latent_sigma`` and the knee's
+``xray_latent`` / ``p_map``), ``depth`` float in [0, 1] (slice k of S -> k / (S - 1)),
 ``xray`` (1, H, W), ``intensity`` (16, 8, 8), ``kl`` int64, plus ``subject``, ``side``, ``slice``.
 Training draws every (knee, slice) pair (shuffle in the DataLoader) or one random depth per knee
 (``depths="random"``); validation draws all S depths of each knee in order.
@@ -191,19 +193,33 @@ class KneeSliceDataset(Dataset, Randomizable):
                 self._lru.popitem(last=False)
         return knee
 
-    def _transform(self, index: int) -> dict:
-        knee_index, slice_index = self.data[index]
-        if slice_index < 0:
-            slice_index = self.randomize()
-        knee = self._knee(knee_index)
+    def _slice_content(self, knee: Mapping, knee_index: int, slice_index: int) -> dict:
+        """``image`` (channels, H, W) of slice ``slice_index``; for a knee from ``LatentKneeCache`` instead
+        its cached ``latent_mu`` / ``latent_sigma`` (4, h, w) plus ``xray_latent`` (and ``p_map``)."""
+        if "mri_latent_mu" in knee:
+            mu, sigma = torch.as_tensor(knee["mri_latent_mu"]), torch.as_tensor(knee["mri_latent_sigma"])
+            if mu.shape[0] != self.slices:
+                raise ValueError(f"knee {knee_index} has {mu.shape[0]} cached slices, dataset expects {self.slices}")
+            out = {"latent_mu": mu[slice_index], "latent_sigma": sigma[slice_index],
+                   "xray_latent": torch.as_tensor(knee["xray_latent"])}
+            if "p_map" in knee:
+                out["p_map"] = torch.as_tensor(knee["p_map"])
+            return out
         volume = torch.as_tensor(knee["mri"])
         if volume.shape[-1] != self.slices:
             raise ValueError(f"knee {knee_index} has {volume.shape[-1]} slices, dataset expects {self.slices}")
         image = volume[..., slice_index]
         if image.shape[0] == 1 and self.channels > 1:
             image = image.expand(self.channels, *image.shape[1:])
+        return {"image": image.float().contiguous()}
+
+    def _transform(self, index: int) -> dict:
+        knee_index, slice_index = self.data[index]
+        if slice_index < 0:
+            slice_index = self.randomize()
+        knee = self._knee(knee_index)
         sample = {
-            "image": image.float().contiguous(),
+            **self._slice_content(knee, knee_index, slice_index),
             "depth": torch.tensor(slice_index / (self.slices - 1) if self.slices > 1 else 0.0, dtype=torch.float32),
             "xray": torch.as_tensor(knee["xray"]).float(),
             "intensity": torch.as_tensor(knee["intensity"]).float(),

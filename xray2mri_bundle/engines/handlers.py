@@ -294,7 +294,8 @@ class ComputeScaleFactor:
     Args:
         scale_factor: the ``ScaleFactor`` to set (shared with the PrepareBatch and the checkpoints).
         autoencoder: the frozen stage-1 ``AutoencoderKL``.
-        data_loader: training loader; batches are dicts with ``image_key`` (B, C, H, W) in [-1, 1].
+        data_loader: training loader; batches are dicts with ``image_key`` (B, C, H, W) in [-1, 1], or with
+            cached posteriors ``latent_mu`` / ``latent_sigma`` (``LatentKneeCache``).
         override: a fixed value (e.g. the paper's 0.2) instead of the data-driven one; None or 0 = compute.
         num_batches: batches to average over.
         image_key: key of the MRI slices in a batch.
@@ -338,8 +339,12 @@ class ComputeScaleFactor:
         for index, batch in enumerate(self.data_loader):
             if index >= self.num_batches:
                 break
-            images = torch.as_tensor(batch[self.image_key]).to(device)
-            z = self.autoencoder.encode_stage_2_inputs(images).double()
+            if "latent_mu" in batch:  # cached posteriors (LatentKneeCache): sample them like E1 would
+                mu = torch.as_tensor(batch["latent_mu"]).to(device)
+                z = (mu + torch.as_tensor(batch["latent_sigma"]).to(device) * torch.randn_like(mu)).double()
+            else:
+                images = torch.as_tensor(batch[self.image_key]).to(device)
+                z = self.autoencoder.encode_stage_2_inputs(images).double()
             count = torch.tensor(z.numel(), dtype=torch.float64, device=device)
             moments += torch.stack([count, z.sum(), z.pow(2).sum()])
         if dist_utils.is_distributed():

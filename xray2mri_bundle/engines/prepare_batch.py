@@ -9,6 +9,8 @@
   network), depth ``d``, KOA probability map ``p = C.forward_maps(x_c)`` (frozen C) and intensity map ``i``;
   and the classifier-free-guidance masks (5% drop embedding, 5% drop both, 5% drop latent).
   The target is ``eps`` (epsilon prediction), so the loss is ``MSE(U(z_t, t, ...), eps)``.
+  Batches from ``engines.latent_cache.LatentKneeCache`` carry E1's posterior and C's map already, so only the
+  posterior sample, the noising and the masks happen here (no frozen network runs per step).
 """
 
 from __future__ import annotations
@@ -83,7 +85,8 @@ class LatentDiffusionPrepareBatch(DiffusionPrepareBatch):
     """Build the diffusion stage's noisy latents, targets and conditions from a slice batch.
 
     Batch keys (after collation): ``image`` (B, 3, H, W) MRI slice in [-1, 1], ``xray`` (B, 1, H, W) knee crop
-    in [-1, 1], ``depth`` (B,) in [0, 1], ``intensity`` (B, 16, 8, 8). Returns
+    in [-1, 1], ``depth`` (B,) in [0, 1], ``intensity`` (B, 16, 8, 8); with cached latents ``latent_mu`` /
+    ``latent_sigma`` (B, 4, h, w), ``xray_latent`` and ``p_map`` replace ``image`` and the encoders. Returns
     ``(z_t, eps, (), kwargs)`` with kwargs ``timesteps, xray, xray_latent, depth, p_map, i_map, drop_context,
     drop_latent`` for the denoiser (``XrayDenoiser``) called as ``network(z_t, **kwargs)``.
 
@@ -174,6 +177,23 @@ class LatentDiffusionPrepareBatch(DiffusionPrepareBatch):
                 p_map = p_map.float()
         return z0, xray_latent.float(), p_map
 
+    def from_cache(
+        self, batchdata: Mapping[str, Any], device: torch.device | str | None, non_blocking: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """``(z0, xray_latent, p_map)`` from a batch of ``LatentKneeCache`` slices: a fresh posterior sample
+        ``scale * (mu + sigma * eps)`` (as :meth:`encode` draws it) and the cached crop latent and p map."""
+        mu = _tensor(batchdata["latent_mu"], device, non_blocking).float()
+        sigma = _tensor(batchdata["latent_sigma"], device, non_blocking).float()
+        z0 = (mu + sigma * self.get_noise(mu)) * float(self.scale_factor)
+        xray_latent = _tensor(batchdata["xray_latent"], device, non_blocking).float()
+        p_map = None
+        if self.classifier is not None:
+            if "p_map" not in batchdata:
+                raise KeyError("the batch has cached latents but no 'p_map': the latent cache was built without "
+                               "the classifier this PrepareBatch uses")
+            p_map = _tensor(batchdata["p_map"], device, non_blocking).float()
+        return z0, xray_latent, p_map
+
     def __call__(
         self,
         batchdata: Mapping[str, Any],
@@ -181,13 +201,17 @@ class LatentDiffusionPrepareBatch(DiffusionPrepareBatch):
         non_blocking: bool = False,
         **kwargs: Any,
     ) -> tuple[torch.Tensor, torch.Tensor, tuple, dict]:
-        images = _tensor(batchdata[self.image_key], device, non_blocking, **kwargs).float()
+        """Batches with cached latents (``latent_mu`` key) skip the frozen encoders; others run them."""
         xray = _tensor(batchdata[self.xray_key], device, non_blocking, **kwargs).float()
-        depth = _tensor(batchdata[self.depth_key], device, non_blocking).float().reshape(images.shape[0])
+        if "latent_mu" in batchdata:
+            z0, xray_latent, p_map = self.from_cache(batchdata, device, non_blocking)
+        else:
+            images = _tensor(batchdata[self.image_key], device, non_blocking, **kwargs).float()
+            z0, xray_latent, p_map = self.encode(images, xray)
+        depth = _tensor(batchdata[self.depth_key], device, non_blocking).float().reshape(z0.shape[0])
         i_map = None
         if self.use_intensity and self.intensity_key in batchdata:
             i_map = _tensor(batchdata[self.intensity_key], device, non_blocking).float()
-        z0, xray_latent, p_map = self.encode(images, xray)
         noise = self.get_noise(z0)
         timesteps = self.get_timesteps(z0)
         noisy = self.scheduler.add_noise(original_samples=z0, noise=noise, timesteps=timesteps)

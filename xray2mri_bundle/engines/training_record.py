@@ -73,7 +73,8 @@ def _plot_losses(curves: dict[str, list[float]], out_png: Path) -> None:
 
 
 def write_training_record(
-    models: Path, logs: Path, cohort: Path, wall_s: dict[str, float], command: str, loss_png: Path | None
+    models: Path, logs: Path, cohort: Path, wall_s: dict[str, float], command: str, loss_png: Path | None,
+    notes: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Write ``models/training_record.json`` (and the loss-curve PNG); return the record."""
     root = Path(__file__).resolve().parents[2]
@@ -96,6 +97,7 @@ def write_training_record(
         "disclaimer": DISCLAIMER,
         "profile": models.name,
         "command": command,
+        "notes": list(notes),
         "commit": _git_commit(root),
         "date_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "cohort": {k: cohort_meta.get(k) for k in ("seed", "knees", "mri_matrix", "version") if k in cohort_meta},
@@ -118,10 +120,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--cohort", required=True, type=Path, help="cohort the weights were trained on")
     p.add_argument("--wall", nargs="+", default=[], help="stage=seconds, one per stage")
     p.add_argument("--command", default="", help="the command that trained the weights")
+    p.add_argument("--note", action="append", default=[], help="a remark on how the weights were trained")
     p.add_argument("--loss-png", type=Path, default=Path("docs/images/loss_curves_small.png"))
     args = p.parse_args(argv)
     wall = {k: float(v) for k, v in (item.split("=", 1) for item in args.wall)}
-    record = write_training_record(args.models, args.logs, args.cohort, wall, args.command, args.loss_png)
+    record = write_training_record(args.models, args.logs, args.cohort, wall, args.command, args.loss_png,
+                                   args.note)
     print(json.dumps(record["stages"], indent=2))
     return 0
 

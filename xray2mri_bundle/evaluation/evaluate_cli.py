@@ -169,7 +169,7 @@ def reproduce(args: argparse.Namespace, argv: Sequence[str], methods: Sequence[s
                     f"python -m monai.bundle run --config_file \"['configs/common.json', 'configs/profiles/{profile}"
                     f".json', 'configs/train_diffusion.json']\" --dataset_dir {data} --model_dir {model_dir} "
                     f"{ABLATION_OVERRIDES[name]} --final_path {model_dir}/diffusion_{name}.pt "
-                    f"--checkpoint_dir eval/{profile}/diffusion_{name}")
+                    f"--checkpoint_dir outputs/{profile}/diffusion_{name}")
     lines += ["# evaluation", "xray2mri evaluate " + shlex.join(list(argv))]
     return lines
 
@@ -302,9 +302,13 @@ def _write_outputs(
                          "adjacent-slice correlations are between those slices, so they read lower than for "
                          "neighbouring 1.5 mm slices (real and generated alike).")
     commands = reproduce(args, argv, methods, profile)
+    record_path = Path(args.model_dir) / "training_record.json"
+    if not record_path.is_file():
+        record_path = Path(args.model_dir) / profile / "training_record.json"
+    record = json.loads(record_path.read_text()) if record_path.is_file() else None
     links = {key: path.relative_to(out).as_posix() for key, path in run.figures.items()}
     run.report = write_report(out / "report.md", render_report(
-        run.summary, rows, settings, links, commands, run.notes, missing, args.title))
+        run.summary, rows, settings, links, commands, run.notes, missing, args.title, record))
     if args.write_docs:
         docs = Path(args.docs_dir)
         (docs / "results").mkdir(parents=True, exist_ok=True)
@@ -312,7 +316,7 @@ def _write_outputs(
             shutil.copy2(path, docs / "results" / path.name)
         doc_links = {key: f"results/{path.name}" for key, path in run.figures.items()}
         run.docs = write_report(docs / "results.md", render_report(
-            run.summary, rows, settings, doc_links, commands, run.notes, missing, args.title))
+            run.summary, rows, settings, doc_links, commands, run.notes, missing, args.title, record))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -106,6 +106,46 @@ def failure_modes(
     return notes
 
 
+def rssim_headline(summary: Mapping[str, Any], reference: str = "full") -> list[str]:
+    """One line per other method: the reference's median RSSIM [IQR] beside that method's, and the difference."""
+    ref = (summary.get(reference, {}).get("overall", {}) or {}).get("rssim")
+    if not ref or ref.get("median") is None:
+        return []
+    lines = [f"`{reference}` median RSSIM {_fmt(ref, 3)} (IQR {ref['q3'] - ref['q1']:.3f}) against:", ""]
+    for method, data in summary.items():
+        other = data.get("overall", {}).get("rssim")
+        if method == reference or not other or other.get("median") is None:
+            continue
+        delta = ref["median"] - other["median"]
+        lines.append(f"- `{method}`: {_fmt(other, 3)} (IQR {other['q3'] - other['q1']:.3f}); `{reference}` is "
+                     f"{'higher' if delta > 0 else 'lower' if delta < 0 else 'equal'} by {abs(delta):.3f}")
+    return lines
+
+
+def weights_section(record: Mapping[str, Any] | None, methods: Sequence[str]) -> list[str]:
+    """How the evaluated checkpoints were trained, from ``<model_dir>/training_record.json`` (if present)."""
+    if not record:
+        return ["No `training_record.json` next to the checkpoints: how they were trained is not recorded."]
+    stage_of = {"full": "diffusion", **{m: f"diffusion_{m}" for m in methods if m != "full"}}
+    lines = [f"From `training_record.json` (profile {record.get('profile')}, commit "
+             f"{str(record.get('commit'))[:10]}, {record.get('date_utc')}): `{record.get('command')}`.", "",
+             "| checkpoint | iterations | wall time (min) | final train loss | final validation |",
+             "| --- | --- | --- | --- | --- |"]
+    stages = record.get("stages", {})
+    wanted = ["autoencoder", "classifier", *[stage_of[m] for m in methods if stage_of.get(m) in stages]]
+    for stage in wanted:
+        info = stages.get(stage)
+        if not info:
+            continue
+        final = info.get("final_validation") or {}
+        val = ", ".join(f"{k} {v:.4g}" for k, v in final.items() if k != "epoch") or "n/a"
+        loss = info.get("final_train_loss")
+        lines.append(f"| `{stage}.pt` | {info.get('iterations')} | {info.get('wall_time_s', 0) / 60:.1f} | "
+                     f"{'n/a' if loss is None else f'{loss:.4g}'} | {val} |")
+    lines += [f"- {note}" for note in record.get("notes", [])]
+    return lines
+
+
 def _overall_table(summary: Mapping[str, Any]) -> list[str]:
     head = "| method | " + " | ".join(label for _, label, _ in _TABLE_METRICS) + " | knees |"
     lines = [head, "|" + " --- |" * (len(_TABLE_METRICS) + 2)]
@@ -151,9 +191,11 @@ def render_report(
     notes: Sequence[str] = (),
     missing_grades: Sequence[int] = (),
     title: str = "Evaluation results",
+    training_record: Mapping[str, Any] | None = None,
 ) -> str:
     """Markdown text. ``figures``: key -> link relative to the report (keys: psnr, ssim_rssim, table1, sweep,
-    interpolation; absent keys are explained). ``notes``: extra lines (e.g. why a study was skipped)."""
+    interpolation; absent keys are explained). ``notes``: extra lines (e.g. why a study was skipped).
+    ``training_record``: the checkpoints' ``training_record.json`` (how long each was trained)."""
     lines = [f"# {title}", "", f"> {DISCLAIMER}", ""]
     if commands:
         lines += ["## Reproduce", "", "```bash", *commands, "```", ""]
@@ -161,8 +203,13 @@ def render_report(
     lines += [f"- **{key}**: {value}" for key, value in settings.items()]
     lines += ["", "Methods (all on the same knees, through the same `SupervisedEvaluator`):", ""]
     lines += [f"- `{m}`: {METHODS[m].description}" if m in METHODS else f"- `{m}`" for m in summary]
+    lines += ["", "### Weights evaluated", ""]
+    lines += weights_section(training_record, [m for m in summary if m in METHODS and METHODS[m].kind == "diffusion"])
     lines += ["", "## Image quality and joint-space width (median [Q1, Q3] over knees)", ""]
     lines += _overall_table(summary)
+    headline = rssim_headline(summary)
+    if headline:
+        lines += ["", *headline]
     lines += ["", "Paper (OAI, its model): " + "; ".join(f"{k} {v}" for k, v in PAPER_VALUES.items()) + ".", ""]
     lines += ["### Per KL grade", ""]
     lines += _kl_table(summary, [m for m in _TABLE_METRICS if m[0] in ("psnr", "ssim", "rssim")])
