@@ -419,3 +419,20 @@ def test_bundle_config_runs(bundle_dir: Path, tmp_path: Path) -> None:
 def test_condition_encoder_rejects_batches(pipeline: VolumeGenerator) -> None:
     with pytest.raises(ValueError, match="one grey crop"):
         ConditionEncoder(pipeline.autoencoder)(torch.zeros(2, 1, SIZE, SIZE))
+
+
+def test_acceleration_options_keep_the_volume(bundle_dir: Path, crop: torch.Tensor) -> None:
+    """SDPA attention gives the same volume up to rounding; bf16 autocast a close one; fp16 needs CUDA."""
+    from xray2mri_bundle.inference.acceleration import accelerate
+
+    settings = {"slices": 6, "num_inference_steps": 3, "seed": 1}
+    reference = load_pipeline(bundle_dir, PROFILE, "cpu")(crop, **settings).volume
+    fast = accelerate(load_pipeline(bundle_dir, PROFILE, "cpu"), fast_attention=True)
+    assert fast.acceleration["fast_attention_blocks"] > 0
+    assert torch.allclose(fast(crop, **settings).volume, reference, atol=1e-4)
+    bf16 = accelerate(load_pipeline(bundle_dir, PROFILE, "cpu"), precision="bf16")
+    volume = bf16(crop, **settings).volume
+    assert volume.dtype == torch.float32 and not torch.equal(volume, reference)
+    assert (volume - reference).abs().mean() < 0.05
+    with pytest.raises(ValueError, match="CUDA"):
+        accelerate(load_pipeline(bundle_dir, PROFILE, "cpu"), precision="fp16")

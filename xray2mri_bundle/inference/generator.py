@@ -129,6 +129,9 @@ class VolumeGenerator:
         self.checkpoints: dict[str, str] = {}
         self.weights: str = "model"
         self.image_size: int | None = None
+        # opt-in speed-ups (``inference.acceleration.accelerate``): UNet autocast dtype, what was switched on
+        self.autocast_dtype: torch.dtype | None = None
+        self.acceleration: dict[str, object] = {"precision": "fp32", "fast_attention_blocks": 0, "compile": False}
 
     @torch.inference_mode()
     def __call__(
@@ -216,7 +219,10 @@ class VolumeGenerator:
         if progress is not None:
             def callback(index: int, _steps: int, _t: int) -> None:
                 progress(done + index + 1, total)
-        return self.sampler(self.unet, noise, conditions.model_kwargs(depth), generator=generator, callback=callback)
+        with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
+            latents = self.sampler(self.unet, noise, conditions.model_kwargs(depth), generator=generator,
+                                   callback=callback)
+        return latents.float()
 
     def _decode(self, latents: torch.Tensor) -> torch.Tensor:
         """D(z / scale) -> grey slices (B, H, W) float32 on CPU in [-1, 1]."""
