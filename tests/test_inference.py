@@ -436,3 +436,13 @@ def test_acceleration_options_keep_the_volume(bundle_dir: Path, crop: torch.Tens
     assert (volume - reference).abs().mean() < 0.05
     with pytest.raises(ValueError, match="CUDA"):
         accelerate(load_pipeline(bundle_dir, PROFILE, "cpu"), precision="fp16")
+
+
+def test_numeric_oai_names_get_the_patient_id() -> None:
+    crop = torch.zeros(1, 8, 8)
+    oai = KneeInput(Path("/a/9000099/20040101/001"), "LEFT", crop, source_info={"PatientID": "9000099"})
+    assert generate_cli.knee_label("001", oai) == "9000099_001_left"
+    named = KneeInput(Path("/b/knee.dcm"), "RIGHT", crop, source_info={"PatientID": "9000099"})
+    assert generate_cli.knee_label("knee", named) == "knee_right"
+    png = KneeInput(Path("/b/001.png"), None, crop)
+    assert generate_cli.knee_label("001", png) == "001"

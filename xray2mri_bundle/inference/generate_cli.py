@@ -96,6 +96,15 @@ def output_names(paths: Sequence[str | os.PathLike]) -> dict[str, str]:
 
 
 # ---------------------------------------------------------------------------------------------------- writing
+def knee_label(name: str, knee: KneeInput) -> str:
+    """Output folder of one knee: the input's name, prefixed by the DICOM PatientID when the name is only
+    numbers (OAI files are called ``001``), plus the side: ``9000099_001_left``."""
+    patient = "".join(c if c.isalnum() or c in "._-" else "_" for c in str(knee.source_info.get("PatientID", "")))
+    if patient and name.replace("_", "").isdigit() and not name.startswith(patient):
+        name = f"{patient}_{name}"
+    return name + (f"_{knee.side.lower()}" if knee.side else "")
+
+
 def _replace_dir(tmp: Path, final: Path, overwrite: bool) -> None:
     """Move the finished temporary knee folder into place (the old one is removed only after success)."""
     if final.exists():
@@ -270,7 +279,7 @@ def run_batch(
                 say(note)
             chunks = slices if per_slice_conditions else math.ceil(slices / max(1, chunk_size))
             for knee in knees:
-                label = names[str(path)] + (f"_{knee.side.lower()}" if knee.side else "")
+                label = knee_label(names[str(path)], knee)
                 bar = tqdm(total=chunks * num_inference_steps, desc=label, unit="step", disable=not progress,
                            leave=False)
 
