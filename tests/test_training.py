@@ -254,6 +254,12 @@ def test_export_final_checkpoint_layout(tmp_path):
 def test_atomic_save_leaves_no_temporary_file(tmp_path):
     atomic_save({"a": torch.ones(1)}, tmp_path / "x.pt")
     assert [p.name for p in tmp_path.iterdir()] == ["x.pt"]
+    mask = os.umask(0o022)
+    try:
+        atomic_save({"a": torch.ones(1)}, tmp_path / "y.pt")
+    finally:
+        os.umask(mask)
+    assert (tmp_path / "y.pt").stat().st_mode & 0o777 == 0o644  # not mkstemp's 0600
 
 
 # ---------------------------------------------------------------------------------------------- stages

@@ -45,6 +45,12 @@ FORMAT_VERSION = 1
 _ITERATION_RE = re.compile(r"iteration=(\d+)\.pt$")
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
     """``torch.save`` to a temporary file in the same folder, then rename over ``path`` (atomic on POSIX)."""
     path = Path(path)
@@ -53,6 +59,7 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
     os.close(fd)
     try:
         torch.save(obj, tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a checkpoint gets the usual file mode
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
