@@ -59,7 +59,14 @@ def _plot_losses(curves: dict[str, list[float]], out_png: Path) -> None:
 
     fig, axes = plt.subplots(1, len(curves), figsize=(4.2 * len(curves), 3.2), squeeze=False)
     for ax, (stage, values) in zip(axes[0], curves.items(), strict=True):
-        ax.plot(range(1, len(values) + 1), values, lw=0.8)
+        steps = range(1, len(values) + 1)
+        ax.plot(steps, values, lw=0.6, alpha=0.35, label="per iteration")
+        window = max(1, len(values) // 50)
+        if window > 1:  # the diffusion loss is noisy by nature (random timesteps): show its running mean too
+            smooth = [sum(values[max(0, i - window + 1):i + 1]) / len(values[max(0, i - window + 1):i + 1])
+                      for i in range(len(values))]
+            ax.plot(steps, smooth, lw=1.2, label=f"mean of {window}")
+            ax.legend(fontsize=7)
         if stage != "classifier" and values and min(values) > 0:
             ax.set_yscale("log")
         ax.set_title(f"{stage} (train loss)")
