@@ -402,7 +402,7 @@ def measure_training(generator: Any, batch: int, repeats: int, dtype: torch.dtyp
     from monai.networks.schedulers import DDPMScheduler
 
     from xray2mri_bundle.engines.denoiser import XrayDenoiser
-    from xray2mri_bundle.engines.latent_cache import LatentKneeCache
+    from xray2mri_bundle.engines.latent_cache import encode_knee
     from xray2mri_bundle.engines.prepare_batch import LatentDiffusionPrepareBatch
     from xray2mri_bundle.inference.sampler import DEFAULT_SCHEDULE
 
@@ -418,12 +418,12 @@ def measure_training(generator: Any, batch: int, repeats: int, dtype: torch.dtyp
         "depth": index.float() / 49,
         "intensity": torch.softmax(torch.randn(batch, 16, 8, 8, generator=gen), dim=1),
     }
-    cache = LatentKneeCache.__new__(LatentKneeCache)  # the encoder of the cache without building a dataset
-    cache.autoencoder, cache.classifier = encoders.autoencoder, encoders.classifier
-    cache.device, cache.batch_size, cache.channels = device, 32, 3
+    def encode() -> dict:
+        return encode_knee(knee, encoders.autoencoder, encoders.classifier, device)
+
     with amp_context(device, dtype):
-        encode_knee_s = best_time(lambda: cache.encode_knee(knee), repeats, device)
-        latents = cache.encode_knee(knee)
+        encode_knee_s = best_time(encode, repeats, device)
+        latents = encode()
     cached_batch = {k: batch_data[k] for k in ("xray", "depth", "intensity")}
     cached_batch.update(latent_mu=latents["mri_latent_mu"][index], latent_sigma=latents["mri_latent_sigma"][index],
                         xray_latent=latents["xray_latent"].expand(batch, -1, -1, -1))

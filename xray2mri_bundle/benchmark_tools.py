@@ -177,7 +177,9 @@ def attention_sdpa(module: nn.Module, enabled: bool) -> Iterator[int]:
     """Switch MONAI's attention blocks (``SABlock``, ``CrossAttentionBlock``) to / from
     ``torch.nn.functional.scaled_dot_product_attention`` (their ``use_flash_attention`` flag; MONAI's default
     is the einsum + softmax path). The weights are the same either way. Yields the number of blocks switched."""
-    blocks = [m for m in module.modules() if hasattr(m, "use_flash_attention")]
+    from xray2mri_bundle.inference.acceleration import attention_blocks
+
+    blocks = attention_blocks(module)
     before = [m.use_flash_attention for m in blocks]
     try:
         for m in blocks:

@@ -34,7 +34,7 @@ from torch import nn
 
 from xray2mri_bundle.engines.checkpoints import atomic_save
 
-__all__ = ["LATENT_KEYS", "LatentKneeCache", "encoder_digest"]
+__all__ = ["LATENT_KEYS", "LatentKneeCache", "encode_knee", "encoder_digest"]
 
 logger = logging.getLogger(__name__)
 
@@ -134,27 +134,30 @@ class LatentKneeCache(Dataset):
                     len(entries), reused, self.folder, len(entries) - reused, self.digest)
         return entries
 
-    @torch.no_grad()
     def encode_knee(self, knee: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-        """E1 posterior of every slice (S, 4, h, w) x 2, E1 mean of the crop (4, h, w), C's map of the crop."""
-        volume = _plain(knee["mri"])  # (C, H, W, S)
-        slices = volume.permute(3, 0, 1, 2)  # (S, C, H, W)
-        if slices.shape[1] == 1 and self.channels > 1:
-            slices = slices.expand(-1, self.channels, -1, -1)
-        mus, sigmas = [], []
-        for start in range(0, slices.shape[0], self.batch_size):
-            chunk = slices[start:start + self.batch_size].to(self.device)
-            mu, sigma = self.autoencoder.encode(chunk)
-            mus.append(_plain(mu))
-            sigmas.append(_plain(sigma))
-        xray = _plain(knee["xray"])[None].to(self.device)  # (1, 1, H, W)
-        xray_latent, _ = self.autoencoder.encode(xray.expand(-1, self.channels, -1, -1))
-        out = {
-            "mri_latent_mu": torch.cat(mus).contiguous(),
-            "mri_latent_sigma": torch.cat(sigmas).contiguous(),
-            "xray_latent": _plain(xray_latent[0]),
-        }
-        if self.classifier is not None:
-            _, p_map = self.classifier.forward_maps(xray)
-            out["p_map"] = _plain(p_map[0])
-        return out
+        """:func:`encode_knee` with this cache's encoders and settings."""
+        return encode_knee(knee, self.autoencoder, self.classifier, self.device, self.batch_size, self.channels)
+
+
+@torch.no_grad()
+def encode_knee(
+    knee: Mapping[str, Any], autoencoder: nn.Module, classifier: nn.Module | None = None,
+    device: torch.device | str = "cpu", batch_size: int = 32, channels: int = 3,
+) -> dict[str, torch.Tensor]:
+    """E1 posterior of every slice (S, 4, h, w) x 2, E1 mean of the crop (4, h, w), C's map of the crop (plain
+    float32 CPU tensors; the encoders are expected frozen and in eval mode)."""
+    slices = _plain(knee["mri"]).permute(3, 0, 1, 2)  # (C, H, W, S) -> (S, C, H, W)
+    if slices.shape[1] == 1 and channels > 1:
+        slices = slices.expand(-1, channels, -1, -1)
+    posteriors = [autoencoder.encode(chunk.to(device)) for chunk in slices.split(batch_size)]
+    xray = _plain(knee["xray"])[None].to(device)  # (1, 1, H, W)
+    xray_latent, _ = autoencoder.encode(xray.expand(-1, channels, -1, -1))
+    out = {
+        "mri_latent_mu": _plain(torch.cat([mu for mu, _ in posteriors])),
+        "mri_latent_sigma": _plain(torch.cat([sigma for _, sigma in posteriors])),
+        "xray_latent": _plain(xray_latent[0]),
+    }
+    if classifier is not None:
+        _, p_map = classifier.forward_maps(xray)
+        out["p_map"] = _plain(p_map[0])
+    return out

@@ -53,6 +53,7 @@ def _git_commit(root: Path) -> str | None:
 
 def _plot_losses(curves: dict[str, list[float]], out_png: Path) -> None:
     import matplotlib
+    import numpy as np
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -63,8 +64,9 @@ def _plot_losses(curves: dict[str, list[float]], out_png: Path) -> None:
         ax.plot(steps, values, lw=0.6, alpha=0.35, label="per iteration")
         window = max(1, len(values) // 50)
         if window > 1:  # the diffusion loss is noisy by nature (random timesteps): show its running mean too
-            smooth = [sum(values[max(0, i - window + 1):i + 1]) / len(values[max(0, i - window + 1):i + 1])
-                      for i in range(len(values))]
+            sums = np.cumsum([0.0, *values])
+            starts = np.maximum(np.arange(1, len(values) + 1) - window, 0)
+            smooth = (sums[1:] - sums[starts]) / (np.arange(1, len(values) + 1) - starts)  # trailing mean
             ax.plot(steps, smooth, lw=1.2, label=f"mean of {window}")
             ax.legend(fontsize=7)
         if stage != "classifier" and values and min(values) > 0:

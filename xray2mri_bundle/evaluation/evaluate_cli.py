@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 from xray2mri_bundle.data.datasets import build_knee_dataset
+from xray2mri_bundle.inference.generator import resolve_model_dir
 from xray2mri_bundle.networks.profiles import PROFILES
 
 from . import figures
@@ -302,9 +303,7 @@ def _write_outputs(
                          "adjacent-slice correlations are between those slices, so they read lower than for "
                          "neighbouring 1.5 mm slices (real and generated alike).")
     commands = reproduce(args, argv, methods, profile)
-    record_path = Path(args.model_dir) / "training_record.json"
-    if not record_path.is_file():
-        record_path = Path(args.model_dir) / profile / "training_record.json"
+    record_path = resolve_model_dir(args.model_dir, profile) / "training_record.json"
     record = json.loads(record_path.read_text()) if record_path.is_file() else None
     links = {key: path.relative_to(out).as_posix() for key, path in run.figures.items()}
     run.report = write_report(out / "report.md", render_report(

@@ -14,9 +14,15 @@ import torch
 
 from .generator import VolumeGenerator
 
-__all__ = ["PRECISIONS", "accelerate"]
+__all__ = ["PRECISIONS", "accelerate", "attention_blocks"]
 
 PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def attention_blocks(module: torch.nn.Module) -> list[torch.nn.Module]:
+    """MONAI's attention blocks inside ``module`` (``SABlock``, ``CrossAttentionBlock``): the modules with a
+    ``use_flash_attention`` switch between torch SDPA and the einsum + softmax path."""
+    return [m for m in module.modules() if hasattr(m, "use_flash_attention")]
 
 
 def accelerate(
@@ -28,13 +34,10 @@ def accelerate(
     if precision == "fp16" and generator.device.type != "cuda":
         raise ValueError("fp16 autocast needs a CUDA device; use bf16 on the CPU")
     generator.autocast_dtype = PRECISIONS[precision]
-    switched = 0
-    if fast_attention:
-        for module in generator.unet.modules():
-            if hasattr(module, "use_flash_attention"):
-                module.use_flash_attention = True
-                switched += 1
+    blocks = attention_blocks(generator.unet) if fast_attention else []
+    for block in blocks:
+        block.use_flash_attention = True
     if compile:
         generator.unet = torch.compile(generator.unet)
-    generator.acceleration = {"precision": precision, "fast_attention_blocks": switched, "compile": bool(compile)}
+    generator.acceleration = {"precision": precision, "fast_attention_blocks": len(blocks), "compile": bool(compile)}
     return generator

@@ -69,6 +69,11 @@ class BatchReport:
         return not self.failures
 
 
+def _safe_name(text: str) -> str:
+    """``text`` with every character other than letters, digits, '.', '_' and '-' replaced by '_'."""
+    return "".join(c if c.isalnum() or c in "._-" else "_" for c in text)
+
+
 def output_names(paths: Sequence[str | os.PathLike]) -> dict[str, str]:
     """A distinct, filesystem-safe name per input path (the file stem, plus parent folders when stems clash,
     e.g. OAI files are all called ``001``)."""
@@ -90,7 +95,7 @@ def output_names(paths: Sequence[str | os.PathLike]) -> dict[str, str]:
         clashes = {n for n in names.values() if list(names.values()).count(n) > 1}
         grow = [k for k, n in names.items() if n in clashes and depth[k] <= len(Path(k).parts)]
         if not grow:
-            return {k: "".join(c if c.isalnum() or c in "._-" else "_" for c in n) for k, n in names.items()}
+            return {k: _safe_name(n) for k, n in names.items()}
         for k in grow:
             depth[k] += 1
 
@@ -99,7 +104,7 @@ def output_names(paths: Sequence[str | os.PathLike]) -> dict[str, str]:
 def knee_label(name: str, knee: KneeInput) -> str:
     """Output folder of one knee: the input's name, prefixed by the DICOM PatientID when the name is only
     numbers (OAI files are called ``001``), plus the side: ``9000099_001_left``."""
-    patient = "".join(c if c.isalnum() or c in "._-" else "_" for c in str(knee.source_info.get("PatientID", "")))
+    patient = _safe_name(str(knee.source_info.get("PatientID", "")))
     if patient and name.replace("_", "").isdigit() and not name.startswith(patient):
         name = f"{patient}_{name}"
     return name + (f"_{knee.side.lower()}" if knee.side else "")
