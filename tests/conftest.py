@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import pytest
@@ -19,3 +20,15 @@ def cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if not (root / "cohort.json").exists():
         make_cohort(root, knees=DATA_KNEES, seed=DATA_SEED, mri_matrix=DATA_MATRIX, progress=False)
     return root
+
+
+@pytest.fixture(scope="session")
+def truth(cohort: Path) -> list[dict]:
+    """The cohort's ``ground_truth.csv`` rows (one per knee)."""
+    with open(cohort / "ground_truth.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def film_path(cohort: Path, row: dict) -> Path:
+    """The film file of a ground-truth row."""
+    return next((cohort / row["xray_folder"]).iterdir())

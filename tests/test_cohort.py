@@ -64,8 +64,8 @@ def test_tree_and_tables(cohort: Path) -> None:
 
     truth = _ground_truth(cohort)
     required = ["ParticipantID", "side", "visit", "kl", "xray_folder", "mri_folder", "joint_row", "joint_col",
-                "xray_pixel_spacing_mm", "jsw_medial_mm", "jsw_lateral_mm", "effusion", "cartilage_defect",
-                "osteophytes", "mri_joint_row", "mri_joint_col"]
+                "xray_pixel_spacing_mm", "xray_magnification", "jsw_medial_mm", "jsw_lateral_mm", "effusion",
+                "cartilage_defect", "osteophytes", "mri_joint_row", "mri_joint_col"]
     assert list(truth[0])[: len(required)] == required
     assert len(truth) == 4
     folders = {row["Folder"] for row in contents}
@@ -73,8 +73,9 @@ def test_tree_and_tables(cohort: Path) -> None:
         side_code = "1" if row["side"] == "RIGHT" else "2"
         assert central[(row["ParticipantID"], side_code)] == int(row["kl"])
         assert row["visit"] == "V00" and row["xray_folder"] in folders and row["mri_folder"] in folders
-        assert 13 <= int(row["mri_joint_slice"]) <= 63
-        assert 0 <= int(row["mri_joint_row"]) < MATRIX and 0 <= int(row["mri_joint_col"]) < MATRIX
+        assert 13 <= float(row["mri_joint_slice"]) <= 63
+        assert 0 <= float(row["mri_joint_row"]) < MATRIX and 0 <= float(row["mri_joint_col"]) < MATRIX
+        assert 1.0 < float(row["xray_magnification"]) < 1.2
         assert row["effusion"] in ("0", "1") and row["cartilage_defect"] in ("0", "1")
         assert 0 <= int(row["osteophytes"]) <= 3
         assert float(row["jsw_medial_mm"]) >= 0 and float(row["jsw_lateral_mm"]) > 0
@@ -129,7 +130,7 @@ def test_mri_series_with_simpleitk(cohort: Path) -> None:
         slices = sorted(_read_series(Path(folder)), key=lambda ds: float(ds.ImagePositionPatient[1]))
         assert np.array_equal(volume, np.stack([ds.pixel_array for ds in slices]))
         # The joint centre (ground truth) sits in bone-rich, T1-bright tissue within the kept slices 13..63.
-        k, r, c = int(row["mri_joint_slice"]), int(row["mri_joint_row"]), int(row["mri_joint_col"])
+        k, r, c = (round(float(row[f"mri_joint_{a}"])) for a in ("slice", "row", "col"))
         half = round(25 / (160 / MATRIX))
         box = volume[k, r - half:r + half, c - half:c + half].astype(float)
         bright = box > 0.5 * np.percentile(volume, 99)

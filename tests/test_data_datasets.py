@@ -37,7 +37,8 @@ def test_persistent_cache_never_decodes_dicom_again(datalist: Path, cache_dir: P
     knee = first[0]
     assert knee["mri"].shape == (1, SIZE, SIZE, 50) and knee["xray"].shape == (1, SIZE, SIZE)
     assert knee["intensity"].shape == (16, 8, 8) and knee["kl"] == records[0]["kl"]
-    assert knee["xray_meta"]["crop_box"] and knee["mri_meta"]["spacing"] == [160 / SIZE, 160 / SIZE, 1.5]
+    assert knee["xray_meta"]["crop_box"] and knee["mri_meta"]["spacing"] == [140 / SIZE, 140 / SIZE, 1.5]  # frame
+    assert knee["mri_meta"]["crop_box"] and knee["mri_meta"]["frame_padded"] is False
 
     import pydicom
 

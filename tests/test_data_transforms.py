@@ -3,7 +3,6 @@ MONOCHROME1, crops around the ground-truth joint, readable errors."""
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import nibabel as nib
@@ -14,6 +13,7 @@ import torch
 from conftest import DATA_KNEES as KNEES  # noqa: E402
 from conftest import DATA_MATRIX as MATRIX  # noqa: E402
 from conftest import DATA_SEED as SEED  # noqa: E402
+from conftest import film_path
 from monai.transforms import Compose
 from PIL import Image
 
@@ -33,18 +33,8 @@ from xray2mri_bundle.data.xray_transforms import (
 )
 
 
-@pytest.fixture(scope="session")
-def truth(cohort: Path) -> list[dict]:
-    with open(cohort / "ground_truth.csv", newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def _film(cohort: Path, row: dict) -> Path:
-    return next((cohort / row["xray_folder"]).iterdir())
-
-
 def _record(cohort: Path, row: dict) -> dict:
-    return {"subject": row["ParticipantID"], "side": row["side"], "xray": str(_film(cohort, row)),
+    return {"subject": row["ParticipantID"], "side": row["side"], "xray": str(film_path(cohort, row)),
             "mri": str(cohort / row["mri_folder"]), "kl": int(row["kl"])}
 
 
@@ -54,7 +44,7 @@ def test_mri_chain_shapes_range_meta(cohort: Path, truth: list[dict]) -> None:
     assert out.shape == (3, 32, 32, 50) and out.dtype == torch.float32
     assert float(out.min()) == -1.0 and float(out.max()) == 1.0
     assert torch.equal(out[0], out[1]) and torch.equal(out[0], out[2])
-    np.testing.assert_allclose(out.meta["spacing"], (5.0, 5.0, 1.5))
+    np.testing.assert_allclose(out.meta["spacing"], (140.0 / 32, 140.0 / 32, 1.5))  # the joint-centred frame
     assert out.meta["slice_start"] == 13 and out.meta["slice_count"] == 50
 
 
@@ -99,7 +89,7 @@ def test_select_slices_errors_name_the_file(cohort: Path, truth: list[dict]) -> 
 def test_every_crop_contains_its_joint(cohort: Path, truth: list[dict]) -> None:
     chain = Compose(xray_transforms("xray", size=64))
     for row in truth:
-        out = chain({"xray": str(_film(cohort, row)), "side": row["side"]})
+        out = chain({"xray": str(film_path(cohort, row)), "side": row["side"]})
         x = out["xray"]
         assert x.shape == (1, 64, 64) and x.dtype == torch.float32
         assert float(x.min()) >= -1.0 and float(x.max()) <= 1.0 and float(x.max()) - float(x.min()) > 1.5
@@ -108,8 +98,9 @@ def test_every_crop_contains_its_joint(cohort: Path, truth: list[dict]) -> None:
         r0, c0, r1, c1 = x.meta["crop_box"]
         jr, jc = float(row["joint_row"]), float(row["joint_col"])
         assert r0 <= jr < r1 and c0 <= jc < c1, (row["ParticipantID"], row["side"])
-        spacing = float(row["xray_pixel_spacing_mm"])
+        spacing = float(row["xray_pixel_spacing_mm"]) / float(row["xray_magnification"])  # at the patient
         assert abs((c1 - c0) * spacing - 140.0) < spacing + 1e-6
+        assert x.meta["magnification"] == pytest.approx(float(row["xray_magnification"]), rel=1e-5)
         width = int(row["xray_cols"])
         assert (jc < width / 2) == (row["side"] == "RIGHT")  # PA: the right knee is on the image left
 
@@ -134,7 +125,7 @@ def test_mri_stored_upside_down_is_reoriented(cohort: Path, truth: list[dict], t
 
 def test_film_patient_orientation_is_honoured(cohort: Path, truth: list[dict], tmp_path: Path) -> None:
     """A film stored mirrored (PatientOrientation R\\F or L\\H) is returned in the PA display convention."""
-    film = _film(cohort, truth[0])
+    film = film_path(cohort, truth[0])
     original = read_xray(film).pixels
     for orientation, flip in ((["R", "F"], np.fliplr), (["L", "H"], np.flipud)):
         ds = pydicom.dcmread(film)
@@ -146,12 +137,12 @@ def test_film_patient_orientation_is_honoured(cohort: Path, truth: list[dict], t
 
 def test_monochrome1_is_inverted(cohort: Path, truth: list[dict], tmp_path: Path) -> None:
     row = next(r for r in truth if r["xray_photometric"] == "MONOCHROME2")
-    ds = pydicom.dcmread(_film(cohort, row))
+    ds = pydicom.dcmread(film_path(cohort, row))
     top = (1 << int(ds.BitsStored)) - 1
     ds.PixelData = (top - ds.pixel_array.astype(np.uint16)).astype("<u2").tobytes()
     ds.PhotometricInterpretation = "MONOCHROME1"
     ds.save_as(tmp_path / "mono1")
-    original = InvertMonochrome1()(LoadXray()(str(_film(cohort, row))))
+    original = InvertMonochrome1()(LoadXray()(str(film_path(cohort, row))))
     inverted = InvertMonochrome1()(LoadXray()(str(tmp_path / "mono1")))
     assert inverted.meta["photometric"] == "MONOCHROME2" and inverted.meta["inverted"]
     diff = (inverted - original).numpy()
@@ -161,7 +152,7 @@ def test_monochrome1_is_inverted(cohort: Path, truth: list[dict], tmp_path: Path
 def test_png_and_nifti_films(cohort: Path, truth: list[dict], tmp_path: Path) -> None:
     row = next(r for r in truth if r["xray_photometric"] == "MONOCHROME2")
     sp = float(row["xray_pixel_spacing_mm"])
-    pixels = pydicom.dcmread(_film(cohort, row)).pixel_array.astype(np.uint16)
+    pixels = pydicom.dcmread(film_path(cohort, row)).pixel_array.astype(np.uint16)
     Image.fromarray(pixels).save(tmp_path / "film.png")
     nib.save(nib.Nifti1Image(pixels.T.astype(np.float32), np.diag([sp, sp, 1.0, 1.0])), tmp_path / "film.nii.gz")
     png = read_xray(tmp_path / "film.png", png_spacing_mm=sp)
@@ -177,7 +168,7 @@ def test_png_and_nifti_films(cohort: Path, truth: list[dict], tmp_path: Path) ->
 
 
 def test_invalid_xray_files_raise_clear_errors(cohort: Path, truth: list[dict], tmp_path: Path) -> None:
-    film = _film(cohort, truth[0])
+    film = film_path(cohort, truth[0])
     cases = {}
     (tmp_path / "notes.txt").write_text("not an image")
     cases["notes.txt"] = "not a DICOM, PNG or NIfTI"
@@ -208,7 +199,7 @@ def test_invalid_xray_files_raise_clear_errors(cohort: Path, truth: list[dict], 
 
 
 def test_select_knee_halves_and_dict_wrapper(cohort: Path, truth: list[dict]) -> None:
-    film = LoadXray()(str(_film(cohort, truth[0])))
+    film = LoadXray()(str(film_path(cohort, truth[0])))
     w = film.shape[-1]
     assert SelectKnee()(film, "RIGHT").meta["knee_region"] == (0, w // 2)
     assert SelectKnee()(film, "left").meta["knee_region"] == (w // 2, w)
@@ -225,7 +216,7 @@ def test_localiser_is_pluggable(cohort: Path, truth: list[dict]) -> None:
             return 100.0, 50.0
 
     assert isinstance(ClassicalJointLocaliser(), JointLocaliser) and isinstance(Fixed(), JointLocaliser)
-    film = SelectKnee()(LoadXray()(str(_film(cohort, truth[0]))), "LEFT")
+    film = SelectKnee()(LoadXray()(str(film_path(cohort, truth[0]))), "LEFT")
     located = LocaliseJoint(Fixed())(film)
     assert located.meta["joint_rc"] == (100.0, 50.0 + film.shape[-1] // 2)
     crop = CropJoint(size_mm=140.0, spatial_size=32)(located)

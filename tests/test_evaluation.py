@@ -135,7 +135,8 @@ def test_baselines(knees: dict[str, list[dict]]) -> None:
 
 
 def test_method_registry() -> None:
-    assert set(METHODS) == {"full", "xray_no_guidance", "ldm_depth_only", "mean_volume", "nearest_xray"}
+    assert set(METHODS) == {"full", "xray_no_guidance", "ldm_depth_only", "mean_volume", "nearest_xray", "knn_xray",
+                            "oracle_knee"}
     assert METHODS["ldm_depth_only"].unet_flags == {"use_depth": True, "use_xray_latent": False,
                                                     "use_context": False, "use_guidance": False}
     assert METHODS["xray_no_guidance"].checkpoint_names[0] == "diffusion_xray_no_guidance.pt"
@@ -316,18 +317,24 @@ def test_evaluate_cli_writes_tables_figures_and_report(tmp_path: Path, cohort: P
     models = save_tiny_models(tmp_path / "models" / "tiny")
     out, docs = tmp_path / "eval", tmp_path / "docs"
     argv = ["--model-dir", str(models), "--dataset-dir", str(cohort), "--out", str(out),
-            "--methods", "full,xray_no_guidance,ldm_depth_only,mean_volume,nearest_xray", "--max-knees", "2",
+            "--methods", "full,xray_no_guidance,ldm_depth_only,mean_volume,nearest_xray,knn_xray,oracle_knee",
+            "--max-knees", "2", "--max-train-knees", "3", "--knn", "2", "--samples", "2",
             "--steps", "2", "--slices", "6", "--sweep-depths", "3,5", "--interp-frames", "2", "--strict",
             "--write-docs", "--docs-dir", str(docs)]
     assert main(argv) == 0
 
     rows = read_rows(out / "per_knee.csv")
-    methods = ["full", "xray_no_guidance", "ldm_depth_only", "mean_volume", "nearest_xray"]
+    methods = ["full", "full_mean2", "xray_no_guidance", "xray_no_guidance_mean2", "ldm_depth_only",
+               "ldm_depth_only_mean2", "mean_volume", "nearest_xray", "knn_xray", "oracle_knee"]
     assert [r["method"] for r in rows] == [m for m in methods for _ in range(2)]
     knees = {(r["subject"], r["side"]) for r in rows}
     assert len(knees) == 2 and all(r["n_slices"] == 6 for r in rows)
     assert all(r["jsw_medial_gt_mm"] is not None and r["psnr"] is not None for r in rows)
-    assert all(r["steps"] == 2 for r in rows[:6]) and all(r["steps"] is None for r in rows[6:])
+    assert all(r["steps"] == 2 for r in rows[:12]) and all(r["steps"] is None for r in rows[12:])
+    assert all(len(str(r["neighbour"]).split(";")) == 2 for r in rows if r["method"] == "knn_xray")
+    summary = json.loads((out / "summary.json").read_text())
+    ci = summary["bootstrap"]["full"]["mean_volume"]["psnr"]
+    assert ci["n"] == 2 and ci["low"] <= ci["median"] <= ci["high"]
     for (subject, side) in knees:  # the real volume's values are the same for every method
         real = {r["adjacent_corr_real"] for r in rows if (r["subject"], r["side"]) == (subject, side)}
         assert len(real) == 1
@@ -370,3 +377,32 @@ def test_bundle_config_runs_the_evaluator(tmp_path: Path, cohort: Path) -> None:
     assert len(rows) == 2 and {r["method"] for r in rows} == {"mean_volume"}
     assert json.loads((out / "summary_mean_volume.json").read_text())["methods"]["mean_volume"]["n_knees"] == 2
     workflow.finalize()
+
+
+def test_knn_xray_averages_the_k_nearest_and_oracle_picks_the_closest_truth() -> None:
+    from xray2mri_bundle.evaluation.baselines import OracleKnee
+
+    vols = [torch.full((1, 4, 4, 3), float(v)) for v in (0.0, 1.0, 3.0)]
+    xrays = [torch.full((1, 8, 8), float(v)) for v in (0.0, 1.0, 3.0)]
+    knn = NearestXray.fit(xrays, lambda i: vols[i], ["a", "b", "c"], k=2)
+    out = knn(torch.full((1, 8, 8), 0.9), torch.tensor([0.0, 1.0]))
+    torch.testing.assert_close(out, torch.full((1, 4, 4, 2), 0.5))  # mean of b (1.0) and a (0.0)
+    assert knn.last_neighbour == "b;a" and knn.name == "knn_xray"
+    oracle = OracleKnee.fit(vols, ["a", "b", "c"])
+    pred = oracle(torch.zeros(1, 8, 8), torch.tensor([0.0, 0.5]), truth=torch.full((1, 4, 4, 2), 2.4))
+    assert oracle.last_neighbour == "c" and float(pred.mean()) == pytest.approx(3.0)
+    with pytest.raises(ValueError, match="true volume"):
+        oracle(torch.zeros(1, 8, 8), torch.tensor([0.0]))
+
+
+def test_bootstrap_differences_hand_case() -> None:
+    from xray2mri_bundle.evaluation.records import bootstrap_differences
+
+    rows = []
+    for k, (a, b) in enumerate([(10.0, 9.0), (12.0, 10.0), (11.0, 8.0), (9.0, 9.5)]):
+        rows += [{"subject": str(k), "side": "RIGHT", "method": "full", "psnr": a},
+                 {"subject": str(k), "side": "RIGHT", "method": "mean_volume", "psnr": b}]
+    rows.append({"subject": "9", "side": "LEFT", "method": "full", "psnr": 50.0})  # unpaired: left out
+    ci = bootstrap_differences(rows, ["full"], metrics=("psnr",), n_boot=500)["full"]["mean_volume"]["psnr"]
+    assert ci["n"] == 4 and ci["median"] == pytest.approx(1.5)  # differences 1, 2, 3, -0.5
+    assert -0.5 <= ci["low"] <= 1.5 <= ci["high"] <= 3.0

@@ -314,6 +314,28 @@ def test_loader_uses_ema_and_records_provenance(tmp_path: Path) -> None:
     assert not any(p.requires_grad for p in generator.unet.parameters()) and not generator.unet.training
 
 
+def test_inference_checkpoint_keeps_only_ema_in_half_precision(tmp_path: Path) -> None:
+    from xray2mri_bundle.engines.checkpoints import inference_checkpoint, load_final
+
+    full, slim = tmp_path / "full", tmp_path / "slim"
+    saved = save_tiny_bundle(full, ema_offset=0.01)
+    for name in ("autoencoder.pt", "classifier.pt", "diffusion.pt"):
+        atomic_save(inference_checkpoint(load_final(full / name)), slim / name)
+    diffusion = load_final(slim / "diffusion.pt")
+    assert diffusion["model"] is None and diffusion["xray_encoder"] is None and diffusion["inference_only"]
+    assert {v.dtype for v in diffusion["ema"].values() if v.is_floating_point()} == {torch.float16}
+    assert diffusion["scale_factor"] == 0.8 and diffusion["config"] == load_final(full / "diffusion.pt")["config"]
+    assert (slim / "diffusion.pt").stat().st_size < 0.3 * (full / "diffusion.pt").stat().st_size
+    a, b = load_pipeline(full, PROFILE), load_pipeline(slim, PROFILE)
+    assert b.weights == "ema" and next(b.unet.parameters()).dtype == torch.float32
+    name, param = next(iter(b.unet.state_dict().items()))
+    torch.testing.assert_close(param, saved["ema"].state_dict()[name], atol=1e-3, rtol=1e-3)
+    crop = torch.rand(1, SIZE, SIZE) * 2 - 1
+    va = a(crop, slices=3, num_inference_steps=2, seed=0).volume
+    vb = b(crop, slices=3, num_inference_steps=2, seed=0).volume
+    assert float((va - vb).abs().max()) < 0.05
+
+
 def test_loader_names_missing_files_and_wrong_profile(bundle_dir: Path, tmp_path: Path) -> None:
     (tmp_path / "diffusion.pt").write_bytes((bundle_dir / PROFILE / "diffusion.pt").read_bytes())
     with pytest.raises(FileNotFoundError) as info:
@@ -347,7 +369,7 @@ def test_generate_cli_writes_readable_outputs_and_reports_bad_files(
     assert sorted(p.name for p in out.iterdir()) == ["film_left", "film_right", "knee"]
 
     knee = out / "film_right"
-    spacing = 160.0 / SIZE
+    spacing = 140.0 / SIZE  # the joint-centred frame the model draws
     nifti = nib.load(knee / "pseudo_mri.nii.gz")
     assert nifti.shape == (SIZE, SIZE, 3)
     assert np.allclose(nifti.header.get_zooms(), (spacing, spacing, slice_spacing_mm(3)))
@@ -446,3 +468,29 @@ def test_numeric_oai_names_get_the_patient_id() -> None:
     assert generate_cli.knee_label("knee", named) == "knee_right"
     png = KneeInput(Path("/b/001.png"), None, crop)
     assert generate_cli.knee_label("001", png) == "001"
+
+
+def test_reference_mri_places_the_volume_in_the_real_mri_frame(bundle_dir: Path, cohort: Path, tmp_path: Path) -> None:
+    import csv
+
+    from xray2mri_bundle.data.mri_transforms import LoadMRISeries, SelectSlices, frame_centre_ras
+
+    with open(cohort / "ground_truth.csv", newline="") as handle:
+        row = next(r for r in csv.DictReader(handle) if r["side"] == "RIGHT")
+    film = next((cohort / row["xray_folder"]).iterdir())
+    mri = cohort / row["mri_folder"]
+    out = tmp_path / "out"
+    rc = generate_cli.main([str(film), "-o", str(out), "--model-dir", str(bundle_dir / PROFILE), "--profile", PROFILE,
+                            "--steps", "1", "--slices", "50", "--side", "right", "--reference-mri", str(mri),
+                            "--formats", "nifti,json", "--no-progress"])
+    assert rc == 0
+    image = nib.load(str(next(out.glob("*/pseudo_mri.nii.gz"))))
+    centre = image.affine @ np.array([*(np.array(image.shape) - 1) / 2.0, 1.0])
+    np.testing.assert_allclose(centre[:3], frame_centre_ras(str(mri), "RIGHT"), atol=1e-4)
+    real = SelectSlices(13, 50)(LoadMRISeries()(str(mri)))  # the true joint, in the real MRI's world frame
+    truth = real.affine.numpy() @ np.array([float(row["mri_joint_row"]), float(row["mri_joint_col"]),
+                                            float(row["mri_joint_slice"]) - 13, 1.0])
+    assert np.hypot(*(centre[[0, 2]] - truth[[0, 2]])) < 5.0  # in-plane: the localised joint is the true one
+    sidecar = json.loads(next(out.glob("*/generation.json")).read_text())
+    assert sidecar["settings"]["reference_mri"] == str(mri) and len(sidecar["frame_centre_ras_mm"]) == 3
+    assert generate_cli.main([str(film), "-o", str(out), "--reference-mri", str(mri)]) == 2  # needs --side

@@ -233,7 +233,7 @@ def check_volume(img: nib.Nifti1Image, slices: int = SLICES) -> None:
     data = np.asarray(img.dataobj)
     assert np.isfinite(data).all() and data.min() >= -1.0 and data.max() <= 1.0
     spacing = np.sqrt((img.affine[:3, :3] ** 2).sum(axis=0))
-    np.testing.assert_allclose(spacing, [160.0 / size, 160.0 / size, slice_spacing_mm(slices)], rtol=1e-5)
+    np.testing.assert_allclose(spacing, [140.0 / size, 140.0 / size, slice_spacing_mm(slices)], rtol=1e-5)  # frame
     assert nib.aff2axcodes(img.affine) == ("I", "L", "P")
     assert b"SYNTHETIC" in bytes(img.header["descrip"])
 

@@ -12,6 +12,7 @@ import pytest
 import torch
 from ignite.engine import Engine, Events
 from monai.bundle import ConfigParser
+from monai.data import list_data_collate
 from monai.engines import SupervisedTrainer
 from monai.handlers import CheckpointSaver
 from monai.networks.schedulers import DDPMScheduler
@@ -374,3 +375,45 @@ def test_train_cli_builds_the_bundle_command(tmp_path):
     assert kwargs["dataset_dir"] == str(tmp_path) and kwargs["stages"] == ["diffusion"]
     assert kwargs["force_retrain"] is True and kwargs["tracking"] == "mlflow"
     assert kwargs["diffusion_max_epochs"] == 3 and kwargs["scale_factor"] == 0.2
+
+
+# ---------------------------------------------------------------------------------------- conditioning check
+def test_other_knee_permutation_never_keeps_a_knee() -> None:
+    from xray2mri_bundle.engines.validation import other_knee_permutation
+
+    ids = ["a", "a", "b", "c", "c"]
+    perm = other_knee_permutation(ids)
+    assert perm == [2, 2, 3, 0, 0] and all(ids[p] != k for k, p in zip(ids, perm, strict=True))
+    assert other_knee_permutation(["a", "a"]) is None
+
+
+class _ConditionEcho(torch.nn.Module):
+    """Predicts the noise only when it sees its own knee's X-ray latent and is not dropped: a model that 'uses
+    the X-ray' in the simplest possible way (the prediction degrades with a wrong or missing X-ray)."""
+
+    def forward(self, x, timesteps, xray=None, xray_latent=None, depth=None, p_map=None, i_map=None,
+                drop_context=None, drop_latent=None):
+        keep = (~drop_latent).float()[:, None, None, None] if drop_latent is not None else 1.0
+        return x * 0 + xray_latent * keep
+
+
+def test_conditioning_check_separates_real_other_and_null() -> None:
+    from xray2mri_bundle.engines.validation import ConditioningCheck
+
+    scheduler = DDPMScheduler(1000, schedule="scaled_linear_beta", beta_start=0.00085, beta_end=0.012)
+    prepare = LatentDiffusionPrepareBatch(_TinyAE(), scheduler, ScaleFactor(0.5), None, seed=1)
+    items = []
+    for k in range(4):  # two knees, two slices each; the cached "X-ray latent" of a knee is its target noise
+        items.append({"latent_mu": torch.zeros(4, 2, 2), "latent_sigma": torch.zeros(4, 2, 2),
+                      "xray": torch.zeros(1, 8, 8), "xray_latent": torch.full((4, 2, 2), float(k // 2)),
+                      "depth": torch.tensor(0.5), "subject": str(k // 2), "side": "RIGHT"})
+    check = ConditioningCheck(items, prepare, _ConditionEcho(), batch_size=4)
+    mse = check.measure("cpu")
+    assert set(mse) == {"real", "other", "null"}
+    # same noise in every variant: the swapped X-ray latents (0 <-> 1) and the dropped one change the error
+    assert mse["other"] != mse["real"] and mse["null"] != mse["real"]
+    prepare.reset()
+    noise = prepare(list_data_collate(items), "cpu")[1]
+    own = torch.stack([it["xray_latent"] for it in items])
+    assert mse["real"] == pytest.approx(float(((own - noise) ** 2).mean()), rel=1e-5)
+    assert mse["null"] == pytest.approx(float((noise ** 2).mean()), rel=1e-5)

@@ -209,8 +209,13 @@ def write_mr_series(folder: Path, volume: np.ndarray, patient: Patient, series: 
 
 
 def write_film(path: Path, image: np.ndarray, patient: Patient, series: SeriesInfo, *, seed: int,
-               modality: str, photometric: str, bits_stored: int, spacing_mm: float, model: str) -> Path:
-    """Write one bilateral PA film (rows inferior, columns to the patient's left: PatientOrientation L\\F)."""
+               modality: str, photometric: str, bits_stored: int, spacing_mm: float, model: str,
+               source_detector_mm: float = 1016.0, source_patient_mm: float | None = None) -> Path:
+    """Write one bilateral PA film (rows inferior, columns to the patient's left: PatientOrientation L\\F).
+
+    ``spacing_mm``: detector pixel (ImagerPixelSpacing). Geometry tags: DistanceSourceToDetector and
+    DistanceSourceToPatient always (when ``source_patient_mm`` is given), EstimatedRadiographicMagnificationFactor
+    (their ratio) on DX films only, so that readers meet both ways of stating the magnification."""
     path.parent.mkdir(parents=True, exist_ok=True)
     sop_class = DX_IMAGE_STORAGE if modality == "DX" else CR_IMAGE_STORAGE
     ds = _file_dataset(path, sop_class, cohort_uid(seed, series.series_uid, "sop", 1))
@@ -221,7 +226,11 @@ def write_film(path: Path, image: np.ndarray, patient: Patient, series: SeriesIn
     ds.PatientOrientation = ["L", "F"]
     ds.ImageLaterality = "B"
     ds.KVP = "65"
-    ds.DistanceSourceToDetector = "1016"
+    ds.DistanceSourceToDetector = ds_str(source_detector_mm, 1)
+    if source_patient_mm is not None:
+        ds.DistanceSourceToPatient = ds_str(source_patient_mm, 1)
+        if modality == "DX":
+            ds.EstimatedRadiographicMagnificationFactor = ds_str(source_detector_mm / source_patient_mm, 6)
     ds.ExposureTime = "25"
     ds.ImagerPixelSpacing = [ds_str(spacing_mm, 6), ds_str(spacing_mm, 6)]
     if modality == "DX":

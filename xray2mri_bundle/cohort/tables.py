@@ -21,7 +21,8 @@ CONTENTS_COLUMNS = ("Folder", "ParticipantID", "StudyDate", "SeriesDescription",
 KL_COLUMNS = ("ID", "SIDE", "V00XRKL", "READPRJ")
 GROUND_TRUTH_COLUMNS = (
     "ParticipantID", "side", "visit", "kl", "xray_folder", "mri_folder", "joint_row", "joint_col",
-    "xray_pixel_spacing_mm", "jsw_medial_mm", "jsw_lateral_mm", "effusion", "cartilage_defect", "osteophytes",
+    "xray_pixel_spacing_mm", "xray_magnification", "jsw_medial_mm", "jsw_lateral_mm", "effusion",
+    "cartilage_defect", "osteophytes",
     "mri_joint_row", "mri_joint_col", "mri_joint_slice", "mri_pixel_spacing_mm", "mri_matrix",
     "bone_marrow_lesion", "sclerosis", "jsn_compartment", "varus_deg", "meniscal_extrusion_mm",
     "site", "xray_modality", "xray_photometric", "xray_bits_stored", "xray_rows", "xray_cols",

@@ -39,28 +39,51 @@ class Site:
     bits_stored: int
     modality: str  # "DX" or "CR"
     manufacturer_model: str
+    source_detector_mm: float = 1016.0  # SID, 40 inches
+    object_detector_mm: float = 75.0  # knee-joint centre to detector (fixed-flexion frame + bucky)
+
+    @property
+    def source_patient_mm(self) -> float:
+        """Source to knee-joint centre (DICOM DistanceSourceToPatient)."""
+        return self.source_detector_mm - self.object_detector_mm
+
+    @property
+    def magnification(self) -> float:
+        """Geometric magnification of the knee on the detector, SID / SOD (> 1)."""
+        return self.source_detector_mm / self.source_patient_mm
 
 
 def make_sites(spacing_mm: float | tuple[float, float]) -> list[Site]:
     """Five sites with pixel spacings spread over ``spacing_mm`` (a range, or one value for all)."""
     lo, hi = (spacing_mm, spacing_mm) if isinstance(spacing_mm, int | float) else spacing_mm
     spacings = np.linspace(lo, hi, 5)
-    specs = [("A", 430.0, 350.0, 12, "DX"), ("B", 400.0, 330.0, 14, "DX"), ("C", 420.0, 340.0, 16, "CR"),
-             ("D", 410.0, 320.0, 15, "DX"), ("E", 430.0, 356.0, 13, "CR")]
+    specs = [("A", 430.0, 350.0, 12, "DX", 60.0), ("B", 400.0, 330.0, 14, "DX", 75.0),
+             ("C", 420.0, 340.0, 16, "CR", 90.0), ("D", 410.0, 320.0, 15, "DX", 70.0),
+             ("E", 430.0, 356.0, 13, "CR", 85.0)]
     return [Site(name=f"SITE_{n}", spacing_mm=round(float(sp), 4), width_mm=w, height_mm=h, bits_stored=b,
-                 modality=mod, manufacturer_model=f"Synthetic {mod} detector {n}")
-            for (n, w, h, b, mod), sp in zip(specs, spacings, strict=True)]
+                 modality=mod, manufacturer_model=f"Synthetic {mod} detector {n}", object_detector_mm=odd)
+            for (n, w, h, b, mod, odd), sp in zip(specs, spacings, strict=True)]
 
 
 @dataclass(frozen=True)
 class Film:
-    """Film pixel grid: pixel (row r, col c) sits at world x = x0 + c * spacing, z = z0 - r * spacing (mm)."""
+    """Film pixel grid: pixel (row r, col c) sits at world x = x0 + c * spacing, z = z0 - r * spacing (mm).
+
+    ``spacing_mm`` is the pixel size projected to the knee's plane (patient mm); the detector pixel is
+    ``magnification`` times larger (``detector_spacing_mm``, written as ImagerPixelSpacing). The beam is
+    treated as parallel with one magnification for the whole knee (its depth is small against the SID).
+    """
 
     rows: int
     cols: int
     spacing_mm: float
     x0: float
     z0: float
+    magnification: float = 1.0
+
+    @property
+    def detector_spacing_mm(self) -> float:
+        return self.spacing_mm * self.magnification
 
     def to_pixel(self, world: np.ndarray) -> tuple[float, float]:
         """World point (3,) -> (row, col) in the stored pixel array (floats)."""
@@ -70,9 +93,10 @@ class Film:
 
 def place_film(site: Site, scale: float, rng: np.random.Generator) -> tuple[Film, dict[str, Pose]]:
     """Film geometry and the two knees' poses: knees apart by a body-size distance, not centred."""
-    sp = site.spacing_mm
-    rows, cols = round(site.height_mm / sp), round(site.width_mm / sp)
-    film = Film(rows=rows, cols=cols, spacing_mm=sp, x0=-(cols - 1) * sp / 2, z0=(rows - 1) * sp / 2)
+    rows, cols = round(site.height_mm / site.spacing_mm), round(site.width_mm / site.spacing_mm)
+    sp = site.spacing_mm / site.magnification
+    film = Film(rows=rows, cols=cols, spacing_mm=sp, x0=-(cols - 1) * sp / 2, z0=(rows - 1) * sp / 2,
+                magnification=site.magnification)
     gap = rng.uniform(150.0, 185.0) * scale
     off = np.array([rng.uniform(-30.0, 30.0), 0.0, rng.uniform(-40.0, 40.0)])
     ext = rng.normal(6.0, 3.0)  # feet turned out (fixed-flexion positioning frame)

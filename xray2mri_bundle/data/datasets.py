@@ -51,7 +51,8 @@ __all__ = [
 #: meta entries kept (as plain values) in ``<key>_meta`` by :class:`MetaToDictd`
 META_FIELDS = (
     "filename_or_obj", "spacing", "film_spacing", "photometric", "side", "knee_region", "joint_rc", "crop_box",
-    "film_shape", "slice_start", "slice_count", "affine", "original_shape",
+    "film_shape", "slice_start", "slice_count", "affine", "original_shape", "magnification", "magnification_source",
+    "joint_localised", "frame_mm", "frame_padded",
 )
 
 

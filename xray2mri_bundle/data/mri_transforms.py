@@ -6,12 +6,15 @@ H = rows superior -> inferior, W = columns patient right -> left, D = depth ante
 (see :mod:`.mri_io`). ``meta``: ``filename_or_obj``, ``spacing`` (H, W, D) mm, ``affine`` (RAS).
 
 :func:`mri_transforms` returns the default chain: load -> slices 13..62 (50, paper "13th to 63rd") ->
-resize to 256 x 256 (antialiased bilinear) -> percentiles (0.5, 99.5) of the kept volume to [-1, 1] (clipped)
+joint found on the slab (:class:`LocaliseMRIJoint`) -> the joint-centred 140 mm frame shared with the X-ray
+(:mod:`.frame`), resampled to 256 x 256 (antialiased bilinear) -> percentiles (0.5, 99.5) of the kept volume
+to [-1, 1] (clipped)
 -> repeat to 3 channels. Output ``mri`` (3, 256, 256, 50) float32.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Hashable, Mapping
 
 import numpy as np
@@ -22,16 +25,25 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform, RepeatChanneld, Transform
 
 from .dicom_utils import DataFileError
+from .frame import FRAME_MM, crop_frame, frame_box
 from .intensity import DEFAULT_PERCENTILES, ScalePercentilesd
+from .localiser import MRIJointLocaliser
 from .mri_io import load_mri_volume
 
+logger = logging.getLogger(__name__)
+
 __all__ = [
+    "CropMRIJoint",
+    "CropMRIJointd",
+    "LocaliseMRIJoint",
+    "LocaliseMRIJointd",
     "LoadMRISeries",
     "LoadMRISeriesd",
     "ResizeInPlane",
     "ResizeInPlaned",
     "SelectSlices",
     "SelectSlicesd",
+    "frame_centre_ras",
     "mri_transforms",
 ]
 
@@ -124,6 +136,97 @@ class ResizeInPlane(Transform):
         return _meta_tensor(out, img, affine, **updates)
 
 
+class LocaliseMRIJoint(Transform):
+    """Find the knee-joint centre on the coronal volume (C, H, W, D) with an :class:`~.localiser.MRIJointLocaliser`
+    (``side``: RIGHT / LEFT, for its medial offset); sets meta ``joint_rc`` (row, col) in pixels of a slice (real
+    OAI has no ground truth: found from the image)."""
+
+    def __init__(self, localiser: MRIJointLocaliser | None = None) -> None:
+        self.localiser = localiser if localiser is not None else MRIJointLocaliser()
+
+    def __call__(self, img: torch.Tensor, side: str | None = None) -> torch.Tensor:
+        spacing = tuple(img.meta.get("spacing", (1.0, 1.0, 1.0)))[:2] if isinstance(img, MetaTensor) else (1.0, 1.0)
+        volume = torch.as_tensor(img).as_subclass(torch.Tensor)[0].float().numpy()
+        row, col = self.localiser(volume, spacing, side)
+        return _meta_tensor(torch.as_tensor(img).as_subclass(torch.Tensor), img,
+                            joint_rc=(float(row), float(col)), joint_localised=True)
+
+
+class CropMRIJoint(Transform):
+    """Crop every slice to the joint-centred frame: a ``size_mm`` square (default :data:`~.frame.FRAME_MM`)
+    around meta ``joint_rc``, resampled to ``size`` x ``size``: (C, H, W, D) -> (C, size, size, D).
+
+    The same frame as the X-ray crop (:class:`~.xray_transforms.CropJoint`). A joint too close to the field of
+    view's edge is padded with the volume minimum (meta ``frame_padded`` True), never dropped. The affine follows
+    the crop, so the cropped volume still overlays the original in a viewer; meta ``spacing`` becomes
+    (size_mm / size, size_mm / size, slice spacing), ``crop_box`` [r0, c0, r1, c1) original pixels.
+    """
+
+    def __init__(self, size: int = 256, size_mm: float = FRAME_MM, antialias: bool = True) -> None:
+        self.size, self.size_mm, self.antialias = int(size), float(size_mm), antialias
+
+    def __call__(self, img: torch.Tensor, joint_rc: tuple[float, float] | None = None) -> torch.Tensor:
+        meta = img.meta if isinstance(img, MetaTensor) else {}
+        joint_rc = joint_rc if joint_rc is not None else meta.get("joint_rc")
+        if joint_rc is None:
+            raise ValueError(f"{_source(img)}: CropMRIJoint needs a joint centre: run LocaliseMRIJoint first")
+        spacing = tuple(meta.get("spacing", (1.0, 1.0, 1.0)))
+        box = frame_box(joint_rc, spacing[:2], self.size_mm)
+        x = torch.as_tensor(img).as_subclass(torch.Tensor).float()
+        c, h, w, d = x.shape
+        slices = x.permute(0, 3, 1, 2).reshape(c * d, h, w)
+        out, padded = crop_frame(slices, box, self.size, self.antialias)
+        if padded:
+            logger.warning("%s: the %g mm joint-centred frame leaves the field of view (joint at row %.0f, col %.0f "
+                           "of %dx%d); padded with the volume minimum", _source(img), self.size_mm, joint_rc[0],
+                           joint_rc[1], h, w)
+        out = out.reshape(c, d, self.size, self.size).permute(0, 2, 3, 1).contiguous()
+        affine = None
+        if isinstance(img, MetaTensor):
+            old = img.affine
+            affine = old.clone()
+            s_r, s_c = (box[2] - box[0]) / self.size, (box[3] - box[1]) / self.size
+            affine[:3, 0] = old[:3, 0] * s_r
+            affine[:3, 1] = old[:3, 1] * s_c
+            # output voxel i sits at input index r0 + (i + 0.5) * s - 0.5 (align_corners=False)
+            shift = old[:3, 0] * (box[0] + 0.5 * s_r - 0.5) + old[:3, 1] * (box[1] + 0.5 * s_c - 0.5)
+            affine[:3, 3] = old[:3, 3] + shift
+        step = self.size_mm / self.size
+        return _meta_tensor(out, img, affine, spacing=(step, step, spacing[2] if len(spacing) > 2 else 1.0),
+                            crop_box=box, frame_mm=self.size_mm, frame_padded=padded,
+                            joint_rc=tuple(float(v) for v in joint_rc))
+
+
+class LocaliseMRIJointd(MapTransform):
+    """Dictionary wrapper of :class:`LocaliseMRIJoint`; the knee's side (RIGHT / LEFT) from ``d[side_key]``."""
+
+    def __init__(self, keys: KeysCollection = "mri", localiser: MRIJointLocaliser | None = None,
+                 side_key: str = "side", allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.locate, self.side_key = LocaliseMRIJoint(localiser), side_key
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict[Hashable, object]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.locate(d[key], d.get(self.side_key))
+        return d
+
+
+class CropMRIJointd(MapTransform):
+    """Dictionary wrapper of :class:`CropMRIJoint`."""
+
+    def __init__(self, keys: KeysCollection = "mri", size: int = 256, size_mm: float = FRAME_MM,
+                 antialias: bool = True, allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.crop = CropMRIJoint(size, size_mm, antialias)
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict[Hashable, object]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.crop(d[key])
+        return d
+
+
 class LoadMRISeriesd(MapTransform):
     """Dictionary wrapper of :class:`LoadMRISeries`: replaces each path in ``keys`` (default ``mri``)."""
 
@@ -172,18 +275,34 @@ class ResizeInPlaned(MapTransform):
 def mri_transforms(
     keys: KeysCollection = "mri", size: int = 256, start: int = 13, count: int = 50, channels: int = 3,
     percentiles: tuple[float, float] = DEFAULT_PERCENTILES, expected_slices: int | None = None,
+    frame_mm: float | None = FRAME_MM, localiser: MRIJointLocaliser | None = None,
 ) -> list:
     """The MRI chain as a list of dictionary transforms (wrap in ``monai.transforms.Compose``).
 
+    load -> slices ``start``.. (``count``) -> joint found on the slab -> ``frame_mm`` square around it resampled to
+    ``size`` (the joint-centred frame shared with the X-ray; ``frame_mm=None`` keeps the whole field of view,
+    resized, as before the frame existed) -> percentiles to [-1, 1] -> channels.
     Output per key: (channels, size, size, count) float32 in [-1, 1]. ``channels=1`` skips the repeat (the
     knee cache stores one channel; :class:`~.datasets.KneeSliceDataset` repeats per slice).
     """
-    chain = [
+    chain: list = [
         LoadMRISeriesd(keys, expected_slices=expected_slices),
         SelectSlicesd(keys, start=start, count=count),
-        ResizeInPlaned(keys, size=size),
-        ScalePercentilesd(keys, lower=percentiles[0], upper=percentiles[1], b_min=-1.0, b_max=1.0, clip=True),
     ]
+    if frame_mm:
+        chain += [LocaliseMRIJointd(keys, localiser=localiser), CropMRIJointd(keys, size=size, size_mm=frame_mm)]
+    else:
+        chain.append(ResizeInPlaned(keys, size=size))
+    chain.append(ScalePercentilesd(keys, lower=percentiles[0], upper=percentiles[1], b_min=-1.0, b_max=1.0,
+                                   clip=True))
     if channels > 1:
         chain.append(RepeatChanneld(keys, repeats=channels))
     return chain
+
+
+def frame_centre_ras(path: str, side: str | None = None, start: int = 13, count: int = 50) -> np.ndarray:
+    """World position (RAS mm, (3,)) of the centre of a real MRI's joint-centred frame: the localised joint
+    in-plane, the middle of the kept slices in depth. A generated volume centred there overlays that MRI."""
+    volume = SelectSlices(start, count)(LoadMRISeries()(path))
+    row, col = LocaliseMRIJoint()(volume, side).meta["joint_rc"]
+    return (volume.affine.numpy() @ np.array([row, col, (count - 1) / 2.0, 1.0]))[:3]

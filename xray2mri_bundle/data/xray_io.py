@@ -6,9 +6,14 @@ depth, a colour or multi-frame image, a blank image. The generation CLI relies o
 
 DICOM films are returned in the PA display convention (patient's right on the image left, feet down); a
 film whose PatientOrientation says otherwise (e.g. 'R\\F') is mirrored accordingly.
-Pixel spacing (mm, (between rows, between columns)): DICOM ImagerPixelSpacing, else PixelSpacing, else the
-default below; PNG has no calibration, so ``png_spacing_mm`` is used (default 140/299 mm, so that the
-140 mm knee crop is exactly the paper's 299 px crop).
+Pixel spacing (mm, (between rows, between columns)) is returned twice: ``detector_spacing_mm`` as stored
+(DICOM ImagerPixelSpacing, else PixelSpacing, else the default below) and ``spacing_mm`` in the plane of the
+knee, i.e. divided by the film's geometric magnification (:func:`film_magnification`): DICOM
+EstimatedRadiographicMagnificationFactor, else DistanceSourceToDetector / DistanceSourceToPatient, else
+:data:`DEFAULT_MAGNIFICATION`. A PixelSpacing that the file declares calibrated (PixelSpacingCalibrationType
+present, no ImagerPixelSpacing) is already in the patient plane. PNG and NIfTI have no calibration:
+``png_spacing_mm`` (default 140/299 mm, so that the 140 mm knee crop is the paper's 299 px crop) or the NIfTI
+zooms are taken as patient-plane spacing (magnification 1).
 """
 
 from __future__ import annotations
@@ -26,11 +31,13 @@ from PIL import Image, UnidentifiedImageError
 from .dicom_utils import DataFileError, is_dicom_file, read_header
 
 __all__ = [
+    "DEFAULT_MAGNIFICATION",
     "DEFAULT_PNG_SPACING_MM",
     "RADIOGRAPH_MODALITIES",
     "InvalidXrayError",
     "XrayFilm",
     "film_laterality",
+    "film_magnification",
     "inspect_xray",
     "inspect_xray_dicom",
     "read_xray",
@@ -38,6 +45,10 @@ __all__ = [
 
 #: Default spacing for files without calibration (PNG): 140 mm / 299 px, the paper's crop.
 DEFAULT_PNG_SPACING_MM: float = 140.0 / 299.0
+#: Magnification assumed for a DICOM film without geometry tags: none (1.0), so the crop is as stated on the film.
+#: A knee PA film at SID 1 m is typically magnified 5-10 %; films without tags are reported (meta
+#: ``magnification_source`` 'default').
+DEFAULT_MAGNIFICATION: float = 1.0
 #: DICOM modalities accepted as a plain radiograph.
 RADIOGRAPH_MODALITIES = frozenset({"DX", "CR", "RG", "OT"})
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -63,6 +74,13 @@ class XrayFilm:
     laterality: str | None = None  # "BILATERAL", "RIGHT", "LEFT" or None (unknown)
     source: str = ""
     spacing_source: str = ""
+    magnification: float = 1.0  # detector size / patient-plane size; spacing_mm = detector_spacing_mm / this
+    magnification_source: str = "none"
+
+    @property
+    def detector_spacing_mm(self) -> tuple[float, float]:
+        """Pixel spacing as stored on the film (mm at the detector)."""
+        return self.spacing_mm[0] * self.magnification, self.spacing_mm[1] * self.magnification
 
 
 def film_laterality(description: str, image_laterality: str = "") -> str | None:
@@ -171,6 +189,29 @@ def _dicom_spacing(ds: pydicom.Dataset, default: float) -> tuple[tuple[float, fl
     return (default, default), "default"
 
 
+def _positive(value: object) -> float | None:
+    try:
+        v = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return v if np.isfinite(v) and v > 0 else None
+
+
+def film_magnification(ds: pydicom.Dataset) -> tuple[float, str]:
+    """(magnification, DICOM source) of a film: EstimatedRadiographicMagnificationFactor, else
+    DistanceSourceToDetector / DistanceSourceToPatient, else (:data:`DEFAULT_MAGNIFICATION`, 'default').
+
+    Values outside [1, 2] (a magnification below 1 or implausibly large) are ignored as corrupt tags."""
+    factor = _positive(getattr(ds, "EstimatedRadiographicMagnificationFactor", None))
+    if factor is not None and 1.0 <= factor <= 2.0:
+        return factor, "EstimatedRadiographicMagnificationFactor"
+    sid = _positive(getattr(ds, "DistanceSourceToDetector", None))
+    sod = _positive(getattr(ds, "DistanceSourceToPatient", None))
+    if sid is not None and sod is not None and 1.0 <= sid / sod <= 2.0:
+        return sid / sod, "DistanceSourceToDetector/DistanceSourceToPatient"
+    return DEFAULT_MAGNIFICATION, "default"
+
+
 def _read_dicom(path: Path, default_spacing: float) -> XrayFilm:
     header = inspect_xray_dicom(path)
     try:
@@ -185,11 +226,17 @@ def _read_dicom(path: Path, default_spacing: float) -> XrayFilm:
     spacing, source = _dicom_spacing(ds, default_spacing)
     if source == "default":
         warnings.warn(f"{path}: no ImagerPixelSpacing / PixelSpacing; assuming {default_spacing:.3f} mm", stacklevel=3)
+    if source == "PixelSpacing" and getattr(ds, "PixelSpacingCalibrationType", None):
+        magnification, mag_source = 1.0, "PixelSpacingCalibrationType"
+    else:
+        magnification, mag_source = film_magnification(ds)
     description = str(getattr(header, "SeriesDescription", "") or "")
     pixels = _display_orientation(pixels, getattr(header, "PatientOrientation", None))
     return XrayFilm(
         pixels=pixels.astype(np.float32) * slope + intercept,
-        spacing_mm=spacing,
+        spacing_mm=(spacing[0] / magnification, spacing[1] / magnification),
+        magnification=magnification,
+        magnification_source=mag_source,
         photometric=str(header.PhotometricInterpretation).upper(),
         modality=str(getattr(header, "Modality", "") or "").upper(),
         description=description,

@@ -2,11 +2,14 @@
 
 Images are ``MetaTensor`` (1, H, W): H = film rows (superior -> inferior), W = film columns. In a PA film the
 patient's RIGHT knee is on the image LEFT half. Steps keep their bookkeeping in ``meta`` (film pixels):
-``spacing`` (row, col) mm of the current array, ``film_spacing``, ``photometric``, ``laterality``,
+``spacing`` (row, col) mm of the current array in the knee's plane (the film's detector spacing divided by its
+magnification, see :mod:`.xray_io`), ``film_spacing`` (the same for the whole film), ``detector_spacing``,
+``magnification``, ``photometric``, ``laterality``,
 ``knee_region`` [c0, c1), ``joint_rc`` (row, col), ``crop_box`` [r0, c0, r1, c1).
 
 :func:`xray_transforms` returns the default chain: load -> invert MONOCHROME1 -> select knee -> locate joint
--> 140 mm square crop around the joint (the paper's 299 px crop) resized to 256 -> percentiles (0.5, 99.5) to
+-> 140 mm square of the patient (:data:`~.frame.FRAME_MM`, the film's magnification removed) around the joint,
+the frame the MRI is cropped to as well (:mod:`.mri_transforms`), resized to 256 -> percentiles (0.5, 99.5) to
 [-1, 1] (clipped) -> intensity distribution ``intensity`` (16, 8, 8).
 """
 
@@ -16,11 +19,11 @@ from collections.abc import Hashable, Mapping
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform, Transform
 
+from .frame import FRAME_MM, crop_frame, frame_box
 from .intensity import DEFAULT_PERCENTILES, IntensityDistributiond, ScalePercentilesd
 from .localiser import ClassicalJointLocaliser, JointLocaliser
 from .xray_io import DEFAULT_PNG_SPACING_MM, InvalidXrayError, read_xray
@@ -40,8 +43,8 @@ __all__ = [
     "xray_transforms",
 ]
 
-#: Physical side of the square knee crop (mm): 299 px at 140/299 = 0.468 mm per pixel, the paper's crop.
-CROP_MM: float = 140.0
+#: Side of the square knee crop in the patient's plane (mm): the joint-centred frame shared with the MRI.
+CROP_MM: float = FRAME_MM
 _BILATERAL_ASPECT = 1.0  # an unlabelled landscape film (width > height) is taken as bilateral
 
 
@@ -74,7 +77,9 @@ class LoadXray(Transform):
         film = read_xray(path, self.png_spacing_mm, self.nifti_axes)
         return _with_meta(
             torch.from_numpy(film.pixels)[None], None, filename_or_obj=film.source, spacing=film.spacing_mm,
-            film_spacing=film.spacing_mm, spacing_source=film.spacing_source, photometric=film.photometric,
+            film_spacing=film.spacing_mm, detector_spacing=film.detector_spacing_mm,
+            spacing_source=film.spacing_source, magnification=film.magnification,
+            magnification_source=film.magnification_source, photometric=film.photometric,
             modality=film.modality, description=film.description, laterality=film.laterality or "",
             film_shape=tuple(film.pixels.shape),
         )
@@ -147,35 +152,26 @@ class LocaliseJoint(Transform):
 class CropJoint(Transform):
     """Crop a ``size_mm`` square (physical, default 140 mm) centred on meta ``joint_rc`` and resample it to
     ``spatial_size`` (default 256): (1, H, W) film -> (1, N, N). Beyond the film edge the film minimum is used.
-    Meta: ``crop_box`` [r0, c0, r1, c1) film pixels, ``spacing`` = size_mm / N per output pixel."""
+    Meta: ``crop_box`` [r0, c0, r1, c1) film pixels, ``spacing`` = size_mm / N per output pixel, ``frame_padded``
+    (the box left the film)."""
 
     def __init__(self, size_mm: float = CROP_MM, spatial_size: int = 256, antialias: bool = True) -> None:
         self.size_mm, self.spatial_size, self.antialias = float(size_mm), int(spatial_size), antialias
 
     def box(self, joint_rc: tuple[float, float], spacing: tuple[float, float]) -> tuple[int, int, int, int]:
         """Integer film box [r0, c0, r1, c1) of the crop around ``joint_rc`` for (row, col) ``spacing`` mm."""
-        half_r, half_c = self.size_mm / spacing[0] / 2, self.size_mm / spacing[1] / 2
-        r0, c0 = int(round(joint_rc[0] - half_r)), int(round(joint_rc[1] - half_c))
-        return r0, c0, r0 + int(round(2 * half_r)), c0 + int(round(2 * half_c))
+        return frame_box(joint_rc, spacing, self.size_mm)
 
     def __call__(self, img: torch.Tensor, joint_rc: tuple[float, float] | None = None) -> torch.Tensor:
         meta = _meta(img)
         joint_rc = joint_rc if joint_rc is not None else meta.get("joint_rc")
         if joint_rc is None:
             raise ValueError("CropJoint needs a joint centre: run LocaliseJoint first or pass joint_rc")
-        x = _plain(img).float()
-        spacing = tuple(meta.get("spacing", (1.0, 1.0)))
-        r0, c0, r1, c1 = self.box(joint_rc, spacing)
-        h, w = x.shape[-2:]
-        pad = (max(0, -c0), max(0, c1 - w), max(0, -r0), max(0, r1 - h))
-        if any(pad):
-            x = F.pad(x[None], pad, mode="constant", value=float(x.min()))[0]
-        crop = x[:, r0 + pad[2]:r1 + pad[2], c0 + pad[0]:c1 + pad[0]]
-        out = F.interpolate(crop[None], size=(self.spatial_size, self.spatial_size), mode="bilinear",
-                            align_corners=False, antialias=self.antialias)[0]
+        box = self.box(joint_rc, tuple(meta.get("spacing", (1.0, 1.0))))
+        out, padded = crop_frame(_plain(img), box, self.spatial_size, self.antialias)
         step = self.size_mm / self.spatial_size
-        return _with_meta(out.contiguous(), img, crop_box=(r0, c0, r1, c1), spacing=(step, step),
-                          joint_rc=tuple(float(v) for v in joint_rc))
+        return _with_meta(out, img, crop_box=box, spacing=(step, step), frame_mm=self.size_mm,
+                          frame_padded=padded, joint_rc=tuple(float(v) for v in joint_rc))
 
 
 class LoadXrayd(MapTransform):

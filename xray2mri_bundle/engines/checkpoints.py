@@ -33,6 +33,7 @@ from xray2mri_bundle.engines.distributed import unwrap
 __all__ = [
     "FORMAT_VERSION",
     "atomic_save",
+    "inference_checkpoint",
     "interval_checkpoints",
     "load_final",
     "load_weights",
@@ -116,6 +117,34 @@ def make_final_checkpoint(
     return checkpoint
 
 
+#: (raw, EMA) weight pairs of a final export: inference keeps one of each pair (the EMA one when present)
+WEIGHT_PAIRS: tuple[tuple[str, str], ...] = (("model", "ema"), ("xray_encoder", "xray_encoder_ema"))
+
+
+def inference_checkpoint(checkpoint: Mapping[str, Any], dtype: torch.dtype = torch.float16) -> dict[str, Any]:
+    """What inference needs of a final export: of each (raw, EMA) pair only the weights generation loads (EMA
+    when present, else raw; the other entry becomes None), floating tensors stored as ``dtype``; metadata,
+    config and scale factor unchanged. Loading casts back to the network's precision (``load_state_dict``).
+
+    Records ``inference_only`` True and ``weights_dtype``. The shipped weights are made this way
+    (``scripts/slim_weights.py``, docs/training.md gives the measured effect on generated volumes).
+    """
+    def cast(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+
+    out = dict(checkpoint)
+    for raw, ema in WEIGHT_PAIRS:
+        if raw not in checkpoint and ema not in checkpoint:
+            continue
+        keep = ema if checkpoint.get(ema) else raw
+        drop = raw if keep == ema else ema
+        out[keep] = cast(checkpoint[keep]) if checkpoint.get(keep) else None
+        out[drop] = None
+    out["inference_only"] = True
+    out["weights_dtype"] = str(dtype).replace("torch.", "")
+    return out
+
+
 def load_final(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read a final export; a clear error names the stage to train when the file is missing."""
     path = Path(path)
@@ -133,7 +162,9 @@ def load_weights(
     """Load ``checkpoint[key]`` (``"model"`` or ``"ema"``, falling back to ``"model"`` when there is no EMA)
     into ``network`` and return it; ``freeze`` puts it in eval mode with gradients off (frozen E1 and C)."""
     checkpoint = load_final(path)
-    state = checkpoint.get(key) or checkpoint["model"]
+    state = checkpoint.get(key) or checkpoint.get("model") or checkpoint.get("ema")
+    if not state:
+        raise KeyError(f"checkpoint {path} holds no weights under '{key}', 'model' or 'ema'")
     unwrap(network).load_state_dict(state, strict=strict)
     if freeze:
         network.eval()

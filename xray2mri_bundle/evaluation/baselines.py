@@ -3,10 +3,14 @@
 - ``MeanVolume``: the voxel-wise mean of the training MRI volumes; the same prediction for every X-ray. It is
   the volume that minimises the mean squared error over the training knees, so it is a strong PSNR baseline
   that carries no knee-specific structure (a floor for RSSIM and joint-space width).
-- ``NearestXray``: the MRI volume of the training knee whose X-ray is nearest to the query X-ray. Feature:
-  the preprocessed knee crop (the model's input, (1, H, W) in [-1, 1]) area-downsampled to 32 x 32 and
-  flattened; distance: Euclidean (L2, default) or cosine. An embedding function (e.g. the trained E2 X-ray
-  encoder, (1, 1, H, W) -> (1, 1, 768)) can replace the crop feature.
+- ``NearestXray``: the MRI volume of the training knee whose X-ray is nearest to the query X-ray, or with
+  ``k > 1`` the voxel-wise mean of the k nearest knees' volumes (``knn_xray``: an X-ray-informed average, the
+  strongest cheap PSNR reference once X-ray and MRI share the joint-centred frame). Feature: the preprocessed
+  knee crop (the model's input, (1, H, W) in [-1, 1]) area-downsampled to 32 x 32 and flattened; distance:
+  Euclidean (L2, default) or cosine. An embedding function (e.g. the trained E2 X-ray encoder) can replace it.
+- ``OracleKnee``: the training knee whose MRI is closest (lowest MSE) to the TRUE volume of the query knee.
+  It looks at the answer, so it is not a method but a ceiling: how well any "copy a training knee" answer could
+  do. Marked as an oracle in every table.
 
 Both answer any set of depths in [0, 1]: the stored 50-slice volumes are linearly interpolated along depth,
 so they run through the same evaluator (and the same depth sweep) as the diffusion methods.
@@ -20,7 +24,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-__all__ = ["MeanVolume", "NearestXray", "crop_feature", "sample_depths"]
+__all__ = ["MeanVolume", "NearestXray", "OracleKnee", "crop_feature", "sample_depths"]
 
 FEATURE_SIZE = 32
 """Side of the downsampled crop used as the nearest-neighbour feature (32 x 32 = 1024 values)."""
@@ -77,7 +81,8 @@ class MeanVolume:
 
 
 class NearestXray:
-    """Predict the MRI volume of the training knee with the nearest X-ray feature.
+    """Predict the MRI volume of the training knee with the nearest X-ray feature (``k`` = 1), or the mean
+    volume of the ``k`` nearest.
 
     Args:
         features: (N, F) one feature per training knee.
@@ -85,9 +90,8 @@ class NearestXray:
         names: N labels of the training knees (reported as the neighbour of each query).
         metric: "l2" (Euclidean) or "cosine" (1 - cosine similarity).
         feature_fn: crop (1, H, W) -> (F,); default ``crop_feature``.
+        k: neighbours averaged (1: the nearest knee's volume itself).
     """
-
-    name = "nearest_xray"
 
     def __init__(
         self,
@@ -96,7 +100,10 @@ class NearestXray:
         names: list[str],
         metric: Literal["l2", "cosine"] = "l2",
         feature_fn: Callable[[torch.Tensor], torch.Tensor] = crop_feature,
+        k: int = 1,
     ) -> None:
+        if int(k) < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
         if metric not in ("l2", "cosine"):
             raise ValueError(f"metric must be 'l2' or 'cosine', got {metric!r}")
         if features.ndim != 2 or features.shape[0] != len(names) or not names:
@@ -106,8 +113,10 @@ class NearestXray:
         self.names = names
         self.metric = metric
         self.feature_fn = feature_fn
+        self.k = min(int(k), len(names))
+        self.name = "nearest_xray" if self.k == 1 else "knn_xray"
         self.last_neighbour: str | None = None
-        self._cache: tuple[int, torch.Tensor] | None = None
+        self._cache: tuple[tuple[int, ...], torch.Tensor] | None = None
 
     @classmethod
     def fit(
@@ -117,11 +126,12 @@ class NearestXray:
         names: list[str],
         metric: Literal["l2", "cosine"] = "l2",
         feature_fn: Callable[[torch.Tensor], torch.Tensor] = crop_feature,
+        k: int = 1,
     ) -> NearestXray:
         """Compute the features of the training crops ``xrays`` (each (1, H, W)), in the order of ``names``."""
         with torch.inference_mode():
             feats = torch.stack([feature_fn(x).detach().cpu().float().flatten() for x in xrays])
-        return cls(feats, volume_of, names, metric, feature_fn)
+        return cls(feats, volume_of, names, metric, feature_fn, k)
 
     def distances(self, xray: torch.Tensor) -> torch.Tensor:
         """Distances (N,) from the query crop (1, H, W) to every training knee."""
@@ -135,10 +145,55 @@ class NearestXray:
         """Index of the nearest training knee (ties: the first)."""
         return int(torch.argmin(self.distances(xray)))
 
+    def neighbours(self, xray: torch.Tensor) -> tuple[int, ...]:
+        """Indices of the ``k`` nearest training knees, nearest first (ties: the first)."""
+        order = torch.argsort(self.distances(xray), stable=True)
+        return tuple(int(i) for i in order[: self.k])
+
     def __call__(self, xray: torch.Tensor, depths: torch.Tensor, **_: object) -> torch.Tensor:
-        """Volume (C, H, W, n) of the nearest training knee at ``depths`` (n,)."""
-        index = self.nearest(xray)
-        self.last_neighbour = self.names[index]
-        if self._cache is None or self._cache[0] != index:
-            self._cache = (index, torch.as_tensor(self.volume_of(index)).float())
+        """Volume (C, H, W, n) of the nearest training knee (mean of the k nearest) at ``depths`` (n,)."""
+        indices = self.neighbours(xray)
+        self.last_neighbour = ";".join(self.names[i] for i in indices)
+        if self._cache is None or self._cache[0] != indices:
+            volumes = [torch.as_tensor(self.volume_of(i)).float() for i in indices]
+            self._cache = (indices, volumes[0] if len(volumes) == 1 else torch.stack(volumes).mean(dim=0))
         return sample_depths(self._cache[1], depths)
+
+
+class OracleKnee:
+    """Ceiling, not a method: the training volume with the lowest MSE to the query's TRUE volume.
+
+    Args:
+        volumes: (N, H, W, S) grey training volumes (stored as float16 to halve the memory).
+        names: N labels (the chosen knee is reported as ``last_neighbour``).
+    """
+
+    name = "oracle_knee"
+    uses_truth = True
+
+    def __init__(self, volumes: torch.Tensor, names: list[str]) -> None:
+        if volumes.ndim != 4 or volumes.shape[0] != len(names) or not names:
+            raise ValueError(f"volumes (N, H, W, S) must match {len(names)} names, got {tuple(volumes.shape)}")
+        self.volumes = volumes.to(torch.float16)
+        self.names = names
+        self.last_neighbour: str | None = None
+
+    @classmethod
+    def fit(cls, volumes: Iterable[torch.Tensor], names: list[str]) -> OracleKnee:
+        """Stack training volumes (C, H, W, S) (channels averaged)."""
+        grey = [torch.as_tensor(v).float().reshape(-1, *torch.as_tensor(v).shape[-3:]).mean(dim=0) for v in volumes]
+        return cls(torch.stack(grey), names)
+
+    def __call__(self, xray: torch.Tensor, depths: torch.Tensor, *, truth: torch.Tensor | None = None,
+                 **_: object) -> torch.Tensor:
+        """Volume (1, H, W, n) of the training knee closest to ``truth`` (H, W, n) at ``depths`` (n,)."""
+        if truth is None:
+            raise ValueError("oracle_knee needs the true volume (it is a ceiling, not a method)")
+        target = torch.as_tensor(truth).float().reshape(-1, *truth.shape[-3:]).mean(dim=0)
+        best, best_mse = 0, float("inf")
+        for i in range(self.volumes.shape[0]):
+            mse = float(((sample_depths(self.volumes[i].float(), depths) - target) ** 2).mean())
+            if mse < best_mse:
+                best, best_mse = i, mse
+        self.last_neighbour = self.names[best]
+        return sample_depths(self.volumes[best].float(), depths)[None]

@@ -8,7 +8,7 @@ Example (small profile, 2 CPU cores)::
 
 Outputs under ``--out``: ``per_knee.csv``, ``summary.json``, ``depth_sweep.csv``, ``figures/*.png``,
 ``report.md`` (relative image links); ``cache/`` holds the preprocessed knees (reused by later runs).
-``--write-docs`` also writes ``docs/results.md`` with its figures in ``docs/results/``.
+``--write-docs`` also writes ``docs/results.md`` (``--docs-page``) with its figures in ``docs/results/``.
 Every method runs through the same ``SupervisedEvaluator`` (``evaluator.build_evaluator``) on the same knees
 with the same per-knee seeds. Outputs are synthetic research images, not for diagnosis.
 """
@@ -35,8 +35,8 @@ from xray2mri_bundle.networks.profiles import PROFILES
 
 from . import figures
 from .evaluator import KneeRecorder, build_evaluator, pick_examples, read_ground_truth, read_mri_matrix, select_knees
-from .methods import METHODS, build_method, parse_methods
-from .records import read_rows, summarise, write_rows, write_summary
+from .methods import METHODS, FirstSample, SampleMean, build_method, parse_methods
+from .records import bootstrap_differences, read_rows, summarise, write_rows, write_summary
 from .report import render_report, write_report
 from .studies import DEPTH_COUNTS, depth_sweep, interpolation, write_sweep
 
@@ -44,7 +44,7 @@ __all__ = ["ABLATION_OVERRIDES", "EvaluationRun", "build_parser", "main", "repro
 
 logger = logging.getLogger("xray2mri.evaluate")
 ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_METHODS = "full,xray_no_guidance,ldm_depth_only,mean_volume,nearest_xray"
+DEFAULT_METHODS = "full,xray_no_guidance,ldm_depth_only,mean_volume,nearest_xray,knn_xray,oracle_knee"
 TABLE1_GRADES = (0, 2, 4)
 
 
@@ -71,7 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", help="knee cache (default <out>/cache)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default)")
     p.add_argument("--nearest-metric", choices=("l2", "cosine"), default="l2",
-                   help="nearest_xray distance on the 32 x 32 crop (default l2)")
+                   help="nearest_xray / knn_xray distance on the 32 x 32 crop (default l2)")
+    p.add_argument("--knn", type=int, default=5, help="neighbours averaged by knn_xray (default 5)")
+    p.add_argument("--samples", type=int, default=4,
+                   help="diffusion methods are scored on one sample AND on the mean of this many (default 4; "
+                        "1 = single sample only)")
     p.add_argument("--sweep-method", help="method of the depth sweep and interpolation (default: first diffusion)")
     p.add_argument("--sweep-depths", default=",".join(map(str, DEPTH_COUNTS)),
                    help="numbers of depths for Fig. 6 ('' = skip; default 30,...,500)")
@@ -82,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strict", action="store_true", help="fail when a method cannot be built (default: skip it)")
     p.add_argument("--write-docs", action="store_true", help="also write docs/results.md (+ docs/results/*.png)")
     p.add_argument("--docs-dir", default=str(ROOT / "docs"), help="docs folder for --write-docs")
+    p.add_argument("--docs-page", default="results.md",
+                   help="page --write-docs writes in --docs-dir (default results.md; figures go to <stem>/)")
     p.add_argument("--title", default="Evaluation results", help="report title")
     p.add_argument("--train-command", action="append", default=None,
                    help="training command to show in the report's Reproduce block (repeatable; default: the "
@@ -99,6 +105,7 @@ class EvaluationRun:
     metrics: dict[str, dict[str, float]] = field(default_factory=dict)
     figures: dict[str, Path] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
+    bootstrap: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     report: Path | None = None
     docs: Path | None = None
@@ -200,6 +207,7 @@ def run_evaluation(args: argparse.Namespace, argv: Sequence[str] = ()) -> Evalua
     sweep_name = _sweep_method(args, methods)
     counts = [int(c) for c in str(args.sweep_depths).split(",") if c.strip()]
     example_slices: dict[str, dict[str, Any]] = {}
+    rows: dict[str, list[dict[str, Any]]] = {}
     logger.info("evaluating %s on %d validation knees (%d training knees for baselines), size %d, %s",
                 ",".join(methods), len(val_records), len(train_records), size, device)
 
@@ -208,7 +216,7 @@ def run_evaluation(args: argparse.Namespace, argv: Sequence[str] = ()) -> Evalua
         try:
             method = build_method(name, args.model_dir, train, device=device, steps=args.steps, eta=args.eta,
                                   guidance_scale=args.guidance_scale, chunk_size=args.chunk_size,
-                                  nearest_metric=args.nearest_metric, profile=profile, image_size=size)
+                                  nearest_metric=args.nearest_metric, profile=profile, image_size=size, knn=args.knn)
         except (FileNotFoundError, ValueError, KeyError, RuntimeError) as err:
             if args.strict:
                 raise
@@ -216,22 +224,37 @@ def run_evaluation(args: argparse.Namespace, argv: Sequence[str] = ()) -> Evalua
             logger.warning("skipping %s: %s", name, err)
             continue
         is_diffusion = METHODS[name].kind == "diffusion"
-        recorder = KneeRecorder(name, ground_truth, examples=[k for k in examples.values() if k],
-                                steps=args.steps if is_diffusion else None, measure_jsw=not args.no_jsw,
-                                real_cache=real_cache, mri_matrix=read_mri_matrix(args.dataset_dir))
-        evaluator = build_evaluator(method, val, recorder, slices=args.slices or None, device=device, seed=args.seed)
-        evaluator.run()
-        run.rows += recorder.rows
-        run.metrics[name] = {k: float(v) for k, v in evaluator.state.metrics.items()}
-        for key, ex in recorder.example_slices.items():
-            slot = example_slices.setdefault(key, {"kl": ex["kl"], "xray": ex["xray"], "real": ex["real"],
-                                                   "label": key, "methods": {}})
-            slot["methods"][name] = ex["pred"]
-        logger.info("%s: %s (%.1f s)", name, run.metrics[name], time.perf_counter() - start)
+        # a diffusion method: the mean of N samples first, then its first samples replayed as the single score
+        variants = [method]
+        if is_diffusion and args.samples > 1:
+            ensemble = SampleMean(method, args.samples)
+            variants = [ensemble, FirstSample(ensemble)]
+        for variant in variants:
+            label = variant.name
+            recorder = KneeRecorder(label, ground_truth, examples=[k for k in examples.values() if k],
+                                    steps=args.steps if is_diffusion else None, measure_jsw=not args.no_jsw,
+                                    real_cache=real_cache, mri_matrix=read_mri_matrix(args.dataset_dir))
+            evaluator = build_evaluator(variant, val, recorder, slices=args.slices or None, device=device,
+                                        seed=args.seed)
+            evaluator.run()
+            rows[label] = recorder.rows
+            run.metrics[label] = {k: float(v) for k, v in evaluator.state.metrics.items()}
+            for key, ex in recorder.example_slices.items():
+                slot = example_slices.setdefault(key, {"kl": ex["kl"], "xray": ex["xray"], "real": ex["real"],
+                                                       "label": key, "methods": {}})
+                slot["methods"][label] = ex["pred"]
+            logger.info("%s: %s (%.1f s)", label, run.metrics[label], time.perf_counter() - start)
         if name == sweep_name:
             _studies(run, method, val, counts, args)
-        del method, evaluator
+        del method, evaluator, variants
 
+    order = [label for name in methods for label in (name, f"{name}_mean{args.samples}") if label in rows]
+    if args.samples > 1 and any(METHODS[m].kind == "diffusion" for m in methods if m in rows):
+        run.notes.append(f"A diffusion method's single-sample rows replay the first of its {args.samples} samples "
+                         f"(same seed as a single run): their `s / knee` is the replay; one sample costs the "
+                         f"`_mean{args.samples}` time / {args.samples}.")
+    run.rows = [row for label in order for row in rows[label]]
+    run.metrics = {label: run.metrics[label] for label in order}
     if sweep_name and sweep_name not in run.metrics:
         run.notes.append(f"Depth sweep and interpolation need the method `{sweep_name}`, which did not run.")
     elif not sweep_name:
@@ -275,17 +298,22 @@ def _write_outputs(
     csv_path = write_rows(run.rows, out / "per_knee.csv")
     rows = read_rows(csv_path)  # the report and the summary are computed from what was written
     run.summary = summarise(rows)
-    evaluated = [m for m in methods if m in run.metrics]
+    diffusion_labels = [m for m in run.metrics if m.startswith("full")]
+    run.bootstrap = bootstrap_differences(rows, diffusion_labels, seed=args.seed)
+    evaluated = list(run.metrics)
     settings = {
         "model folder": f"`{args.model_dir}` (profile `{profile}`)", "datalist": datalist,
         "validation knees": len({(r['subject'], r['side']) for r in rows}),
         "compared slices": args.slices or 50, "DDIM steps": args.steps, "guidance scale": args.guidance_scale,
         "eta": args.eta, "image size": size, "device": str(device), "seed": args.seed,
-        "nearest_xray feature": f"preprocessed X-ray crop, area-downsampled to 32 x 32, {args.nearest_metric} "
-                                "distance",
+        "nearest_xray / knn_xray feature": f"preprocessed X-ray crop, area-downsampled to 32 x 32, "
+                                           f"{args.nearest_metric} distance; knn_xray averages {args.knn}",
+        "samples": f"diffusion methods scored on 1 sample and on the mean of {args.samples} (`<name>_mean"
+                   f"{args.samples}`)" if args.samples > 1 else "1 sample per knee",
+        "frame": "joint-centred, 140 mm of the patient for X-ray and MRI (film magnification removed)",
     }
     write_summary(run.summary, out / "summary.json", settings={k: str(v) for k, v in settings.items()},
-                  engine_metrics=run.metrics, skipped=run.skipped,
+                  engine_metrics=run.metrics, skipped=run.skipped, bootstrap=run.bootstrap,
                   disclaimer="synthetic research outputs, not for diagnosis")
     if rows:
         run.figures.update(figures.box_plots(rows, out / "figures", evaluated))
@@ -307,15 +335,17 @@ def _write_outputs(
     record = json.loads(record_path.read_text()) if record_path.is_file() else None
     links = {key: path.relative_to(out).as_posix() for key, path in run.figures.items()}
     run.report = write_report(out / "report.md", render_report(
-        run.summary, rows, settings, links, commands, run.notes, missing, args.title, record))
+        run.summary, rows, settings, links, commands, run.notes, missing, args.title, record, run.bootstrap))
     if args.write_docs:
         docs = Path(args.docs_dir)
-        (docs / "results").mkdir(parents=True, exist_ok=True)
+        page = Path(args.docs_page)
+        (docs / page.stem).mkdir(parents=True, exist_ok=True)
         for path in run.figures.values():
-            shutil.copy2(path, docs / "results" / path.name)
-        doc_links = {key: f"results/{path.name}" for key, path in run.figures.items()}
-        run.docs = write_report(docs / "results.md", render_report(
-            run.summary, rows, settings, doc_links, commands, run.notes, missing, args.title, record))
+            shutil.copy2(path, docs / page.stem / path.name)
+        doc_links = {key: f"{page.stem}/{path.name}" for key, path in run.figures.items()}
+        run.docs = write_report(docs / page.name, render_report(
+            run.summary, rows, settings, doc_links, commands, run.notes, missing, args.title, record,
+            run.bootstrap))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -62,7 +62,8 @@ logger = logging.getLogger(__name__)
 METRIC_NAMES: tuple[str, ...] = ("psnr", "ssim", "rssim", "adjacent_corr")
 """Metric handlers of the evaluator (``engine.state.metrics`` keys); psnr is the key metric."""
 FOV_MM = 160.0
-"""MRI field of view (cohort and OAI COR_T1_3D_FLASH), used to map ground-truth pixel columns to the resized grid."""
+"""MRI field of view (cohort and OAI COR_T1_3D_FLASH): maps ground-truth columns of knees prepared without the
+joint-centred frame (no ``crop_box``) to the resized grid."""
 
 
 class VolumeMethod(Protocol):
@@ -218,9 +219,14 @@ class MethodNetwork(nn.Module):
         key = knee_key(knee)
         start = time.perf_counter()
         intensity = knee.get("intensity")
+        extra: dict[str, Any] = {}
+        if getattr(self.method, "uses_truth", False):  # an oracle (a ceiling): it is shown the true volume
+            from .baselines import sample_depths
+
+            extra["truth"] = sample_depths(torch.as_tensor(knee["mri"]).float(), depths.cpu())
         volume = self.method(
             xray[0], depths, knee_id=key, seed=knee_seed(key, self.seed),
-            intensity=None if intensity is None else torch.as_tensor(intensity),
+            intensity=None if intensity is None else torch.as_tensor(intensity), **extra,
         )
         self.last_seconds = time.perf_counter() - start
         self.last_depths = depths.detach().cpu()
@@ -329,9 +335,14 @@ class KneeRecorder:
         return self.ground_truth.get((str(knee.get("subject")), str(knee.get("side", "")).upper()), {})
 
     def _joint_col(self, knee: Mapping[str, Any], width: int) -> float | None:
-        """Ground-truth joint-centre column mapped to the resized grid (None when unknown)."""
+        """Ground-truth joint-centre column mapped to the evaluated grid (None when unknown): through the MRI's
+        joint-centred crop box when the knee has one (``mri_meta['crop_box']``), else the resized field of view."""
         truth = self._truth(knee)
         col = _float(truth.get("mri_joint_col"))
+        box = (knee.get("mri_meta") or {}).get("crop_box")
+        if col is not None and box:
+            c0, c1 = float(box[1]), float(box[3])
+            return (col - c0 + 0.5) * width / (c1 - c0) - 0.5
         matrix = _float(truth.get("mri_matrix")) or self.mri_matrix
         if col is None or not matrix:
             return None

@@ -7,7 +7,15 @@
   (use_xray_latent=use_context=use_guidance=False; ``diffusion_ldm_depth_only.pt``);
 - ``mean_volume``: the mean training volume (``baselines.MeanVolume``; training split only);
 - ``nearest_xray``: the training knee with the nearest X-ray crop, L2 on 32 x 32 crops
-  (``baselines.NearestXray``; training split only).
+  (``baselines.NearestXray``; training split only);
+- ``knn_xray``: the mean volume of the k (default 5) training knees with the nearest X-ray crops;
+- ``oracle_knee``: the training knee closest to the TRUE volume (``baselines.OracleKnee``): a ceiling that
+  looks at the answer, marked as an oracle, never a method.
+
+Scoring one sample against the truth favours blurred answers (two samples of a knee differ from each other
+about as much as from the truth), so a diffusion method is also scored as the mean of N samples
+(:class:`SampleMean`, reported as ``<name>_mean<N>``); its first sample is the single-sample score
+(:class:`FirstSample` replays it, so the single-sample rows cost nothing extra).
 
 A diffusion method's checkpoint is looked up in the model folder as ``diffusion.pt`` (full),
 ``diffusion_<name>.pt`` or ``<name>/diffusion.pt`` (ablations); autoencoder and classifier are shared
@@ -31,11 +39,11 @@ from typing import Any, Literal
 
 import torch
 
-from .baselines import MeanVolume, NearestXray
+from .baselines import MeanVolume, NearestXray, OracleKnee
 
 __all__ = [
-    "METHODS", "DiffusionMethod", "MethodSpec", "build_baseline", "build_method", "diffusion_checkpoint",
-    "parse_methods",
+    "METHODS", "DiffusionMethod", "FirstSample", "MethodSpec", "SampleMean", "build_baseline", "build_method",
+    "base_method", "describe", "diffusion_checkpoint", "is_oracle", "method_kind", "parse_methods",
 ]
 
 logger = logging.getLogger(__name__)
@@ -46,7 +54,7 @@ class MethodSpec:
     """One compared method. ``unet_flags``: the ``use_*`` flags its UNet must have been trained with."""
 
     name: str
-    kind: Literal["diffusion", "baseline"]
+    kind: Literal["diffusion", "baseline", "oracle"]
     description: str
     unet_flags: Mapping[str, bool] = field(default_factory=dict)
 
@@ -73,8 +81,78 @@ METHODS: dict[str, MethodSpec] = {
         MethodSpec("mean_volume", "baseline", "mean training MRI volume (same for every X-ray)"),
         MethodSpec("nearest_xray", "baseline",
                    "MRI volume of the training knee with the nearest X-ray crop (L2 distance of 32 x 32 crops)"),
+        MethodSpec("knn_xray", "baseline",
+                   "mean MRI volume of the k training knees with the nearest X-ray crops (default k = 5)"),
+        MethodSpec("oracle_knee", "oracle",
+                   "ORACLE (a ceiling, not a method): the training knee whose MRI is closest to the true volume"),
     )
 }
+
+#: seed step between the samples of one knee in :class:`SampleMean` (sample 0 uses the knee's own seed)
+SAMPLE_SEED_STRIDE = 7919
+
+
+def base_method(name: str) -> str:
+    """Registry name behind a reported name (``full_mean4`` -> ``full``)."""
+    base, _, n = name.rpartition("_mean")
+    return base if base in METHODS and n.isdigit() else name
+
+
+def method_kind(name: str) -> str:
+    """'diffusion', 'baseline', 'oracle' (or '' for an unknown name) of a reported name."""
+    spec = METHODS.get(base_method(name))
+    return spec.kind if spec else ""
+
+
+def is_oracle(name: str) -> bool:
+    """True for references that look at the true volume (never a method to beat)."""
+    return method_kind(name) == "oracle"
+
+
+def describe(name: str) -> str:
+    """One-line description of a reported name (sample means say so)."""
+    base = base_method(name)
+    if base not in METHODS:
+        return ""
+    text = METHODS[base].description
+    return text if base == name else f"{text}; mean of {name.rpartition('_mean')[2]} samples"
+
+
+class SampleMean:
+    """Score the mean of ``n`` samples of a diffusion method (seeds ``seed + k * SAMPLE_SEED_STRIDE``).
+
+    Keeps each knee's first sample for :class:`FirstSample` (the single-sample score of the same run).
+    """
+
+    def __init__(self, method: Any, n: int) -> None:
+        if int(n) < 2:
+            raise ValueError(f"a sample mean needs n >= 2, got {n}")
+        self.method, self.n = method, int(n)
+        self.name = f"{method.name}_mean{self.n}"
+        self.first: dict[tuple[str, int], torch.Tensor] = {}
+
+    def __call__(self, xray: torch.Tensor, depths: torch.Tensor, *, knee_id: str = "", seed: int = 0,
+                 **kwargs: Any) -> torch.Tensor:
+        volumes = [torch.as_tensor(self.method(xray, depths, knee_id=knee_id, seed=seed + k * SAMPLE_SEED_STRIDE,
+                                               **kwargs)).float() for k in range(self.n)]
+        self.first[(knee_id, int(seed))] = volumes[0]
+        return torch.stack(volumes).mean(dim=0)
+
+
+class FirstSample:
+    """The single-sample score of a :class:`SampleMean` run: replays each knee's first sample (computed
+    again when the knee was not in that run)."""
+
+    def __init__(self, ensemble: SampleMean) -> None:
+        self.ensemble = ensemble
+        self.name = ensemble.method.name
+
+    def __call__(self, xray: torch.Tensor, depths: torch.Tensor, *, knee_id: str = "", seed: int = 0,
+                 **kwargs: Any) -> torch.Tensor:
+        cached = self.ensemble.first.pop((knee_id, int(seed)), None)
+        if cached is not None:
+            return cached
+        return self.ensemble.method(xray, depths, knee_id=knee_id, seed=seed, **kwargs)
 
 
 def parse_methods(text: str | Sequence[str]) -> list[str]:
@@ -204,17 +282,21 @@ def build_diffusion(
 
 
 def build_baseline(
-    name: str, training: Sequence[Mapping[str, Any]], metric: Literal["l2", "cosine"] = "l2",
-) -> MeanVolume | NearestXray:
-    """Fit a baseline on ``training`` knees (a knee dataset: items with ``mri`` (C, H, W, 50), ``xray``)."""
+    name: str, training: Sequence[Mapping[str, Any]], metric: Literal["l2", "cosine"] = "l2", knn: int = 5,
+) -> MeanVolume | NearestXray | OracleKnee:
+    """Fit a baseline (or the oracle) on ``training`` knees (a knee dataset: items with ``mri`` (C, H, W, 50),
+    ``xray``); ``knn``: neighbours of ``knn_xray``."""
     if len(training) == 0:
         raise ValueError(f"baseline {name!r} needs training knees, the training split is empty")
     if name == "mean_volume":
         return MeanVolume.fit(torch.as_tensor(training[i]["mri"]) for i in range(len(training)))
-    if name == "nearest_xray":
-        names = [f"{k.get('subject')}_{k.get('side')}" for k in (training[i] for i in range(len(training)))]
+    names = [f"{k.get('subject')}_{k.get('side')}" for k in (training[i] for i in range(len(training)))]
+    if name in ("nearest_xray", "knn_xray"):
         xrays = [torch.as_tensor(training[i]["xray"]) for i in range(len(training))]
-        return NearestXray.fit(xrays, lambda i: torch.as_tensor(training[i]["mri"]), names, metric=metric)
+        return NearestXray.fit(xrays, lambda i: torch.as_tensor(training[i]["mri"]), names, metric=metric,
+                               k=1 if name == "nearest_xray" else knn)
+    if name == "oracle_knee":
+        return OracleKnee.fit((torch.as_tensor(training[i]["mri"]) for i in range(len(training))), names)
     raise ValueError(f"{name!r} is not a baseline")
 
 
@@ -222,12 +304,12 @@ def build_method(
     name: str, model_dir: str | os.PathLike | None = None, training: Sequence[Mapping[str, Any]] = (),
     device: torch.device | str = "cpu", steps: int = 50, eta: float = 0.0, guidance_scale: float = 1.0,
     chunk_size: int = 16, nearest_metric: Literal["l2", "cosine"] = "l2", load_fn: LoadFn | None = None,
-    profile: str | None = None, image_size: int | None = None,
-) -> DiffusionMethod | MeanVolume | NearestXray:
+    profile: str | None = None, image_size: int | None = None, knn: int = 5,
+) -> DiffusionMethod | MeanVolume | NearestXray | OracleKnee:
     """Any registered method by name (see ``METHODS``); baselines are fitted on ``training`` knees."""
     spec = METHODS[parse_methods([name])[0]]
-    if spec.kind == "baseline":
-        return build_baseline(name, training, nearest_metric)
+    if spec.kind != "diffusion":
+        return build_baseline(name, training, nearest_metric, knn)
     if model_dir is None:
         raise ValueError(f"method {name!r} needs a model folder")
     return build_diffusion(name, model_dir, device, steps, eta, guidance_scale, chunk_size, load_fn, profile,

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 
 __all__ = [
-    "COLUMNS", "IDENTITY_COLUMNS", "SUMMARY_METRICS", "quartiles", "read_rows", "summarise", "write_rows",
-    "write_summary",
+    "COLUMNS", "IDENTITY_COLUMNS", "SUMMARY_METRICS", "bootstrap_differences", "paired_differences", "quartiles",
+    "read_rows", "summarise", "write_rows", "write_summary",
 ]
 
 IDENTITY_COLUMNS: tuple[str, ...] = ("subject", "visit", "side", "kl", "method")
@@ -132,6 +132,50 @@ def summarise(
             "by_kl": {str(g): _stats([r for r in mine if r.get("kl") == g], metrics) for g in grades},
         }
     return summary
+
+
+def paired_differences(rows: Sequence[Mapping[str, object]], method: str, other: str, metric: str) -> np.ndarray:
+    """``method - other`` of ``metric`` per knee, over the knees where both have a finite value (subject, side)."""
+    def values(name: str) -> dict[tuple[object, object], float]:
+        return {(r["subject"], r["side"]): float(r[metric]) for r in rows  # type: ignore[arg-type]
+                if r["method"] == name and r.get(metric) is not None and math.isfinite(float(r[metric]))}  # type: ignore[arg-type]
+    mine, theirs = values(method), values(other)
+    return np.asarray([mine[k] - theirs[k] for k in mine if k in theirs], dtype=np.float64)
+
+
+def bootstrap_differences(
+    rows: Iterable[Mapping[str, object]], methods: Sequence[str], metrics: Sequence[str] = ("psnr", "ssim", "rssim"),
+    n_boot: int = 2000, confidence: float = 0.95, seed: int = 0,
+) -> dict[str, dict[str, dict[str, dict[str, float | int]]]]:
+    """Paired bootstrap over knees of the difference ``method - other`` for every other method in the rows.
+
+    For each pair and metric: the per-knee differences d (knees both methods scored), their median, and a
+    percentile interval of the median of d over ``n_boot`` resamples of the knees with replacement (seeded).
+    An interval above 0 means ``method`` is better on that metric for the median knee (all metrics here are
+    higher-is-better). ``{method: {other: {metric: {"n", "median", "low", "high"}}}}``.
+    """
+    rows = list(rows)
+    names = list(dict.fromkeys(str(r["method"]) for r in rows))
+    rng = np.random.default_rng(seed)
+    alpha = (1.0 - confidence) / 2.0
+    out: dict[str, dict[str, dict[str, dict[str, float | int]]]] = {}
+    for method in methods:
+        if method not in names:
+            continue
+        out[method] = {}
+        for other in names:
+            if other == method:
+                continue
+            out[method][other] = {}
+            for metric in metrics:
+                d = paired_differences(rows, method, other, metric)
+                if d.size == 0:
+                    continue
+                boot = np.median(d[rng.integers(0, d.size, size=(n_boot, d.size))], axis=1)
+                low, high = np.quantile(boot, [alpha, 1.0 - alpha])
+                out[method][other][metric] = {"n": int(d.size), "median": float(np.median(d)), "low": float(low),
+                                              "high": float(high)}
+    return out
 
 
 def write_summary(summary: Mapping[str, object], path: str | os.PathLike, **extra: object) -> Path:

@@ -24,6 +24,8 @@ from typing import Any
 
 import torch
 
+from xray2mri_bundle.data.frame import FRAME_MM
+
 from .acceleration import accelerate
 from .generator import (
     REFERENCE_SLICES,
@@ -48,9 +50,10 @@ __all__ = [
     "write_knee_outputs",
 ]
 
-#: Field of view of the training MRI slices (COR T1 3D FLASH: 160 mm), resized to the model's H x W, so a
-#: generated slice has pixels of ``MRI_FOV_MM / H`` mm (0.625 mm at 256 px).
-MRI_FOV_MM: float = 160.0
+#: Field of view of a generated slice: the joint-centred frame the model is trained in (X-ray crop and MRI slice
+#: both cover ``FRAME_MM`` of the patient around the joint), so a pixel is ``MRI_FOV_MM / H`` mm (0.547 mm at
+#: 256 px) and the volume's in-plane centre (the world origin of its NIfTI / DICOM geometry) is the knee joint.
+MRI_FOV_MM: float = FRAME_MM
 FORMATS: tuple[str, ...] = ("nifti", "dicom", "png", "json")
 DISCLAIMER = "synthetic - not for diagnosis"
 _SIDES = {"left": "LEFT", "right": "RIGHT", "both": None}
@@ -132,6 +135,7 @@ def write_knee_outputs(
     formats: Iterable[str] = FORMATS,
     overwrite: bool = False,
     settings: dict[str, Any] | None = None,
+    centre_ras: Sequence[float] | None = None,
 ) -> dict[str, Any]:
     """Write one knee's volume to ``folder`` (NIfTI, DICOM series, montage PNG, JSON sidecar), atomically.
 
@@ -159,11 +163,12 @@ def write_knee_outputs(
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".tmp"))
     try:
         if "nifti" in formats:
-            writers.write_nifti(volume, spacing, thickness, tmp / "pseudo_mri.nii.gz", description=knee.path.name)
+            writers.write_nifti(volume, spacing, thickness, tmp / "pseudo_mri.nii.gz", description=knee.path.name,
+                                centre_ras=centre_ras)
             outputs["nifti"] = "pseudo_mri.nii.gz"
         if "dicom" in formats:
             writers.write_dicom_series(volume, spacing, thickness, tmp / "dicom", source_info=knee.source_info,
-                                       series_description=f"Pseudo-MRI COR T1 {side}")
+                                       series_description=f"Pseudo-MRI COR T1 {side}", centre_ras=centre_ras)
             outputs["dicom"] = "dicom"
         if "png" in formats:
             writers.write_montage_png(volume, tmp / "montage.png", slice_spacing_mm=thickness, title=title)
@@ -187,6 +192,8 @@ def write_knee_outputs(
             "pixel_spacing_mm": list(spacing),
             "slice_spacing_mm": thickness,
             "field_of_view_mm": float(fov_mm),
+            "frame": "joint-centred: the in-plane centre of every slice is the knee joint found on the X-ray",
+            "frame_centre_ras_mm": [0.0, 0.0, 0.0] if centre_ras is None else [float(v) for v in centre_ras],
             "volume_layout": "(H, W, S): rows superior->inferior, columns to patient left, slices anterior->posterior",
             "classifier_kl_probabilities": result.kl_probs,  # the KOA classifier's output (not a grading)
             "timings_s": {**result.timings, "writing": time.perf_counter() - start},
@@ -248,6 +255,7 @@ def run_batch(
     png_spacing_mm: float | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    reference_mri: str | os.PathLike | None = None,
     raise_on_failure: bool = False,
     log: Callable[[str], None] | None = print,
 ) -> BatchReport:
@@ -268,6 +276,15 @@ def run_batch(
         raise ValueError(f"unknown output format(s) {unknown}; choose from {', '.join(FORMATS)}")
     paths = require_inputs(xrays)
     names = output_names(paths)
+    centre = None
+    if reference_mri is not None:
+        from xray2mri_bundle.data.mri_transforms import frame_centre_ras
+
+        if len(paths) != 1 or side_key == "both":
+            raise ValueError("--reference-mri places ONE knee: give one X-ray and --side left|right")
+        centre = frame_centre_ras(str(reference_mri), _SIDES[side_key])
+        (log or (lambda _m: None))(f"placing the volume in the frame of {reference_mri} (joint centre at RAS "
+                                   f"{centre.round(1).tolist()} mm)")
     output_dir = Path(output_dir)
     report = BatchReport()
     settings = {"chunk_size": chunk_size, "formats": list(formats), "requested_side": side_key,
@@ -302,7 +319,8 @@ def run_batch(
                     bar.close()
                 result.timings["preprocessing"] = preprocessing
                 sidecar = write_knee_outputs(result, knee, output_dir / label, generator, fov_mm, formats,
-                                             overwrite, settings)
+                                             overwrite, {**settings, "reference_mri": None if reference_mri is None
+                                                         else str(reference_mri)}, centre)
                 report.outputs.append({"input": str(path), "side": knee.side, "folder": str(output_dir / label),
                                        "sidecar": sidecar})
                 say(f"{path} ({(knee.side or 'knee').lower()}): wrote {output_dir / label} "
@@ -352,7 +370,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--formats", default=",".join(FORMATS), help="comma-separated subset of "
                         f"{','.join(FORMATS)}")
     parser.add_argument("--fov-mm", type=float, default=MRI_FOV_MM,
-                        help="in-plane field of view of the generated slices in mm (training MRI: 160)")
+                        help="in-plane field of view of the generated slices in mm (default: the model's "
+                        f"joint-centred frame, {FRAME_MM:g})")
+    parser.add_argument("--reference-mri", default=None, metavar="SERIES",
+                        help="real MRI of the same knee (DICOM series folder or NIfTI): its joint is localised and "
+                             "the generated volume is placed in its world frame, so the two overlay in a viewer "
+                             "(one X-ray, --side left|right)")
     parser.add_argument("--png-spacing-mm", type=float, default=None,
                         help="pixel spacing of uncalibrated PNG inputs (default 140/299 mm)")
     parser.add_argument("--clip-folder", default=None, help="local CLIP vision model (CLIP-encoder models)")
@@ -378,6 +401,9 @@ def _device(name: str) -> torch.device:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``xray2mri generate``; returns 0 when every input succeeded, 1 when any failed, 2 on setup errors."""
     args = build_parser().parse_args(argv)
+    if args.reference_mri and (len(args.xrays) != 1 or args.side == "both"):
+        print("error: --reference-mri places ONE knee: give one X-ray and --side left|right", file=sys.stderr)
+        return 2
     try:
         device = _device(args.device)
         generator = load_pipeline(args.model_dir, args.profile, device, clip_folder=args.clip_folder)
@@ -385,13 +411,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (FileNotFoundError, KeyError, ValueError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    report = run_batch(
-        args.xrays, args.output_dir, generator, slices=args.slices, num_inference_steps=args.steps, eta=args.eta,
-        guidance_scale=args.guidance_scale, seed=args.seed, side=args.side, chunk_size=args.chunk_size,
-        shared_noise=not args.independent_noise, per_slice_conditions=args.per_slice_conditions,
-        formats=[f for f in args.formats.split(",") if f], fov_mm=args.fov_mm, png_spacing_mm=args.png_spacing_mm,
-        overwrite=args.overwrite, progress=not args.no_progress,
-    )
+    try:
+        report = run_batch(
+            args.xrays, args.output_dir, generator, slices=args.slices, num_inference_steps=args.steps,
+            eta=args.eta, guidance_scale=args.guidance_scale, seed=args.seed, side=args.side,
+            chunk_size=args.chunk_size, shared_noise=not args.independent_noise,
+            per_slice_conditions=args.per_slice_conditions, formats=[f for f in args.formats.split(",") if f],
+            fov_mm=args.fov_mm, png_spacing_mm=args.png_spacing_mm, overwrite=args.overwrite,
+            progress=not args.no_progress, reference_mri=args.reference_mri,
+        )
+    except ValueError as exc:  # settings, or an unusable --reference-mri (the message names the file)
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(f"{len(report.outputs)} volume(s) written to {args.output_dir} ({DISCLAIMER})")
     return 0 if report.ok else 1
 

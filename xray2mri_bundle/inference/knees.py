@@ -94,6 +94,8 @@ def prepare_knees(
             "photometric": film.meta.get("photometric"),
             "film_spacing_mm": list(film.meta.get("film_spacing", ())),
             "film_spacing_source": film.meta.get("spacing_source"),
+            "film_magnification": film.meta.get("magnification"),
+            "film_magnification_source": film.meta.get("magnification_source"),
             "joint_rc_px": list(meta.get("joint_rc", ())),
             "crop_box_px": list(meta.get("crop_box", ())),
             "crop_mm": CROP_MM,

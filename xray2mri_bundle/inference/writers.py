@@ -10,7 +10,8 @@ Volume layout: (H, W, S) float in [-1, 1], as ``VolumeGenerator`` returns it (to
 ``spacing_mm`` is (row spacing, column spacing) in mm, ``slice_spacing_mm`` the distance between slice centres
 (the caller computes it from the number of generated depths).
 
-World geometry (shared by the NIfTI and the DICOM series, volume centre at the world origin):
+World geometry (shared by the NIfTI and the DICOM series, volume centre at the world origin, or at
+``centre_ras``: the joint-centred frame's centre found in a reference MRI, ``xray2mri generate --reference-mri``):
 NIfTI is RAS+, so voxel (i=row, j=col, k=slice) maps with the columns of the affine
 i -> (0, 0, -row mm) (inferior), j -> (-col mm, 0, 0) (left), k -> (0, -slice mm, 0) (posterior):
 ``nibabel.aff2axcodes`` gives ("I", "L", "P"). DICOM is LPS+: ImageOrientationPatient [1, 0, 0, 0, 0, -1]
@@ -90,8 +91,10 @@ def coronal_affine(
     shape: Sequence[int],
     spacing_mm: Sequence[float],
     slice_spacing_mm: float,
+    centre_ras: Sequence[float] | None = None,
 ) -> np.ndarray:
-    """RAS+ voxel-to-world affine (4, 4) of an (H, W, S) coronal stack, its centre at the world origin.
+    """RAS+ voxel-to-world affine (4, 4) of an (H, W, S) coronal stack, its centre at the world origin, or at
+    ``centre_ras`` (mm, RAS) - e.g. the joint-centred frame's centre in a real MRI, so the two overlay.
 
     spacing_mm: (row, column) in mm; slice_spacing_mm: between slice centres. See the module docstring.
     """
@@ -109,6 +112,8 @@ def coronal_affine(
     affine = np.eye(4)
     affine[:3, :3] = rot
     affine[:3, 3] = -rot @ centre
+    if centre_ras is not None:
+        affine[:3, 3] += np.asarray(centre_ras, dtype=np.float64)
     return affine
 
 
@@ -160,6 +165,7 @@ def write_nifti(
     slice_spacing_mm: float,
     path: str | os.PathLike,
     description: str | None = None,
+    centre_ras: Sequence[float] | None = None,
 ) -> Path:
     """Write an (H, W, S) volume as float32 NIfTI-1 (``.nii`` or ``.nii.gz``) with the coronal affine.
 
@@ -171,7 +177,7 @@ def write_nifti(
     path = Path(path)
     if not (path.name.endswith(".nii") or path.name.endswith(".nii.gz")):
         raise ValueError(f"NIfTI path must end with .nii or .nii.gz, got {path.name}")
-    affine = coronal_affine(v.shape, spacing_mm, slice_spacing_mm)
+    affine = coronal_affine(v.shape, spacing_mm, slice_spacing_mm, centre_ras)
     img = nib.Nifti1Image(v, affine)
     header = img.header
     header.set_data_dtype(np.float32)
@@ -236,6 +242,7 @@ def write_dicom_series(
     series_number: int = 9001,
     study_instance_uid: str | None = None,
     overwrite: bool = False,
+    centre_ras: Sequence[float] | None = None,
 ) -> DicomSeries:
     """Write an (H, W, S) volume in [-1, 1] as an MR series, one file per slice (``0001.dcm`` ...).
 
@@ -250,7 +257,7 @@ def write_dicom_series(
     v = _as_volume(volume)
     height, width, n_slices = v.shape
     info, source_item = _source_items(source_info)
-    affine = coronal_affine(v.shape, spacing_mm, slice_spacing_mm)
+    affine = coronal_affine(v.shape, spacing_mm, slice_spacing_mm, centre_ras)
     row_mm, col_mm = (float(s) for s in spacing_mm)
     pixels = np.rint((np.clip(v, -1.0, 1.0) + 1.0) * (_PIXEL_MAX / 2.0)).astype(np.uint16)
 

@@ -1,0 +1,54 @@
+"""The joint-centred frame shared by X-ray and MRI: one square of the patient, in mm, centred on the knee joint.
+
+Both modalities are cropped to :data:`FRAME_MM` x :data:`FRAME_MM` mm of the patient (the knee's plane),
+centred on the joint that a localiser found in that modality's image (X-ray: :class:`~.localiser.
+ClassicalJointLocaliser` on the film; MRI: :class:`~.localiser.MRIJointLocaliser` on the coronal slab), and
+resampled to the model's image size. The X-ray's film magnification is removed first (:mod:`.xray_io`), so a
+pixel of the X-ray crop and a pixel of the MRI slice cover the same millimetres. Without this frame the X-ray
+cannot predict where the knee sits in the MRI field of view (measured, docs/data.md).
+
+:func:`frame_box` gives the integer pixel box of the frame, :func:`crop_frame` cuts (and pads where the box
+leaves the image) and resamples it; both transforms (:class:`~.xray_transforms.CropJoint`,
+:class:`~.mri_transforms.CropMRIJoint`) call them.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["FRAME_MM", "crop_frame", "frame_box"]
+
+#: Side of the joint-centred frame in the patient's plane (mm): the paper's 299 px X-ray crop at 0.468 mm.
+FRAME_MM: float = 140.0
+
+
+def frame_box(joint_rc: tuple[float, float], spacing_mm: tuple[float, float],
+              size_mm: float = FRAME_MM) -> tuple[int, int, int, int]:
+    """Integer pixel box [r0, c0, r1, c1) of a ``size_mm`` square centred (to half a pixel) on ``joint_rc``
+    (row, col pixels) for pixels of ``spacing_mm`` (row, col) mm."""
+    n_r, n_c = int(round(size_mm / spacing_mm[0])), int(round(size_mm / spacing_mm[1]))
+    # the box's centre (r0 + (n - 1) / 2 in pixel-centre coordinates) lies within half a pixel of the joint
+    r0, c0 = int(round(joint_rc[0] - (n_r - 1) / 2)), int(round(joint_rc[1] - (n_c - 1) / 2))
+    return r0, c0, r0 + n_r, c0 + n_c
+
+
+def crop_frame(x: torch.Tensor, box: tuple[int, int, int, int], size: int, antialias: bool = True,
+               fill: float | None = None) -> tuple[torch.Tensor, bool]:
+    """Cut ``box`` out of images ``x`` (N, H, W) and resample it to (N, size, size), bilinear.
+
+    Where the box leaves the image it is padded with ``fill`` (default: the image minimum, i.e. background).
+    Returns (crop, padded) so that callers can report a knee too close to the image edge.
+    """
+    x = x.float()
+    r0, c0, r1, c1 = box
+    h, w = x.shape[-2:]
+    pad = (max(0, -c0), max(0, c1 - w), max(0, -r0), max(0, r1 - h))
+    padded = any(pad)
+    if padded:
+        value = float(x.min()) if fill is None else float(fill)
+        x = F.pad(x[None], pad, mode="constant", value=value)[0]
+    crop = x[:, r0 + pad[2]:r1 + pad[2], c0 + pad[0]:c1 + pad[0]]
+    out = F.interpolate(crop[None], size=(size, size), mode="bilinear", align_corners=False,
+                        antialias=antialias)[0]
+    return out.contiguous(), padded
