@@ -89,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--docs-page", default="results.md",
                    help="page --write-docs writes in --docs-dir (default results.md; figures go to <stem>/)")
     p.add_argument("--title", default="Evaluation results", help="report title")
+    p.add_argument("--preface", type=Path, help="Markdown file placed after the disclaimer (e.g. what changed "
+                                                "since the previous report and why)")
     p.add_argument("--train-command", action="append", default=None,
                    help="training command to show in the report's Reproduce block (repeatable; default: the "
                         "standard recipe for the evaluated diffusion methods)")
@@ -334,8 +336,10 @@ def _write_outputs(
     record_path = resolve_model_dir(args.model_dir, profile) / "training_record.json"
     record = json.loads(record_path.read_text()) if record_path.is_file() else None
     links = {key: path.relative_to(out).as_posix() for key, path in run.figures.items()}
+    preface = args.preface.read_text() if args.preface else ""
     run.report = write_report(out / "report.md", render_report(
-        run.summary, rows, settings, links, commands, run.notes, missing, args.title, record, run.bootstrap))
+        run.summary, rows, settings, links, commands, run.notes, missing, args.title, record, run.bootstrap,
+        preface))
     if args.write_docs:
         docs = Path(args.docs_dir)
         page = Path(args.docs_page)
@@ -345,7 +349,7 @@ def _write_outputs(
         doc_links = {key: f"{page.stem}/{path.name}" for key, path in run.figures.items()}
         run.docs = write_report(docs / page.name, render_report(
             run.summary, rows, settings, doc_links, commands, run.notes, missing, args.title, record,
-            run.bootstrap))
+            run.bootstrap, preface))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -228,12 +228,16 @@ def render_report(
     title: str = "Evaluation results",
     training_record: Mapping[str, Any] | None = None,
     bootstrap: Mapping[str, Any] | None = None,
+    preface: str = "",
 ) -> str:
     """Markdown text. ``figures``: key -> link relative to the report (keys: psnr, ssim_rssim, table1, sweep,
     interpolation; absent keys are explained). ``notes``: extra lines (e.g. why a study was skipped).
     ``training_record``: the checkpoints' ``training_record.json`` (how long each was trained).
-    ``bootstrap``: ``records.bootstrap_differences`` of the run (paired intervals against every reference)."""
+    ``bootstrap``: ``records.bootstrap_differences`` of the run (paired intervals against every reference).
+    ``preface``: Markdown placed after the disclaimer (what changed since the previous report)."""
     lines = [f"# {title}", "", f"> {DISCLAIMER}", ""]
+    if preface.strip():
+        lines += [preface.strip(), ""]
     if commands:
         lines += ["## Reproduce", "", "```bash", *commands, "```", ""]
     lines += ["## Setup", ""]
