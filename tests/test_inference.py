@@ -494,3 +494,67 @@ def test_reference_mri_places_the_volume_in_the_real_mri_frame(bundle_dir: Path,
     sidecar = json.loads(next(out.glob("*/generation.json")).read_text())
     assert sidecar["settings"]["reference_mri"] == str(mri) and len(sidecar["frame_centre_ras_mm"]) == 3
     assert generate_cli.main([str(film), "-o", str(out), "--reference-mri", str(mri)]) == 2  # needs --side
+
+
+# ------------------------------------------------------------------------------- settings, names, output folder
+@pytest.mark.parametrize("flags", [
+    ["--slices", "0"], ["--slices", "100000"], ["--steps", "0"], ["--steps", "100000"], ["--chunk-size", "0"],
+    ["--eta", "-1"], ["--eta", "nan"], ["--guidance-scale", "nan"], ["--fov-mm", "0"], ["--png-spacing-mm", "0"],
+    ["--seed", str(2**70)], ["--formats", "nifti,bogus"], ["--formats", ""],
+])
+def test_bad_settings_stop_before_the_model_loads(flags: list[str], tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    # the model folder does not exist: reaching the loader would give a different message
+    rc = generate_cli.main([str(tmp_path / "x.png"), "-o", str(tmp_path / "out"), "--model-dir",
+                            str(tmp_path / "no_models"), *flags])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and err[0].startswith("error: ")
+    assert "no_models" not in err[0] and "object at 0x" not in err[0]
+
+
+def test_output_folder_that_is_a_file_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    target = tmp_path / "out"
+    target.write_text("not a folder")
+    assert generate_cli.main([str(tmp_path / "x.png"), "-o", str(target)]) == 2
+    assert "is a file" in capsys.readouterr().err
+
+
+def test_output_names_are_unique_and_never_hidden_or_dots() -> None:
+    names = generate_cli.output_names(["coll/knee.png", "coll/knee.nii.gz", "a/.png", "a/..png", "a/...png"])
+    assert len(set(names.values())) == 5
+    assert all(n and n not in (".", "..") and not n.startswith(".") for n in names.values())
+    assert names["coll/knee.png"] != names["coll/knee.nii.gz"]
+
+
+def test_two_inputs_with_one_stem_give_two_folders(bundle_dir: Path, tmp_path: Path) -> None:
+    coll = tmp_path / "coll"
+    film = write_film(coll / "knee.dcm")
+    (coll / "knee").write_bytes(film.read_bytes())  # same folder, same stem, another name
+    hidden = coll / ".png"
+    hidden.write_bytes(film.read_bytes())
+    out = tmp_path / "out"
+    (out / "keep_me").mkdir(parents=True)
+    args = ["-o", str(out), "--model-dir", str(bundle_dir / PROFILE), "--profile", PROFILE, "--steps", "1",
+            "--slices", "2", "--side", "right", "--formats", "json", "--no-progress", "--overwrite"]
+    assert generate_cli.main([str(coll / "knee.dcm"), str(coll / "knee"), str(hidden), *args]) == 0
+    folders = sorted(p.name for p in out.iterdir())
+    assert len(folders) == 4 and "keep_me" in folders and not any(f.startswith(".") for f in folders)
+    assert all((out / f / "generation.json").is_file() for f in folders if f != "keep_me")
+    # again with --overwrite: each knee replaces only its own folder
+    assert generate_cli.main([str(hidden), *args]) == 0
+    assert sorted(p.name for p in out.iterdir()) == folders
+
+
+def test_a_folder_input_expands_to_its_files(bundle_dir: Path, tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    series = tmp_path / "series"
+    write_film(series / "001")
+    (tmp_path / "empty").mkdir()
+    out = tmp_path / "out"
+    args = ["-o", str(out), "--model-dir", str(bundle_dir / PROFILE), "--profile", PROFILE, "--steps", "1",
+            "--slices", "2", "--side", "left", "--formats", "json", "--no-progress"]
+    assert generate_cli.main([str(series), *args]) == 0
+    assert "is a folder: generating from its 1 file(s)" in capsys.readouterr().err
+    assert len(list(out.glob("*/generation.json"))) == 1
+    assert generate_cli.main([str(tmp_path / "empty"), *args]) == 2
+    assert "no files in it" in capsys.readouterr().err

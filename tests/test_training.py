@@ -377,6 +377,18 @@ def test_train_cli_builds_the_bundle_command(tmp_path):
     assert kwargs["diffusion_max_epochs"] == 3 and kwargs["scale_factor"] == 0.2
 
 
+def test_cli_paths_are_literal_values_never_config_expressions(tmp_path, capsys):
+    from xray2mri_bundle.engines.train_cli import bundle_arguments
+
+    hostile = {"dataset_dir": '$print("RAN") or "x"', "output_dir": "@model_dir", "model_dir": "%configs/x.json#a"}
+    kwargs = bundle_arguments(["--dataset-dir", hostile["dataset_dir"], "--output-dir", hostile["output_dir"],
+                               "--model-dir", hostile["model_dir"], "--bundle-root", str(REPO)])
+    parser = ConfigParser({key: kwargs[key] for key in hostile})
+    for key, text in hostile.items():
+        assert parser.get_parsed_content(key) == text  # the literal string the user typed
+    assert "RAN" not in capsys.readouterr().out
+
+
 # ---------------------------------------------------------------------------------------- conditioning check
 def test_other_knee_permutation_never_keeps_a_knee() -> None:
     from xray2mri_bundle.engines.validation import other_knee_permutation

@@ -27,6 +27,9 @@ from xray2mri_bundle.inference import generate_cli
 ROOT = Path(__file__).resolve().parents[1]
 COHORT_SEED, COHORT_KNEES, COHORT_MATRIX = 0, 100, 256
 CHECKPOINTS = ("autoencoder.pt", "classifier.pt", "diffusion.pt")
+#: what the demo compares (docs/results.md adds the xray_no_guidance ablation): the model, the depth-only LDM,
+#: the no-diffusion references and the oracle ceiling, on 25 of the 50 slices to keep it to minutes on a CPU
+DEMO_METHODS = "full,ldm_depth_only,mean_volume,nearest_xray,knn_xray,oracle_knee"
 
 
 def _say(message: str) -> None:
@@ -110,6 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--model-dir", str(model_dir), "--dataset-dir", str(cohort), "--out", str(evaluation),
         "--max-knees", str(args.eval_knees), "--steps", str(args.eval_steps), "--device", args.device,
         "--sweep-depths", "30,50,100,200", "--sweep-steps", "10", "--samples", str(args.eval_samples),
+        "--methods", DEMO_METHODS, "--slices", "25",
     ])
     summary_file = evaluation / "summary.json"
     if summary_file.is_file():
@@ -131,7 +135,7 @@ def _print_headline(summary: dict) -> None:
         for metric in ("psnr", "ssim", "rssim"):
             value = overall.get(metric, {}).get("median") if isinstance(overall.get(metric), dict) else None
             cells.append(f"{metric} {value:.3f}" if isinstance(value, (int, float)) else f"{metric} n/a")
-        _say(f"  {name:16s} " + "  ".join(cells))
+        _say(f"  {name:24s} " + "  ".join(cells))
 
 
 if __name__ == "__main__":

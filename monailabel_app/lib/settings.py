@@ -12,19 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["SIDES", "AppSettings", "GenerationParams", "parse_generation_params"]
+from xray2mri_bundle.inference.settings import LIMITS, check_number
+
+__all__ = ["LIMITS", "SIDES", "AppSettings", "GenerationParams", "parse_generation_params"]
 
 #: Knee of the film to generate: "auto" = a unilateral film's own knee, the RIGHT knee of a bilateral film.
 SIDES: tuple[str, ...] = ("auto", "right", "left")
-#: Inclusive bounds of the per-request sampling settings (guards the server against runaway requests).
-LIMITS: dict[str, tuple[float, float]] = {
-    "steps": (1, 1000),
-    "slices": (1, 512),
-    "seed": (0, 2**63 - 1),
-    "guidance_scale": (0.0, 20.0),
-}
-
-
 @dataclass(frozen=True)
 class GenerationParams:
     """Sampling settings of one request: DDIM ``steps``, number of ``slices`` (depths), noise ``seed``,
@@ -42,21 +35,6 @@ class GenerationParams:
                 "guidance_scale": self.guidance_scale, "side": self.side}
 
 
-def _number(name: str, value: Any, kind: type) -> int | float:
-    low, high = LIMITS[name]
-    try:
-        if isinstance(value, bool):
-            raise TypeError
-        number = kind(value)
-        if kind is int and isinstance(value, float) and value != number:
-            raise ValueError
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{name} must be {'an integer' if kind is int else 'a number'}, got {value!r}") from exc
-    if not low <= number <= high:
-        raise ValueError(f"{name} must be in [{low}, {high}], got {number}")
-    return number
-
-
 def parse_generation_params(values: Mapping[str, Any], defaults: GenerationParams | None = None) -> GenerationParams:
     """Checked ``GenerationParams`` from strings or JSON values; missing keys keep ``defaults``.
 
@@ -67,10 +45,10 @@ def parse_generation_params(values: Mapping[str, Any], defaults: GenerationParam
     if side not in SIDES:
         raise ValueError(f"side must be one of {', '.join(SIDES)}, got {values.get('side')!r}")
     return GenerationParams(
-        steps=int(_number("steps", values.get("steps", base.steps), int)),
-        slices=int(_number("slices", values.get("slices", base.slices), int)),
-        seed=int(_number("seed", values.get("seed", base.seed), int)),
-        guidance_scale=float(_number("guidance_scale", values.get("guidance_scale", base.guidance_scale), float)),
+        steps=int(check_number("steps", values.get("steps", base.steps), int)),
+        slices=int(check_number("slices", values.get("slices", base.slices), int)),
+        seed=int(check_number("seed", values.get("seed", base.seed), int)),
+        guidance_scale=float(check_number("guidance_scale", values.get("guidance_scale", base.guidance_scale), float)),
         side=side,
     )
 

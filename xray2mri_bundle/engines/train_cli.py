@@ -14,7 +14,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["bundle_arguments", "main"]
+__all__ = ["bundle_arguments", "literal", "main"]
+
+#: prefixes that MONAI's ConfigParser interprets: "$" expression (eval), "@" reference, "%" macro
+_CONFIG_PREFIXES = ("$", "@", "%")
+
+
+def literal(text: str) -> str:
+    """``text`` as a bundle override that stays the literal string. A value starting with ``$``, ``@`` or ``%``
+    would be evaluated, referenced or expanded by the config parser (which also substitutes ``@name`` inside
+    expressions), so it becomes ``$bytes.fromhex('<hex of text>').decode()``: an expression of hex digits only,
+    which evaluates to exactly ``text`` and runs nothing of it."""
+    return f"$bytes.fromhex('{text.encode().hex()}').decode()" if text.startswith(_CONFIG_PREFIXES) else text
 
 
 def _find_bundle_root(given: str | None) -> Path:
@@ -66,8 +77,8 @@ def bundle_arguments(argv: Sequence[str] | None = None) -> dict[str, Any]:
     logging_file = args.logging_file or (root / "configs" / "logging.conf")
     kwargs["logging_file"] = str(logging_file) if Path(logging_file).is_file() else False
     for key in ("dataset_dir", "datalist_file", "output_dir", "model_dir", "tracking", "tracking_uri"):
-        if getattr(args, key) is not None:
-            kwargs[key] = getattr(args, key)
+        if getattr(args, key) is not None:  # paths and URIs are literal values, never config syntax
+            kwargs[key] = literal(getattr(args, key))
     if args.stages:
         kwargs["stages"] = list(args.stages)
     if args.force_retrain:

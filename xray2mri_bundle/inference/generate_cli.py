@@ -35,6 +35,7 @@ from .generator import (
     slice_spacing_mm,
 )
 from .knees import KneeInput, prepare_knees
+from .settings import FORMATS, check_formats, check_number, check_positive_mm
 
 __all__ = [
     "FORMATS",
@@ -54,7 +55,6 @@ __all__ = [
 #: both cover ``FRAME_MM`` of the patient around the joint), so a pixel is ``MRI_FOV_MM / H`` mm (0.547 mm at
 #: 256 px) and the volume's in-plane centre (the world origin of its NIfTI / DICOM geometry) is the knee joint.
 MRI_FOV_MM: float = FRAME_MM
-FORMATS: tuple[str, ...] = ("nifti", "dicom", "png", "json")
 DISCLAIMER = "synthetic - not for diagnosis"
 _SIDES = {"left": "LEFT", "right": "RIGHT", "both": None}
 
@@ -77,6 +77,11 @@ def _safe_name(text: str) -> str:
     return "".join(c if c.isalnum() or c in "._-" else "_" for c in text)
 
 
+def _folder_name(text: str, fallback: str = "xray") -> str:
+    """A knee folder name: safe characters, never empty, '.', '..' or hidden (leading dots dropped)."""
+    return _safe_name(text).lstrip(".") or fallback
+
+
 def output_names(paths: Sequence[str | os.PathLike]) -> dict[str, str]:
     """A distinct, filesystem-safe name per input path (the file stem, plus parent folders when stems clash,
     e.g. OAI files are all called ``001``)."""
@@ -94,20 +99,43 @@ def output_names(paths: Sequence[str | os.PathLike]) -> dict[str, str]:
         names = {}
         for p in resolved:
             parts = [*p.parent.parts, stem(p)][-depth[str(p)]:]
-            names[str(p)] = "_".join(x for x in parts if x not in ("/", "")).replace(os.sep, "_")
+            names[str(p)] = _folder_name("_".join(x for x in parts if x not in ("/", "")).replace(os.sep, "_"))
         clashes = {n for n in names.values() if list(names.values()).count(n) > 1}
         grow = [k for k, n in names.items() if n in clashes and depth[k] <= len(Path(k).parts)]
         if not grow:
-            return {k: _safe_name(n) for k, n in names.items()}
+            break
         for k in grow:
             depth[k] += 1
+    # still equal (same folder, same stem: knee.png and knee.nii.gz): keep the file type in the name
+    clashing = {key for key, name in names.items() if list(names.values()).count(name) > 1}
+    for key in clashing:
+        names[key] = _folder_name(f"{names[key]}_{Path(key).name[len(stem(Path(key))):].lstrip('.')}")
+    return unique_names(list(names.values()), list(names))
+
+
+def unused_name(name: str, used: set[str]) -> str:
+    """``name``, or ``name_2``, ``name_3``... : the first that is not in ``used``."""
+    candidate, k = name, 2
+    while candidate in used:
+        candidate, k = f"{name}_{k}", k + 1
+    return candidate
+
+
+def unique_names(names: Sequence[str], keys: Sequence[str]) -> dict[str, str]:
+    """``keys`` -> ``names`` made unique in order (the first of equal names unchanged, then ``_2``, ...)."""
+    used: set[str] = set()
+    out = {}
+    for key, name in zip(keys, names, strict=True):
+        out[key] = unused_name(name, used)
+        used.add(out[key])
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------- writing
 def knee_label(name: str, knee: KneeInput) -> str:
     """Output folder of one knee: the input's name, prefixed by the DICOM PatientID when the name is only
     numbers (OAI files are called ``001``), plus the side: ``9000099_001_left``."""
-    patient = _safe_name(str(knee.source_info.get("PatientID", "")))
+    patient = _folder_name(str(knee.source_info.get("PatientID", "")), fallback="")
     if patient and name.replace("_", "").isdigit() and not name.startswith(patient):
         name = f"{patient}_{name}"
     return name + (f"_{knee.side.lower()}" if knee.side else "")
@@ -144,10 +172,7 @@ def write_knee_outputs(
     """
     from xray2mri_bundle.inference import writers
 
-    formats = [f.lower() for f in formats]
-    unknown = sorted(set(formats) - set(FORMATS))
-    if unknown:
-        raise ValueError(f"unknown output format(s) {unknown}; choose from {', '.join(FORMATS)}")
+    formats = check_formats(formats)
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     if folder.exists() and not overwrite:
@@ -270,12 +295,10 @@ def run_batch(
     side_key = str(side).lower()
     if side_key not in _SIDES:
         raise ValueError(f"side must be left, right or both, got {side!r}")
-    formats = [f.lower() for f in formats]
-    unknown = sorted(set(formats) - set(FORMATS))
-    if unknown:
-        raise ValueError(f"unknown output format(s) {unknown}; choose from {', '.join(FORMATS)}")
+    formats = check_formats(formats)
     paths = require_inputs(xrays)
     names = output_names(paths)
+    used_labels: set[str] = set()  # knee folders written in this run: two knees never share one
     centre = None
     if reference_mri is not None:
         from xray2mri_bundle.data.mri_transforms import frame_centre_ras
@@ -301,7 +324,8 @@ def run_batch(
                 say(note)
             chunks = slices if per_slice_conditions else math.ceil(slices / max(1, chunk_size))
             for knee in knees:
-                label = knee_label(names[str(path)], knee)
+                label = unused_name(knee_label(names[str(path)], knee), used_labels)
+                used_labels.add(label)
                 bar = tqdm(total=chunks * num_inference_steps, desc=label, unit="step", disable=not progress,
                            leave=False)
 
@@ -340,6 +364,50 @@ def run_batch(
 
 
 # -------------------------------------------------------------------------------------------------------- CLI
+def check_settings(args: argparse.Namespace) -> None:
+    """``ValueError`` (one line naming the option) for any out-of-range setting; ``args.formats`` becomes a list."""
+    check_number("slices", args.slices, int)
+    check_number("steps", args.steps, int)
+    check_number("chunk_size", args.chunk_size, int)
+    check_number("seed", args.seed, int)
+    check_number("eta", args.eta, float)
+    check_number("guidance_scale", args.guidance_scale, float)
+    check_positive_mm("--fov-mm", args.fov_mm)
+    check_positive_mm("--png-spacing-mm", args.png_spacing_mm)
+    args.formats = check_formats(args.formats)
+
+
+def expand_inputs(xrays: Sequence[str]) -> list[Path]:
+    """Input paths with each folder replaced by its (non-hidden) files, sorted; ``ValueError`` for an empty
+    folder. Missing files pass through: the batch reports them by name and goes on."""
+    out: list[Path] = []
+    for item in xrays:
+        path = Path(item)
+        if path.is_dir():
+            files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+            if not files:
+                raise ValueError(f"{path} is a folder with no files in it: give X-ray files (DICOM, PNG, NIfTI)")
+            print(f"{path} is a folder: generating from its {len(files)} file(s)", file=sys.stderr)
+            out += files
+        else:
+            out.append(path)
+    return out
+
+
+def prepare_output_dir(folder: str | os.PathLike) -> Path:
+    """Create the output folder and check that it is a writable folder (not a file), before any work."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"output folder {folder} is a file")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise ValueError(f"output folder {folder} is not writable ({exc.strerror or exc})") from exc
+    return folder
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="xray2mri generate",
@@ -401,6 +469,13 @@ def _device(name: str) -> torch.device:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``xray2mri generate``; returns 0 when every input succeeded, 1 when any failed, 2 on setup errors."""
     args = build_parser().parse_args(argv)
+    try:  # every setting, the inputs and the output folder are checked before any model is loaded
+        check_settings(args)
+        args.xrays = [str(p) for p in expand_inputs(args.xrays)]
+        prepare_output_dir(args.output_dir)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if args.reference_mri and (len(args.xrays) != 1 or args.side == "both"):
         print("error: --reference-mri places ONE knee: give one X-ray and --side left|right", file=sys.stderr)
         return 2
@@ -416,7 +491,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.xrays, args.output_dir, generator, slices=args.slices, num_inference_steps=args.steps,
             eta=args.eta, guidance_scale=args.guidance_scale, seed=args.seed, side=args.side,
             chunk_size=args.chunk_size, shared_noise=not args.independent_noise,
-            per_slice_conditions=args.per_slice_conditions, formats=[f for f in args.formats.split(",") if f],
+            per_slice_conditions=args.per_slice_conditions, formats=args.formats,
             fov_mm=args.fov_mm, png_spacing_mm=args.png_spacing_mm, overwrite=args.overwrite,
             progress=not args.no_progress, reference_mri=args.reference_mri,
         )
