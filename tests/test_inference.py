@@ -4,6 +4,7 @@ config. Tiny untrained networks on CPU (zero-initialised layers are randomised s
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -558,3 +559,21 @@ def test_a_folder_input_expands_to_its_files(bundle_dir: Path, tmp_path: Path,
     assert len(list(out.glob("*/generation.json"))) == 1
     assert generate_cli.main([str(tmp_path / "empty"), *args]) == 2
     assert "no files in it" in capsys.readouterr().err
+
+
+def test_outputs_get_one_mode_from_the_umask(bundle_dir: Path, tmp_path: Path) -> None:
+    import stat
+
+    mask = os.umask(0o022)
+    try:
+        film = write_film(tmp_path / "film.dcm")
+        out = tmp_path / "out"
+        assert generate_cli.main([str(film), "-o", str(out), "--model-dir", str(bundle_dir / PROFILE), "--profile",
+                                  PROFILE, "--steps", "1", "--slices", "2", "--side", "right", "--no-progress"]) == 0
+    finally:
+        os.umask(mask)
+    knee = next(out.iterdir())
+    files = [p for p in knee.rglob("*") if p.is_file()]
+    assert {p.name for p in files} >= {"pseudo_mri.nii.gz", "montage.png", "generation.json", "0001.dcm"}
+    assert {stat.S_IMODE(p.stat().st_mode) for p in files} == {0o644}
+    assert {stat.S_IMODE(p.stat().st_mode) for p in [knee, *[d for d in knee.rglob("*") if d.is_dir()]]} == {0o755}

@@ -272,7 +272,7 @@ def test_stage_decisions(tmp_path):
     (ckpts / "checkpoint_iteration=4.pt").write_bytes(b"x")
     assert decide("autoencoder", models, ckpts).action == "resume"
     for stage in ("autoencoder", "classifier", "diffusion"):
-        final_checkpoint(models, stage).write_bytes(b"x")
+        atomic_save(make_final_checkpoint(stage, torch.nn.Linear(2, 2)), final_checkpoint(models, stage))
     assert decide("diffusion", models, ckpts).action == "skip"
     assert decide("diffusion", models, ckpts, force=True).action == "retrain"
     later = time.time() + 10
@@ -280,6 +280,23 @@ def test_stage_decisions(tmp_path):
     decision = decide("diffusion", models, ckpts)
     assert decision.action == "retrain" and "autoencoder" in decision.reason
     assert decide("classifier", models, ckpts).action == "skip"
+
+
+def test_a_corrupt_final_checkpoint_is_not_a_finished_stage(tmp_path, caplog):
+    models, ckpts = tmp_path / "models", tmp_path / "runs"
+    ckpts.mkdir(parents=True)
+    models.mkdir()
+    final = final_checkpoint(models, "autoencoder")
+    atomic_save(make_final_checkpoint("autoencoder", torch.nn.Linear(2, 2)), final)
+    final.write_bytes(final.read_bytes()[:100])  # truncated, as by a full disk or a copy cut short
+    with caplog.at_level("WARNING"):
+        decision = decide("autoencoder", models, ckpts)
+    assert decision.action == "train" and "could not be loaded" in decision.reason
+    assert str(final) in caplog.text and not final.exists()
+    assert (models / "autoencoder.pt.corrupt").stat().st_size == 100  # kept for inspection, not deleted
+    (ckpts / "checkpoint_iteration=7.pt").write_bytes(b"x")
+    final.write_bytes(b"")  # empty final file, with an interval checkpoint to resume from
+    assert decide("autoencoder", models, ckpts).action == "resume"
 
 
 def test_prepare_stage_force_clears_checkpoints(tmp_path):

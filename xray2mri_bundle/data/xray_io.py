@@ -230,6 +230,10 @@ def _read_dicom(path: Path, default_spacing: float) -> XrayFilm:
         magnification, mag_source = 1.0, "PixelSpacingCalibrationType"
     else:
         magnification, mag_source = film_magnification(ds)
+        if mag_source == "default":
+            warnings.warn(f"{path}: no magnification tags (EstimatedRadiographicMagnificationFactor, "
+                          f"DistanceSourceToDetector / DistanceSourceToPatient); assuming {DEFAULT_MAGNIFICATION}",
+                          stacklevel=3)
     description = str(getattr(header, "SeriesDescription", "") or "")
     pixels = _display_orientation(pixels, getattr(header, "PatientOrientation", None))
     return XrayFilm(

@@ -20,7 +20,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from xray2mri_bundle.data.atomic import temp_file
 from xray2mri_bundle.engines.distributed import unwrap
 
 __all__ = [
@@ -46,21 +46,13 @@ FORMAT_VERSION = 1
 _ITERATION_RE = re.compile(r"iteration=(\d+)\.pt$")
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
     """``torch.save`` to a temporary file in the same folder, then rename over ``path`` (atomic on POSIX)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    tmp = temp_file(path.parent, prefix=f".{path.name}.")  # the usual file mode, umask untouched
     try:
         torch.save(obj, tmp)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a checkpoint gets the usual file mode
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

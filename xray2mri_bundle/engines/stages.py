@@ -8,7 +8,9 @@ files such as ``configs/profiles/small.json``, and command-line overrides such a
 on to every stage and wins over the stage files' defaults.
 
 Per stage the decision is (``decide``):
-- ``skip``: the final checkpoint ``<model_dir>/<stage>.pt`` exists (and no stage it depends on is newer);
+- ``skip``: the final checkpoint ``<model_dir>/<stage>.pt`` exists and loads (and no stage it depends on is
+  newer). A final checkpoint that does not load (truncated, not a checkpoint) never counts as finished: it is
+  moved aside to ``<stage>.pt.corrupt`` (kept, the log names it) and the stage resumes or trains again;
 - ``resume``: no final checkpoint, but interval checkpoints exist (a killed run) -> continue from the newest;
 - ``train``: nothing yet;
 - ``retrain``: ``force_retrain`` is set, or a stage it depends on (diffusion needs E1 and C) was retrained
@@ -30,7 +32,7 @@ from typing import Any
 from monai.bundle import ConfigParser, ConfigWorkflow
 
 from xray2mri_bundle.engines import distributed as dist_utils
-from xray2mri_bundle.engines.checkpoints import interval_checkpoints
+from xray2mri_bundle.engines.checkpoints import interval_checkpoints, load_final
 from xray2mri_bundle.engines.tracking import stage_tracking_settings, tracking_requested
 
 __all__ = [
@@ -44,6 +46,7 @@ __all__ = [
     "prepare_stage",
     "run_training",
     "stage_config_files",
+    "unreadable_reason",
 ]
 
 logger = logging.getLogger(__name__)
@@ -83,6 +86,17 @@ def final_checkpoint(model_dir: str | os.PathLike, stage: str) -> Path:
     return Path(model_dir) / f"{stage}.pt"
 
 
+def unreadable_reason(path: str | os.PathLike) -> str | None:
+    """Why the final checkpoint ``path`` cannot be used (None when it loads as a final export)."""
+    try:
+        checkpoint = load_final(path)
+    except Exception as exc:  # noqa: BLE001 - torch raises many types for truncated or foreign files
+        return f"{type(exc).__name__}: {exc}"
+    if not isinstance(checkpoint, dict) or not (checkpoint.get("model") or checkpoint.get("ema")):
+        return "no 'model' or 'ema' weights in it"
+    return None
+
+
 def decide(
     stage: str, model_dir: str | os.PathLike, checkpoint_dir: str | os.PathLike, force: bool = False
 ) -> StageDecision:
@@ -90,6 +104,13 @@ def decide(
     final = final_checkpoint(model_dir, stage)
     if force:
         return StageDecision(stage, "retrain", "force_retrain is set")
+    moved = ""
+    if final.is_file() and (problem := unreadable_reason(final)) is not None:
+        aside = final.with_name(final.name + ".corrupt")
+        if dist_utils.is_rank0():
+            os.replace(final, aside)
+        logger.warning("%s cannot be loaded (%s): moved to %s; the stage is not finished", final, problem, aside)
+        moved = f"{final} could not be loaded and was moved to {aside.name}; "
     if final.is_file():
         newer = [
             dep for dep in DEPENDENCIES.get(stage, ())
@@ -101,8 +122,8 @@ def decide(
         return StageDecision(stage, "skip", f"{final} exists (use --force_retrain true to train again)")
     saved = interval_checkpoints(checkpoint_dir)
     if saved:
-        return StageDecision(stage, "resume", f"continuing from {saved[0][1].name}")
-    return StageDecision(stage, "train", "no checkpoint yet")
+        return StageDecision(stage, "resume", f"{moved}continuing from {saved[0][1].name}")
+    return StageDecision(stage, "train", f"{moved}no checkpoint yet" if moved else "no checkpoint yet")
 
 
 def prepare_stage(checkpoint_dir: str | os.PathLike, final_path: str | os.PathLike, force: Any = False) -> None:

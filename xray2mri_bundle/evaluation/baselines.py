@@ -101,6 +101,7 @@ class NearestXray:
         metric: Literal["l2", "cosine"] = "l2",
         feature_fn: Callable[[torch.Tensor], torch.Tensor] = crop_feature,
         k: int = 1,
+        name: str | None = None,
     ) -> None:
         if int(k) < 1:
             raise ValueError(f"k must be >= 1, got {k}")
@@ -114,7 +115,7 @@ class NearestXray:
         self.metric = metric
         self.feature_fn = feature_fn
         self.k = min(int(k), len(names))
-        self.name = "nearest_xray" if self.k == 1 else "knn_xray"
+        self.name = name or ("nearest_xray" if self.k == 1 else "knn_xray")
         self.last_neighbour: str | None = None
         self._cache: tuple[tuple[int, ...], torch.Tensor] | None = None
 
@@ -127,11 +128,12 @@ class NearestXray:
         metric: Literal["l2", "cosine"] = "l2",
         feature_fn: Callable[[torch.Tensor], torch.Tensor] = crop_feature,
         k: int = 1,
+        name: str | None = None,
     ) -> NearestXray:
         """Compute the features of the training crops ``xrays`` (each (1, H, W)), in the order of ``names``."""
         with torch.inference_mode():
             feats = torch.stack([feature_fn(x).detach().cpu().float().flatten() for x in xrays])
-        return cls(feats, volume_of, names, metric, feature_fn, k)
+        return cls(feats, volume_of, names, metric, feature_fn, k, name)
 
     def distances(self, xray: torch.Tensor) -> torch.Tensor:
         """Distances (N,) from the query crop (1, H, W) to every training knee."""
@@ -181,7 +183,8 @@ class OracleKnee:
     @classmethod
     def fit(cls, volumes: Iterable[torch.Tensor], names: list[str]) -> OracleKnee:
         """Stack training volumes (C, H, W, S) (channels averaged)."""
-        grey = [torch.as_tensor(v).float().reshape(-1, *torch.as_tensor(v).shape[-3:]).mean(dim=0) for v in volumes]
+        grey = [torch.as_tensor(v).float().reshape(-1, *torch.as_tensor(v).shape[-3:]).mean(dim=0).half()
+                for v in volumes]  # float16 one by one: a few hundred knees stay one compact stack
         return cls(torch.stack(grey), names)
 
     def __call__(self, xray: torch.Tensor, depths: torch.Tensor, *, truth: torch.Tensor | None = None,

@@ -186,6 +186,8 @@ def reproduce(args: argparse.Namespace, argv: Sequence[str], methods: Sequence[s
 
 def run_evaluation(args: argparse.Namespace, argv: Sequence[str] = ()) -> EvaluationRun:
     """Evaluate every method on the same knees; write CSV, JSON, figures and the report (see module doc)."""
+    if args.preface is not None and not Path(args.preface).is_file():
+        raise SystemExit(f"xray2mri evaluate: --preface {args.preface} is not a file")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     run = EvaluationRun(out=out)

@@ -294,7 +294,7 @@ def build_baseline(
     if name in ("nearest_xray", "knn_xray"):
         xrays = [torch.as_tensor(training[i]["xray"]) for i in range(len(training))]
         return NearestXray.fit(xrays, lambda i: torch.as_tensor(training[i]["mri"]), names, metric=metric,
-                               k=1 if name == "nearest_xray" else knn)
+                               k=1 if name == "nearest_xray" else knn, name=name)
     if name == "oracle_knee":
         return OracleKnee.fit((torch.as_tensor(training[i]["mri"]) for i in range(len(training))), names)
     raise ValueError(f"{name!r} is not a baseline")

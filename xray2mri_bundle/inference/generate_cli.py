@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from xray2mri_bundle.data.atomic import temp_dir
 from xray2mri_bundle.data.frame import FRAME_MM
 
 from .acceleration import accelerate
@@ -146,7 +147,7 @@ def _replace_dir(tmp: Path, final: Path, overwrite: bool) -> None:
     if final.exists():
         if not overwrite:
             raise FileExistsError(f"{final} exists (pass --overwrite to replace it)")
-        old = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".old"))
+        old = temp_dir(final.parent, prefix=f".{final.name}.", suffix=".old")
         os.replace(final, old / "previous")
         os.replace(tmp, final)
         shutil.rmtree(old, ignore_errors=True)
@@ -185,7 +186,7 @@ def write_knee_outputs(
     title = f"Pseudo-MRI from {knee.path.name} ({side}) - {DISCLAIMER}"
     start = time.perf_counter()
     outputs: dict[str, str] = {}
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".tmp"))
+    tmp = temp_dir(folder.parent, prefix=f".{folder.name}.")
     try:
         if "nifti" in formats:
             writers.write_nifti(volume, spacing, thickness, tmp / "pseudo_mri.nii.gz", description=knee.path.name,

@@ -1,0 +1,44 @@
+"""Temporary files and folders for atomic writes, created with the usual modes.
+
+``tempfile.mkstemp`` / ``mkdtemp`` create 0600 files and 0700 folders (private), so outputs renamed into place
+kept those modes while the DICOM series got 0644. These create them as ``open`` and ``mkdir`` do (0666 / 0777
+minus the process umask: 0644 / 0755 with the common umask 022), without touching the process-wide umask.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+__all__ = ["temp_dir", "temp_file"]
+
+_ATTEMPTS = 100
+
+
+def _names(folder: Path, prefix: str, suffix: str):
+    for _ in range(_ATTEMPTS):
+        yield folder / f"{prefix}{secrets.token_hex(6)}{suffix}"
+    raise FileExistsError(f"no free temporary name {prefix}*{suffix} in {folder}")
+
+
+def temp_file(folder: str | os.PathLike, prefix: str = ".", suffix: str = ".tmp") -> Path:
+    """A new empty file in ``folder`` (created exclusively, mode 0666 minus the umask); the caller renames it."""
+    for name in _names(Path(folder), prefix, suffix):
+        try:
+            os.close(os.open(name, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+        except FileExistsError:
+            continue
+        return name
+    raise AssertionError("unreachable")
+
+
+def temp_dir(folder: str | os.PathLike, prefix: str = ".", suffix: str = ".tmp") -> Path:
+    """A new empty folder in ``folder`` (mode 0777 minus the umask); the caller renames it."""
+    for name in _names(Path(folder), prefix, suffix):
+        try:
+            os.mkdir(name, 0o777)
+        except FileExistsError:
+            continue
+        return name
+    raise AssertionError("unreachable")
