@@ -216,3 +216,53 @@ def test_manifest_with_png_and_nifti(cohort: Path, tmp_path: Path) -> None:
     assert sorted(s.reason for s in report.skipped) == ["missing_file", "no_kl_grade"]
     png = next(r for r in records if r["xray"].endswith("film.png"))
     assert png["subject"] == "film.png" and png["side"] == "RIGHT" and Path(png["mri"]).is_absolute()
+
+
+# ------------------------------------------------------------------------------------------ messy tables
+@pytest.fixture()
+def copy(cohort: Path, tmp_path: Path) -> Path:
+    root = tmp_path / "cohort"
+    shutil.copytree(cohort, root)
+    return root
+
+
+def test_non_utf8_tables_are_decoded_and_the_encoding_reported(copy: Path) -> None:
+    contents = copy / "contents.csv"
+    contents.write_bytes(contents.read_bytes() + b"# caf\xe9\n")  # a Windows-1252 byte in a comment row
+    table = copy / "kXR_SQ_BU00.txt"
+    table.write_bytes(table.read_bytes() + b"M\xfcller|x|y|z\n")  # a garbage line with a Latin-1 byte
+    datalist, report = index_oai(copy, check_pixels=False)
+    notes = "\n".join(report.warnings)
+    assert "contents.csv: not UTF-8 (byte 0xe9" in notes and "decoded as cp1252" in notes
+    assert "kXR_SQ_BU00.txt: not UTF-8 (byte 0xfc" in notes
+    assert "kXR_SQ_BU00.txt: 1 line(s) without an ID or SIDE ignored" in notes
+    assert report.paired == KNEES
+
+
+def test_a_kl_table_with_the_wrong_delimiter_is_one_clear_error(copy: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    table = copy / "kXR_SQ_BU00.txt"
+    table.write_text(table.read_text().replace("|", ","))
+    with pytest.raises(ValueError, match="kXR_SQ_BU00.txt: not a '\\|'-delimited KL table"):
+        index_oai(copy, check_pixels=False)
+    from xray2mri_bundle.data.index import main
+
+    assert main(["--root", str(copy), "--out", str(copy / "dl.json")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "kXR_SQ_BU00.txt" in err[0]
+
+
+def test_invalid_kl_duplicate_film_and_escaping_folder_are_reported(copy: Path) -> None:
+    rows = _read_kl(copy)
+    rows[0]["V00XRKL"] = "7"
+    _write_kl(copy, rows)
+    contents = copy / "contents.csv"
+    lines = contents.read_text().splitlines()
+    film_line = next(line for line in lines if "Bilateral" in line)
+    lines += [film_line, film_line.replace(film_line.split(",")[0], "../../etc", 1)]
+    contents.write_text("\n".join(lines) + "\n")
+    _, report = index_oai(copy, check_pixels=False)
+    notes = "\n".join(report.warnings)
+    assert f"kXR_SQ_BU00.txt:2: invalid KL value '7' for {rows[0]['ID']}" in notes
+    assert "(X-ray) listed twice" in notes
+    assert "'../../etc' is outside --root" in notes

@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import os
 import re
+import sys
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -98,13 +100,38 @@ def _norm_columns(row: dict) -> dict:
     return {str(k).strip().lower(): (v or "").strip() for k, v in row.items() if k is not None}
 
 
-def read_contents(root: str | os.PathLike) -> list[dict]:
+#: encodings tried in order for OAI tables: UTF-8 (with or without BOM), Windows-1252, then Latin-1 (never fails)
+TABLE_ENCODINGS = ("utf-8-sig", "cp1252", "latin-1")
+
+
+def read_table_text(path: str | os.PathLike, notes: list[str] | None = None) -> str:
+    """The text of a table file, decoded robustly (real OAI exports are not always UTF-8).
+
+    Tries ``TABLE_ENCODINGS`` in order; when the first fails, ``notes`` gets one line naming the file, the
+    encoding used and the first undecodable byte (line and value), so nothing is decoded silently.
+    """
+    data = Path(path).read_bytes()
+    first_error: UnicodeDecodeError | None = None
+    for encoding in TABLE_ENCODINGS:
+        try:
+            text = data.decode(encoding)
+        except UnicodeDecodeError as exc:
+            first_error = first_error or exc
+            continue
+        if first_error is not None and notes is not None:
+            line = data[: first_error.start].count(b"\n") + 1
+            notes.append(f"{Path(path).name}: not UTF-8 (byte 0x{data[first_error.start]:02x} on line {line}); "
+                         f"decoded as {encoding}")
+        return text
+    raise AssertionError("latin-1 decodes any bytes")
+
+
+def read_contents(root: str | os.PathLike, notes: list[str] | None = None) -> list[dict]:
     """Rows of ``root/contents.csv`` with lower-cased column names (folder, participantid, ...)."""
     path = Path(root) / "contents.csv"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: contents.csv not found (is --root an OAI-style tree?)")
-    with open(path, newline="") as f:
-        rows = [_norm_columns(r) for r in csv.DictReader(f)]
+    rows = [_norm_columns(r) for r in csv.DictReader(io.StringIO(read_table_text(path, notes), newline=""))]
     missing = {"folder", "participantid", "seriesdescription"} - set(rows[0] if rows else {})
     if rows and missing:
         raise ValueError(f"{path}: missing columns {sorted(missing)}")
@@ -120,29 +147,38 @@ def read_kl_tables(root: str | os.PathLike, readprj: int | None = 15) -> tuple[d
     grades: dict[KneeKey, int | None] = {}
     warnings: list[str] = []
     for path in sorted(Path(root).glob(KL_TABLE_GLOB)):
-        with open(path, newline="") as f:
-            reader = csv.DictReader(f, delimiter="|")
-            for line, raw in enumerate(reader, start=2):
-                row = {k.upper(): v for k, v in _norm_columns(raw).items()}
-                if readprj is not None and str(row.get("READPRJ", "")).strip() != str(readprj):
+        reader = csv.DictReader(io.StringIO(read_table_text(path, warnings), newline=""), delimiter="|")
+        header = [str(c).strip().upper() for c in (reader.fieldnames or [])]
+        if "ID" not in header or "SIDE" not in header or not any(KL_COLUMN.match(c) for c in header):
+            raise ValueError(f"{path}: not a '|'-delimited KL table (needs ID, SIDE and V..XRKL columns; header "
+                             f"{'|'.join(header)[:80]!r})")
+        garbage = 0
+        for line, raw in enumerate(reader, start=2):
+            row = {k.upper(): v for k, v in _norm_columns(raw).items()}
+            side = parse_side(row.get("SIDE", ""))
+            subject = row.get("ID", "")
+            if side is None or not subject:
+                garbage += 1
+                warnings.append(f"{path.name}:{line}: no ID or SIDE code, row ignored")
+                continue
+            if readprj is not None and str(row.get("READPRJ", "")).strip() != str(readprj):
+                continue
+            for column, value in row.items():
+                match = KL_COLUMN.match(column)
+                if not match:
                     continue
-                side = parse_side(row.get("SIDE", ""))
-                subject = row.get("ID", "")
-                if side is None or not subject:
-                    warnings.append(f"{path.name}:{line}: no ID or SIDE code, row ignored")
+                key = KneeKey(subject, f"V{match.group(1)}", side)
+                grade = parse_kl(value)
+                if grade is None and value and not value.startswith("."):  # '.' codes are OAI's missing values
+                    warnings.append(f"{path.name}:{line}: invalid KL value {value!r} for {key.subject} {key.side}")
+                if key in grades:
+                    if grades[key] != grade:
+                        warnings.append(
+                            f"{path.name}:{line}: second KL row for {key} ({grade}); kept {grades[key]}")
                     continue
-                for column, value in row.items():
-                    match = KL_COLUMN.match(column)
-                    if not match:
-                        continue
-                    key = KneeKey(subject, f"V{match.group(1)}", side)
-                    grade = parse_kl(value)
-                    if key in grades:
-                        if grades[key] != grade:
-                            warnings.append(
-                                f"{path.name}:{line}: second KL row for {key} ({grade}); kept {grades[key]}")
-                        continue
-                    grades[key] = grade
+                grades[key] = grade
+        if garbage:
+            warnings.append(f"{path.name}: {garbage} line(s) without an ID or SIDE ignored")
     return grades, warnings
 
 
@@ -204,8 +240,13 @@ def index_oai(
     report.warnings += kl_warnings
     mri: dict[KneeKey, list[str]] = defaultdict(list)
     films: dict[tuple[str, str], list[tuple[str, str]]] = defaultdict(list)  # (subject, visit) -> (folder, lat)
-    for row in read_contents(root):
+    seen_folders: set[str] = set()
+    for row in read_contents(root, report.warnings):
         folder, subject, desc = row["folder"], row["participantid"], row["seriesdescription"]
+        target = (root / folder).resolve()
+        if Path(folder).is_absolute() or (target != root and root not in target.parents):
+            report.warnings.append(f"contents.csv: folder {folder!r} is outside --root {root}; row refused")
+            continue
         is_mri, is_xray = MRI_DESCRIPTION.match(desc), XRAY_DESCRIPTION.search(desc)
         if not (is_mri or is_xray):
             continue  # other OAI series (SAG_IW_TSE, hand films, ...) are not used
@@ -213,6 +254,11 @@ def index_oai(
         if visit is None:
             report.warnings.append(f"contents.csv: folder {folder!r} has an unknown visit prefix; row ignored")
             continue
+        if folder in seen_folders:
+            report.warnings.append(f"contents.csv: folder {folder!r} ({'MRI' if is_mri else 'X-ray'}) listed "
+                                   "twice; the repeat is ignored")
+            continue
+        seen_folders.add(folder)
         if is_mri:
             mri[KneeKey(subject, visit, is_mri.group(1).upper())].append(folder)
         else:
@@ -324,8 +370,7 @@ def index_manifest(
     report = IngestionReport(source=str(manifest), mode="manifest", settings={
         "seed": seed, "expected_slices": expected_slices, "val_fraction": val_fraction,
     })
-    with open(manifest, newline="") as f:
-        rows = [_norm_columns(r) for r in csv.DictReader(f)]
+    rows = [_norm_columns(r) for r in csv.DictReader(io.StringIO(read_table_text(manifest), newline=""))]
     missing = {"xray", "mri", "kl", "side"} - set(rows[0] if rows else {})
     if rows and missing:
         raise ValueError(f"{manifest}: missing columns {sorted(missing)}")
@@ -395,12 +440,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``index`` subcommand: write the datalist and the report, print the summary; exit 0 (1 if nothing paired)."""
     args = _parser().parse_args(argv)
     expected = args.expected_slices or None
-    if args.root:
-        datalist, report = index_oai(args.root, seed=args.seed, readprj=None if args.readprj < 0 else args.readprj,
-                                     expected_slices=expected, val_fraction=args.val_fraction)
-    else:
-        datalist, report = index_manifest(args.manifest, seed=args.seed, expected_slices=expected,
-                                          val_fraction=args.val_fraction)
+    try:
+        if args.root:
+            datalist, report = index_oai(args.root, seed=args.seed,
+                                         readprj=None if args.readprj < 0 else args.readprj,
+                                         expected_slices=expected, val_fraction=args.val_fraction)
+        else:
+            datalist, report = index_manifest(args.manifest, seed=args.seed, expected_slices=expected,
+                                              val_fraction=args.val_fraction)
+    except (ValueError, FileNotFoundError) as exc:  # a table that cannot be used at all: one line naming it
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     out = write_datalist(datalist, args.out)
     report_path = Path(args.report) if args.report else out.with_name(out.stem + "_report.json")
     json_path, txt_path = report.write(report_path)
