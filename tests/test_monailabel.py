@@ -275,6 +275,26 @@ def test_infer_with_plain_http_returns_nifti(server: Server, tmp_path: Path) -> 
                                   np.asarray(read_nifti(body, tmp_path).dataobj))
 
 
+@pytest.mark.parametrize("device", ["meta", "bogus9", "cpu:1", "cuda:7"])
+def test_a_request_cannot_choose_the_device(server: Server, tmp_path: Path, device: str) -> None:
+    """The served device is the server's configuration: a request's device is ignored (no 500, no new pipeline)."""
+    png = write_png_film(tmp_path / "film.png").read_bytes()
+    status, _, body = post_file(server.url + f"/infer/{MODEL}?output=image", "film.png", png,
+                                {"slices": 2, "seed": 1, "device": device})
+    assert status == 200, body[:2000]
+    check_volume(read_nifti(body, tmp_path), slices=2)
+
+
+def test_served_device_is_checked_at_start_up() -> None:
+    sys.path.insert(0, str(APP))
+    from lib.infers.xray2mri import served_device
+
+    assert served_device("cpu") == "cpu"
+    for bad in ("meta", "bogus9", "cuda:0" if not torch.cuda.is_available() else "meta"):
+        with pytest.raises(ValueError, match="device"):
+            served_device(bad)
+
+
 def test_infer_a_study_of_the_datastore_by_id(server: Server, tmp_path: Path) -> None:
     status, body = _get(server.url + "/datastore/?output=all")
     assert status == 200, body

@@ -41,8 +41,10 @@ class XrayToMRIInfer(BasicInferTask):
     """Generate a pseudo-MRI volume (H, W, S) from an uploaded knee X-ray (``InferType.OTHERS``).
 
     Request keys (all optional, defaults from the app's ``--conf``): ``steps``, ``slices``, ``seed``,
-    ``guidance_scale``, ``side`` ("auto", "right", "left"), ``device``. The networks are loaded on first use
-    and cached per device; they are reloaded when diffusion.pt changes on disk (a newly trained model).
+    ``guidance_scale``, ``side`` ("auto", "right", "left"). The device is the server's (``--conf device``,
+    checked at start-up): a request's ``device`` is ignored, so no request can pick a bogus device or make the
+    server load another copy of the networks. The networks are loaded on first use (one pipeline, the served
+    device) and reloaded when diffusion.pt changes on disk (a newly trained model).
     """
 
     def __init__(self, settings: AppSettings) -> None:
@@ -59,8 +61,8 @@ class XrayToMRIInfer(BasicInferTask):
             f"Outputs are SYNTHETIC research images, not for diagnosis.",
             config=config,
         )
-        if settings.device:
-            self._config["device"] = settings.device
+        self.device = served_device(settings.device)
+        self._config["device"] = self.device
         self._pipelines: dict[str, tuple[VolumeGenerator, float]] = {}
         self._lock = threading.Lock()
         if not self.is_valid():
@@ -75,14 +77,19 @@ class XrayToMRIInfer(BasicInferTask):
         """True when the checkpoint folder has the exports that every model needs."""
         return all((self.model_dir / name).is_file() for name in self._required_files())
 
+    def __call__(self, request: dict[str, Any], callbacks: Any = None) -> Any:
+        """Run one request on the served device, whatever ``device`` the request names."""
+        return super().__call__({**request, "device": self.device}, callbacks)
+
     def pipeline(self, device: str) -> VolumeGenerator:
-        """The loaded ``VolumeGenerator`` for ``device`` (cached until diffusion.pt changes)."""
+        """The loaded ``VolumeGenerator`` (one at a time: cached until diffusion.pt changes or the device differs)."""
         with self._lock:
             mtime = os.stat(self.model_dir / "diffusion.pt").st_mtime
             cached = self._pipelines.get(device)
             if cached is None or cached[1] != mtime:
                 generator = load_pipeline(self.settings.models_dir, self.settings.profile, device)
-                self._pipelines[device] = cached = (generator, mtime)
+                self._pipelines = {device: (generator, mtime)}  # bounded: the old pipeline is released
+                cached = self._pipelines[device]
             return cached[0]
 
     def clear(self) -> None:
@@ -151,6 +158,19 @@ class XrayToMRIInfer(BasicInferTask):
             "timings_s": {k: round(float(v), 4) for k, v in result.timings.items()},
             "checkpoints_sha256": dict(generator.checkpoints),
         }
+
+
+def served_device(configured: str) -> str:
+    """The server's device from ``--conf device`` ('' = CUDA when available, else CPU); ``ValueError`` at
+    start-up for an unknown device or CUDA on a machine without it."""
+    name = configured.strip() or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError) as exc:
+        raise ValueError(f"--conf device {configured!r} is not a device (cpu, cuda, cuda:N)") from exc
+    if device.type not in ("cpu", "cuda") or (device.type == "cuda" and not torch.cuda.is_available()):
+        raise ValueError(f"--conf device {configured!r} is not available here (cpu, or cuda with a GPU)")
+    return str(device)
 
 
 def _device(data: dict[str, Any] | None) -> str:
