@@ -270,3 +270,18 @@ def test_sidecar_json_types(tmp_path):
         "path": os.fspath(tmp_path),
         "nested": {"v": [1.5, None]},
     }
+
+
+@pytest.mark.parametrize(("patient_id", "expected", "charset", "note"), [
+    (["\u674e\u56db", "x"], "\u674e\u56db_x", "ISO_IR 192", "several values"),
+    ("P" * 70, "P" * 64, "ISO_IR 100", "truncated from 70 to 64"),
+    ("M\u00fcller-7", "M\u00fcller-7", "ISO_IR 100", None),
+])
+def test_patient_id_keeps_its_link_to_the_patient(tmp_path, patient_id, expected, charset, note) -> None:
+    volume = np.zeros((8, 8, 2), dtype=np.float32)
+    series = write_dicom_series(volume, SPACING, SLICE_MM, tmp_path / "dcm", source_info={"PatientID": patient_id})
+    ds = pydicom.dcmread(series.files[0])  # an independent reader decodes it with the declared character set
+    assert ds.PatientID == expected and ds.SpecificCharacterSet == charset
+    assert "?" not in ds.PatientID and "[" not in ds.PatientID
+    if note:
+        assert note in ds.ImageComments

@@ -136,7 +136,8 @@ def unique_names(names: Sequence[str], keys: Sequence[str]) -> dict[str, str]:
 def knee_label(name: str, knee: KneeInput) -> str:
     """Output folder of one knee: the input's name, prefixed by the DICOM PatientID when the name is only
     numbers (OAI files are called ``001``), plus the side: ``9000099_001_left``."""
-    patient = _folder_name(str(knee.source_info.get("PatientID", "")), fallback="")
+    patient_id = knee.source_info.get("PatientID", "")
+    patient = _folder_name("_".join(patient_id) if isinstance(patient_id, list) else str(patient_id), fallback="")
     if patient and name.replace("_", "").isdigit() and not name.startswith(patient):
         name = f"{patient}_{name}"
     return name + (f"_{knee.side.lower()}" if knee.side else "")

@@ -53,8 +53,9 @@ def _dicom_source_info(path: Path) -> dict[str, Any]:
         return {}
     header = pydicom.dcmread(path, stop_before_pixels=True, force=True)
     info: dict[str, Any] = {}
-    if getattr(header, "PatientID", ""):
-        info["PatientID"] = str(header.PatientID)
+    patient = getattr(header, "PatientID", "")
+    if patient:  # kept as read (a multi-valued or over-long ID is made writable by the DICOM writer)
+        info["PatientID"] = [str(v) for v in patient] if type(patient).__name__ == "MultiValue" else str(patient)
     if getattr(header, "SOPInstanceUID", ""):
         info["source_sop_instance_uid"] = str(header.SOPInstanceUID)
         info["source_sop_class_uid"] = str(getattr(header, "SOPClassUID", "") or "") or None

@@ -232,6 +232,39 @@ def _source_items(source_info: Mapping[str, Any] | None) -> tuple[dict[str, Any]
     return info, item
 
 
+#: maximum characters of the text VRs the writer copies from the source X-ray (DICOM PS3.5 table 6.2-1)
+_TEXT_MAX = {"LO": 64, "SH": 16, "PN": 64}
+
+
+def _fit_text_values(info: Mapping[str, Any]) -> tuple[dict[str, Any], list[str], str]:
+    """Source values made writable without losing the link to the patient: a multi-valued entry of a
+    single-valued text element is joined with '_', a value longer than its VR allows is truncated, and
+    returns (values, notes for ImageComments, SpecificCharacterSet: Latin-1, or UTF-8 when a value needs it)."""
+    from pydicom.datadict import dictionary_VR
+
+    out: dict[str, Any] = {}
+    notes: list[str] = []
+    for key, value in info.items():
+        vr = dictionary_VR(key)
+        if vr in _TEXT_MAX:
+            if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+                value = "_".join(str(v) for v in value)
+                notes.append(f"{key} had several values, joined with '_'")
+            value = str(value)
+            if len(value) > _TEXT_MAX[vr]:
+                notes.append(f"{key} truncated from {len(value)} to {_TEXT_MAX[vr]} characters (source: {value})")
+                value = value[: _TEXT_MAX[vr]]
+        out[key] = value
+    texts = [v for v in out.values() if isinstance(v, str)]
+    try:
+        for text in texts:
+            text.encode("latin-1")
+        charset = "ISO_IR 100"
+    except UnicodeEncodeError:
+        charset = "ISO_IR 192"  # UTF-8: holds any name or ID the source had
+    return out, notes, charset
+
+
 def write_dicom_series(
     volume: Any,
     spacing_mm: Sequence[float],
@@ -257,6 +290,7 @@ def write_dicom_series(
     v = _as_volume(volume)
     height, width, n_slices = v.shape
     info, source_item = _source_items(source_info)
+    info, notes, charset = _fit_text_values(info)
     affine = coronal_affine(v.shape, spacing_mm, slice_spacing_mm, centre_ras)
     row_mm, col_mm = (float(s) for s in spacing_mm)
     pixels = np.rint((np.clip(v, -1.0, 1.0) + 1.0) * (_PIXEL_MAX / 2.0)).astype(np.uint16)
@@ -268,6 +302,8 @@ def write_dicom_series(
     suffix = f" ({SERIES_DISCLAIMER})"
     description = series_description[: 64 - len(suffix)] + suffix  # LO: 64 characters, disclaimer kept
     comments = f"{DISCLAIMER}. Generated from a knee X-ray by xray2mri_bundle (research use only)."
+    if notes:
+        comments += " " + "; ".join(notes) + "."
 
     files = []
     with _atomic_dir(Path(out_dir), overwrite) as tmp:
@@ -282,7 +318,7 @@ def write_dicom_series(
 
             ds = Dataset()
             ds.file_meta = meta
-            ds.SpecificCharacterSet = "ISO_IR 100"
+            ds.SpecificCharacterSet = charset
             ds.SOPClassUID = MRImageStorage
             ds.SOPInstanceUID = sop_uid
             ds.StudyInstanceUID = study_uid
