@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from lib.endpoint import install as install_infer_endpoint
 from lib.infers import XrayToMRIInfer
 from lib.settings import AppSettings
 from monailabel.config import settings
@@ -27,6 +28,7 @@ from monailabel.interfaces.tasks.infer_v2 import InferTask
 import xray2mri_bundle
 
 logger = logging.getLogger(__name__)
+install_infer_endpoint()  # this app's /infer handling: no request leaves files behind, ids only (lib/endpoint.py)
 
 #: Checkpoints shipped with / trained into the repository: ``<repo>/models/<profile>/``.
 DEFAULT_MODELS_DIR = Path(__file__).resolve().parents[1] / "models"

@@ -187,7 +187,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         "MONAI_LABEL_DATASTORE_AUTO_RELOAD": "false",
         "MONAI_LABEL_TRACKING_ENABLED": "false",
         "OMP_NUM_THREADS": "1",
+        "TMPDIR": str(work / "tmp"),  # the server's temp folder, so tests can see what a request leaves behind
     }
+    (work / "tmp").mkdir()
     command = [
         sys.executable, "-m", "monailabel.main", "start_server", "--app", str(app), "--studies", str(studies),
         "--host", "127.0.0.1", "--port", str(port),
@@ -304,6 +306,46 @@ def test_infer_a_study_of_the_datastore_by_id(server: Server, tmp_path: Path) ->
     check_volume(read_nifti(body, tmp_path))
     status, _, body = post_file(server.url + f"/infer/{MODEL}?image=no_such_study&output=image", None, None)
     assert status == 404 and "not found" in json.loads(body)["detail"]
+
+
+def _raw_post(url: str, body: bytes, content_type: str) -> tuple[int, bytes]:
+    request = urllib.request.Request(url, data=body, method="POST", headers={"Content-Type": content_type})
+    try:
+        with urllib.request.urlopen(request, timeout=REQUEST_TIMEOUT_S) as response:  # noqa: S310 - loopback
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def _files_under(*folders: Path) -> set[str]:
+    return {str(p) for folder in folders for p in folder.rglob("*") if p.is_file()}
+
+
+def test_no_request_leaves_anything_behind_and_only_study_ids_are_read(server: Server, tmp_path: Path) -> None:
+    png = write_png_film(tmp_path / "film.png").read_bytes()
+    secret = tmp_path / "outside.png"
+    secret.write_bytes(png)  # a readable image OUTSIDE the studies folder
+    watched = (server.work / "tmp", server.work / "app", server.work / "studies")
+    before = _files_under(*watched)
+    url = server.url + f"/infer/{MODEL}?output=json"
+    answers = [
+        post_file(url, "notes.txt", b"this is not an image\n" * 20)[0],
+        post_file(url, "empty.png", b"")[0],
+        post_file(url, "huge.dcm", b"\0" * int((MAX_UPLOAD_MB + 0.5) * 2**20))[0],
+        post_file(url, "film." + "x" * 300, png)[0],  # over-long suffix: a safe short name, then a normal answer
+        post_file(url, "film.png", png, {"image": str(secret)})[0],  # params may not replace the upload
+        post_file(server.url + f"/infer/{MODEL}?image={secret}&output=json", None, None)[0],
+        post_file(server.url + f"/infer/{MODEL}?image=/no/such/file.png&output=json", None, None)[0],
+        post_file(url, None, None)[0],  # no file field
+    ]
+    boundary = uuid.uuid4().hex
+    bad_json = (f'--{boundary}\r\nContent-Disposition: form-data; name="params"\r\n\r\n{{not json\r\n'
+                f"--{boundary}--\r\n").encode()
+    answers.append(_raw_post(url, bad_json, f"multipart/form-data; boundary={boundary}")[0])
+    assert answers[:3] == [422, 400, 413] and answers[4] == 400
+    assert answers[5] == answers[6] == 404  # a host path and a missing path look the same as an unknown id
+    assert all(400 <= a < 500 for a in answers if a != 200) and answers[7] == 400 and answers[8] == 400
+    assert _files_under(*watched) == before, sorted(_files_under(*watched) - before)
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,19 @@ from xray2mri_bundle.inference.knees import prepare_knees
 
 from .settings import GenerationParams, parse_generation_params
 
-__all__ = ["CheckRequestd", "CheckUploadd", "PrepareKneed"]
+__all__ = ["NOT_FOUND", "CheckRequestd", "CheckUploadd", "PrepareKneed", "too_large"]
+
+
+#: the answer to an unknown study id, a path, or a request without an X-ray (the same 404 for all of them, so a
+#: client learns nothing about files outside the studies datastore)
+NOT_FOUND = ("X-ray not found: upload a file, or give the id of an image in the server's studies folder "
+             "(GET /datastore/?output=all lists them)")
+
+
+def too_large(size: int, max_bytes: int) -> HTTPException:
+    """The 413 answer of an upload of ``size`` bytes over ``max_bytes``."""
+    return HTTPException(status_code=413, detail=f"the uploaded X-ray has {size / 2**20:.1f} MiB, more than the "
+                         f"server's limit of {max_bytes / 2**20:.1f} MiB (conf max_upload_mb)")
 
 
 class CheckUploadd:
@@ -32,17 +44,12 @@ class CheckUploadd:
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         path = data.get(self.key)
         if not isinstance(path, str) or not os.path.isfile(path):
-            raise HTTPException(status_code=404, detail="X-ray not found: upload a file, or give the id of an "
-                                "image in the server's studies folder (GET /datastore/?output=all lists them)")
+            raise HTTPException(status_code=404, detail=NOT_FOUND)
         size = os.path.getsize(path)
         if size == 0:
             raise HTTPException(status_code=400, detail="the uploaded X-ray is an empty file")
         if size > self.max_bytes:
-            raise HTTPException(
-                status_code=413,
-                detail=f"the uploaded X-ray has {size / 2**20:.1f} MiB, more than the server's limit of "
-                f"{self.max_bytes / 2**20:.1f} MiB (conf max_upload_mb)",
-            )
+            raise too_large(size, self.max_bytes)
         return dict(data)
 
 
