@@ -295,8 +295,11 @@ def test_a_corrupt_final_checkpoint_is_not_a_finished_stage(tmp_path, caplog):
     assert str(final) in caplog.text and not final.exists()
     assert (models / "autoencoder.pt.corrupt").stat().st_size == 100  # kept for inspection, not deleted
     (ckpts / "checkpoint_iteration=7.pt").write_bytes(b"x")
+    (ckpts / "checkpoint_iteration=9.pt").write_bytes(b"")  # killed while saving: 0 bytes
     final.write_bytes(b"")  # empty final file, with an interval checkpoint to resume from
-    assert decide("autoencoder", models, ckpts).action == "resume"
+    decision = decide("autoencoder", models, ckpts)
+    assert decision.action == "resume" and "checkpoint_iteration=7.pt" in decision.reason
+    assert "checkpoint_iteration=9.pt empty, not used" in decision.reason
 
 
 def test_prepare_stage_force_clears_checkpoints(tmp_path):

@@ -121,8 +121,14 @@ def decide(
             return StageDecision(stage, "retrain", f"{', '.join(newer)} changed after {final.name} was trained")
         return StageDecision(stage, "skip", f"{final} exists (use --force_retrain true to train again)")
     saved = interval_checkpoints(checkpoint_dir)
-    if saved:
-        return StageDecision(stage, "resume", f"{moved}continuing from {saved[0][1].name}")
+    empty = [path.name for _, path in saved if path.stat().st_size == 0]
+    usable = [path for _, path in saved if path.stat().st_size > 0]
+    if empty:
+        logger.warning("%s: empty (0-byte) interval checkpoint(s) %s, not used", checkpoint_dir, ", ".join(empty))
+    if usable:
+        return StageDecision(stage, "resume", f"{moved}continuing from the newest readable of {usable[0].name}"
+                             + (f" and older ({len(usable) - 1} more)" if len(usable) > 1 else "")
+                             + (f"; {', '.join(empty)} empty, not used" if empty else ""))
     return StageDecision(stage, "train", f"{moved}no checkpoint yet" if moved else "no checkpoint yet")
 
 
