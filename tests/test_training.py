@@ -238,6 +238,19 @@ def test_resume_from_latest_loads_the_newest_readable_checkpoint(tmp_path):
     assert not (tmp_path / "checkpoint_iteration=2.pt").exists()  # older files are cleaned up
 
 
+def test_a_resumed_run_keeps_as_many_interval_checkpoints_as_a_fresh_one(tmp_path):
+    first = _toy_trainer(nan_at=None, max_epochs=2)
+    save = {"trainer": first, "network": first.network, "optimizer": first.optimizer}
+    CheckpointSaver(str(tmp_path), save, save_interval=2, epoch_level=False, n_saved=2).attach(first)
+    first.run()  # checkpoints at 4 and 6 remain
+    second = _toy_trainer(nan_at=None, max_epochs=4)
+    load = {"trainer": second, "network": second.network, "optimizer": second.optimizer}
+    ResumeFromLatest(tmp_path, load, keep=2).attach(second)
+    CheckpointSaver(str(tmp_path), load, save_interval=2, epoch_level=False, n_saved=2).attach(second)
+    second.run()  # resumes at 6, saves 8, 10, 12 (the saver keeps its newest two)
+    assert [it for it, _ in interval_checkpoints(tmp_path)] == [12, 10]  # the resumed file 6 is gone too
+
+
 def test_export_final_checkpoint_layout(tmp_path):
     model, ema = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
     engine = Engine(lambda e, b: None)

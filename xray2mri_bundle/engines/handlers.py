@@ -196,6 +196,8 @@ class ResumeFromLatest:
         map_location: passed to ``torch.load`` (default: CPU, then copied into the modules on their devices).
         best_checkpoint: path of the best-metric checkpoint whose ``checkpointer`` state to restore.
         best_saver: the CheckpointSaver that writes ``best_checkpoint``.
+        keep: interval checkpoints the folder keeps (the CheckpointSaver's ``n_saved``): the resumed file is not
+            the new saver's to rotate, so it is removed once ``keep`` newer ones exist.
     """
 
     def __init__(
@@ -206,8 +208,10 @@ class ResumeFromLatest:
         map_location: Any = "cpu",
         best_checkpoint: str | os.PathLike | None = None,
         best_saver: Any = None,
+        keep: int = 2,
     ) -> None:
         self.checkpoint_dir = Path(checkpoint_dir)
+        self.keep = int(keep)
         self.load_dict = load_dict
         self.enabled = bool(enabled)
         self.map_location = map_location
@@ -236,6 +240,7 @@ class ResumeFromLatest:
             logger.info("resumed from %s at iteration %d", path, engine.state.iteration)
             self._restore_best_state()
             self._remove_older(iteration)
+            engine.add_event_handler(Events.ITERATION_COMPLETED, self.drop_resumed)
             return
         logger.info("no checkpoint in %s: training from scratch", self.checkpoint_dir)
 
@@ -248,6 +253,20 @@ class ResumeFromLatest:
             )(Engine(lambda engine, batch: None))
         except Exception as error:
             logger.warning("cannot restore the best-metric state from %s (%s)", self.best_checkpoint, error)
+
+    def drop_resumed(self, engine: Engine | None = None) -> None:
+        """Remove the resumed-from checkpoint once ``keep`` newer interval checkpoints exist (rank 0), so the
+        folder holds ``keep`` files as without a resume; then stop watching."""
+        if self.resumed_from is None or self.resumed_iteration is None:
+            return
+        newer = [it for it, _ in interval_checkpoints(self.checkpoint_dir) if it > self.resumed_iteration]
+        if len(newer) < self.keep:
+            return
+        if dist_utils.is_rank0():
+            self.resumed_from.unlink(missing_ok=True)
+        self.resumed_from = None
+        if engine is not None and engine.has_event_handler(self.drop_resumed, Events.ITERATION_COMPLETED):
+            engine.remove_event_handler(self.drop_resumed, Events.ITERATION_COMPLETED)
 
     def _remove_older(self, iteration: int) -> None:
         dist_utils.barrier()  # every rank has read the files before rank 0 removes any
