@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import secrets
+from collections.abc import Callable
 from pathlib import Path
 
 __all__ = ["temp_dir", "temp_file"]
@@ -16,29 +17,24 @@ __all__ = ["temp_dir", "temp_file"]
 _ATTEMPTS = 100
 
 
-def _names(folder: Path, prefix: str, suffix: str):
+def _create(folder: str | os.PathLike, prefix: str, suffix: str, make: Callable[[Path], None]) -> Path:
+    """``make`` a new entry under a random free name in ``folder`` (exclusive creation: no race, no reuse)."""
     for _ in range(_ATTEMPTS):
-        yield folder / f"{prefix}{secrets.token_hex(6)}{suffix}"
+        name = Path(folder) / f"{prefix}{secrets.token_hex(6)}{suffix}"
+        try:
+            make(name)
+        except FileExistsError:
+            continue
+        return name
     raise FileExistsError(f"no free temporary name {prefix}*{suffix} in {folder}")
 
 
 def temp_file(folder: str | os.PathLike, prefix: str = ".", suffix: str = ".tmp") -> Path:
     """A new empty file in ``folder`` (created exclusively, mode 0666 minus the umask); the caller renames it."""
-    for name in _names(Path(folder), prefix, suffix):
-        try:
-            os.close(os.open(name, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
-        except FileExistsError:
-            continue
-        return name
-    raise AssertionError("unreachable")
+    return _create(folder, prefix, suffix,
+                   lambda name: os.close(os.open(name, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)))
 
 
 def temp_dir(folder: str | os.PathLike, prefix: str = ".", suffix: str = ".tmp") -> Path:
     """A new empty folder in ``folder`` (mode 0777 minus the umask); the caller renames it."""
-    for name in _names(Path(folder), prefix, suffix):
-        try:
-            os.mkdir(name, 0o777)
-        except FileExistsError:
-            continue
-        return name
-    raise AssertionError("unreachable")
+    return _create(folder, prefix, suffix, lambda name: os.mkdir(name, 0o777))

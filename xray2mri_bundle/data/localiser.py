@@ -50,7 +50,7 @@ class ClassicalJointLocaliser:
         self.work_mm, self.sigma_mm = float(work_mm), float(sigma_mm)
         self.band_half_widths_mm, self.refine_mm = tuple(band_half_widths_mm), float(refine_mm)
 
-    def _prepare(self, image: np.ndarray, spacing: tuple[float, float]) -> tuple[np.ndarray, tuple[float, float]]:
+    def prepare(self, image: np.ndarray, spacing: tuple[float, float]) -> tuple[np.ndarray, tuple[float, float]]:
         """Resample to ``work_mm`` pixels, smooth, scale percentiles (1, 99.5) to (0, 1)."""
         zoom = (spacing[0] / self.work_mm, spacing[1] / self.work_mm)
         small = ndimage.zoom(image.astype(np.float32), zoom, order=1, grid_mode=True, mode="nearest")
@@ -94,7 +94,7 @@ class ClassicalJointLocaliser:
         image = np.asarray(image, dtype=np.float32)
         if image.ndim != 2:
             raise ValueError(f"localiser expects a 2-D image, got shape {image.shape}")
-        img, scale = self._prepare(image, spacing_mm)
+        img, scale = self.prepare(image, spacing_mm)
         h, w = img.shape
         if np.ptp(img) <= 0:
             return (image.shape[0] - 1) / 2.0, (image.shape[1] - 1) / 2.0
@@ -105,11 +105,11 @@ class ClassicalJointLocaliser:
                                self._bone_centre(img, leg, row - round(14 * mm), row - round(5 * mm)))
                    if c is not None]
         col = float(np.mean(centres)) if centres else (w - 1) / 2.0
-        r = self._refine_row(img, row, col)
+        r = self.refine_row(img, row, col)
         # back to input pixels (grid-mode zoom keeps the image edges: centres scale about -0.5)
         return (r + 0.5) * scale[0] - 0.5, (col + 0.5) * scale[1] - 0.5
 
-    def _refine_row(self, img: np.ndarray, row: int, col: float) -> float:
+    def refine_row(self, img: np.ndarray, row: int, col: float) -> float:
         """Sub-pixel row of the darkest line of the central 40 mm of the knee within ``refine_mm``."""
         h = img.shape[0]
         half = int(round(20.0 / self.work_mm))
@@ -166,7 +166,7 @@ class MRIJointLocaliser:
     def __call__(self, volume: np.ndarray, spacing_mm: tuple[float, float],
                  side: str | None = None) -> tuple[float, float]:
         image = self.coronal_image(volume)
-        img, scale = self.band._prepare(image, spacing_mm)
+        img, scale = self.band.prepare(image, spacing_mm)
         h, w = img.shape
         if np.ptp(img) <= 0:
             return (image.shape[0] - 1) / 2.0, (image.shape[1] - 1) / 2.0
@@ -178,7 +178,7 @@ class MRIJointLocaliser:
         central = np.zeros_like(leg)
         central[:, max(0, int(col) - half):int(col) + half + 1] = True
         row = int(np.argmax(self.band.band_response(img, leg & central)))
-        r = self.band._refine_row(img, row, col)
+        r = self.band.refine_row(img, row, col)
         r += self.offset_mm[0] / self.band.work_mm
         side = str(side or "").upper()
         if side in ("RIGHT", "LEFT"):  # columns run to the patient's left: medial is +col for a right knee

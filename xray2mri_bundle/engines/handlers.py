@@ -198,6 +198,8 @@ class ResumeFromLatest:
         best_saver: the CheckpointSaver that writes ``best_checkpoint``.
         keep: interval checkpoints the folder keeps (the CheckpointSaver's ``n_saved``): the resumed file is not
             the new saver's to rotate, so it is removed once ``keep`` newer ones exist.
+        save_interval: iterations between interval checkpoints (the CheckpointSaver's): the folder is only
+            looked at when a new checkpoint can have appeared.
     """
 
     def __init__(
@@ -209,9 +211,10 @@ class ResumeFromLatest:
         best_checkpoint: str | os.PathLike | None = None,
         best_saver: Any = None,
         keep: int = 2,
+        save_interval: int = 1,
     ) -> None:
         self.checkpoint_dir = Path(checkpoint_dir)
-        self.keep = int(keep)
+        self.keep, self.save_interval = int(keep), max(1, int(save_interval))
         self.load_dict = load_dict
         self.enabled = bool(enabled)
         self.map_location = map_location
@@ -240,7 +243,7 @@ class ResumeFromLatest:
             logger.info("resumed from %s at iteration %d", path, engine.state.iteration)
             self._restore_best_state()
             self._remove_older(iteration)
-            engine.add_event_handler(Events.ITERATION_COMPLETED, self.drop_resumed)
+            engine.add_event_handler(Events.ITERATION_COMPLETED(every=self.save_interval), self.drop_resumed)
             return
         logger.info("no checkpoint in %s: training from scratch", self.checkpoint_dir)
 
@@ -256,7 +259,7 @@ class ResumeFromLatest:
 
     def drop_resumed(self, engine: Engine | None = None) -> None:
         """Remove the resumed-from checkpoint once ``keep`` newer interval checkpoints exist (rank 0), so the
-        folder holds ``keep`` files as without a resume; then stop watching."""
+        folder holds ``keep`` files as without a resume (after that, a call returns at once)."""
         if self.resumed_from is None or self.resumed_iteration is None:
             return
         newer = [it for it, _ in interval_checkpoints(self.checkpoint_dir) if it > self.resumed_iteration]
@@ -264,9 +267,7 @@ class ResumeFromLatest:
             return
         if dist_utils.is_rank0():
             self.resumed_from.unlink(missing_ok=True)
-        self.resumed_from = None
-        if engine is not None and engine.has_event_handler(self.drop_resumed, Events.ITERATION_COMPLETED):
-            engine.remove_event_handler(self.drop_resumed, Events.ITERATION_COMPLETED)
+        self.resumed_from = None  # later calls return at once
 
     def _remove_older(self, iteration: int) -> None:
         dist_utils.barrier()  # every rank has read the files before rank 0 removes any

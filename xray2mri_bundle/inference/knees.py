@@ -46,6 +46,7 @@ def _film_sides(film: torch.Tensor, side: str | None) -> tuple[str, list[str | N
 def _dicom_source_info(path: Path) -> dict[str, Any]:
     """DICOM keywords carried from the input X-ray to the generated series (patient ID, source image)."""
     import pydicom
+    from pydicom.multival import MultiValue
 
     from xray2mri_bundle.data.dicom_utils import is_dicom_file
 
@@ -55,7 +56,7 @@ def _dicom_source_info(path: Path) -> dict[str, Any]:
     info: dict[str, Any] = {}
     patient = getattr(header, "PatientID", "")
     if patient:  # kept as read (a multi-valued or over-long ID is made writable by the DICOM writer)
-        info["PatientID"] = [str(v) for v in patient] if type(patient).__name__ == "MultiValue" else str(patient)
+        info["PatientID"] = [str(v) for v in patient] if isinstance(patient, MultiValue) else str(patient)
     if getattr(header, "SOPInstanceUID", ""):
         info["source_sop_instance_uid"] = str(header.SOPInstanceUID)
         info["source_sop_class_uid"] = str(getattr(header, "SOPClassUID", "") or "") or None

@@ -42,6 +42,7 @@ import numpy as np
 import torch
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
@@ -247,7 +248,7 @@ def _fit_text_values(info: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]
     for key, value in info.items():
         vr = dictionary_VR(key)
         if vr in _TEXT_MAX:
-            if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+            if isinstance(value, (list, tuple, MultiValue)):
                 value = "_".join(str(v) for v in value)
                 notes.append(f"{key} had several values, joined with '_'")
             value = str(value)
