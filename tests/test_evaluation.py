@@ -176,9 +176,8 @@ def test_supervised_evaluator_records_every_knee(knees: dict[str, list[dict]]) -
 def tiny_generator(use_xray_latent: bool = True, use_context: bool = True, use_guidance: bool = True):
     """A ``VolumeGenerator`` with tiny untrained networks (built directly, no checkpoint files)."""
     from xray2mri_bundle.data.intensity import intensity_distribution
-    from xray2mri_bundle.inference.conditions import ConditionEncoder
+    from xray2mri_bundle.diffusion import ConditionEncoder
     from xray2mri_bundle.inference.generator import VolumeGenerator
-    from xray2mri_bundle.inference.sampler import DDIMSampler, build_ddim_scheduler
     from xray2mri_bundle.networks import build_autoencoder, build_classifier, build_unet, build_xray_encoder
 
     torch.manual_seed(0)
@@ -188,7 +187,7 @@ def tiny_generator(use_xray_latent: bool = True, use_context: bool = True, use_g
     encoder = ConditionEncoder(autoencoder, build_xray_encoder("tiny").eval() if use_context else None,
                                build_classifier("tiny").eval() if use_guidance else None,
                                intensity_distribution if use_guidance else None)
-    return VolumeGenerator(unet, autoencoder, encoder, DDIMSampler(build_ddim_scheduler()), scale_factor=1.0)
+    return VolumeGenerator(unet, autoencoder, encoder, scale_factor=1.0)
 
 
 def test_diffusion_method_matches_volume_generator_and_reuses_conditions(knees: dict[str, list[dict]]) -> None:

@@ -19,9 +19,10 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from xray2mri_bundle import networks
 from xray2mri_bundle.data.dicom_utils import save_dataset
+from xray2mri_bundle.diffusion import ConditionEncoder, DiffusionSampler, build_solver
+from xray2mri_bundle.diffusion.solvers import DDIMSolver, build_ddim_scheduler, uniform_ddim_timesteps
 from xray2mri_bundle.engines.checkpoints import atomic_save, make_final_checkpoint
 from xray2mri_bundle.inference import generate_cli, writers
-from xray2mri_bundle.inference.conditions import ConditionEncoder
 from xray2mri_bundle.inference.generator import (
     GenerationResult,
     VolumeGenerator,
@@ -30,7 +31,6 @@ from xray2mri_bundle.inference.generator import (
     slice_spacing_mm,
 )
 from xray2mri_bundle.inference.knees import KneeInput
-from xray2mri_bundle.inference.sampler import DDIMSampler, build_ddim_scheduler, uniform_ddim_timesteps
 
 ROOT = Path(__file__).resolve().parents[1]
 PROFILE = "tiny"
@@ -175,7 +175,7 @@ def test_cfg_runs_conditional_and_unconditional_in_one_batch() -> None:
     model = FakeModel()
     noise = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(0))
     conditions = {"xray_latent": torch.randn(3, 4, 8, 8), "depth": torch.tensor([0.0, 0.5, 1.0]), "p_map": None}
-    sampler = DDIMSampler(build_ddim_scheduler(), num_inference_steps=1, guidance_scale=3.0)
+    sampler = DiffusionSampler(DDIMSolver(build_ddim_scheduler()), num_inference_steps=1, guidance_scale=3.0)
     out = sampler(model, noise, conditions)
     assert len(model.calls) == 1  # one forward per step, both halves together
     call = model.calls[0]
@@ -193,14 +193,14 @@ def test_cfg_runs_conditional_and_unconditional_in_one_batch() -> None:
 
 def test_no_guidance_is_one_conditional_pass() -> None:
     model = FakeModel()
-    DDIMSampler(build_ddim_scheduler(), num_inference_steps=4)(model, torch.randn(2, 4, 8, 8), {"depth": None})
+    DiffusionSampler(build_solver("ddim"), num_inference_steps=4)(model, torch.randn(2, 4, 8, 8), {"depth": None})
     assert len(model.calls) == 4
     assert all(c["x"].shape[0] == 2 and c["drop_context"] is None for c in model.calls)
     assert [c["t"][0].item() for c in model.calls] == [751, 501, 251, 1]
 
 
 def test_eta_noise_follows_the_generator() -> None:
-    sampler = DDIMSampler(build_ddim_scheduler(), num_inference_steps=3, eta=1.0)
+    sampler = DiffusionSampler(build_solver("ddim", eta=1.0), num_inference_steps=3)
     noise = torch.randn(2, 4, 8, 8)
     runs = [sampler(FakeModel(), noise, {}, generator=torch.Generator().manual_seed(s)) for s in (1, 1, 2)]
     assert torch.equal(runs[0], runs[1]) and not torch.equal(runs[0], runs[2])
@@ -267,7 +267,7 @@ def test_one_initial_noise_shared_by_all_depths(
     depths_seen: list[torch.Tensor] = []
 
     def zero_model(x, timesteps, **kwargs):
-        if timesteps[0].item() == pipeline.sampler.scheduler.timesteps[0].item():
+        if timesteps[0].item() == pipeline.sampler().solver.timesteps(2)[0].item():
             first_inputs.append(x.clone())
             depths_seen.append(kwargs["depth"].clone())
         return torch.zeros_like(x)
@@ -439,9 +439,16 @@ def test_bundle_config_runs(bundle_dir: Path, tmp_path: Path) -> None:
         generate_cli.require_inputs([])
 
 
-def test_condition_encoder_rejects_batches(pipeline: VolumeGenerator) -> None:
-    with pytest.raises(ValueError, match="one grey crop"):
-        ConditionEncoder(pipeline.autoencoder)(torch.zeros(2, 1, SIZE, SIZE))
+def test_condition_encoder_batches_crops_and_rejects_colour(pipeline: VolumeGenerator) -> None:
+    """B crops give B conditions, each the one crop's own (validation samples several knees at once)."""
+    crops = torch.rand(2, 1, SIZE, SIZE, generator=torch.Generator().manual_seed(5)) * 2 - 1
+    both = pipeline.condition_encoder(crops)
+    second = pipeline.condition_encoder(crops[1:])
+    assert both.xray_latent.shape[0] == 2 and both.i_map.shape[0] == 2
+    assert torch.allclose(both.xray_latent[1:], second.xray_latent, atol=1e-5)
+    assert torch.allclose(both.i_map[1:], second.i_map) and torch.allclose(both.p_map[1:], second.p_map, atol=1e-5)
+    with pytest.raises(ValueError, match="grey crops"):
+        ConditionEncoder(pipeline.autoencoder)(torch.zeros(2, 3, SIZE, SIZE))
 
 
 def test_acceleration_options_keep_the_volume(bundle_dir: Path, crop: torch.Tensor) -> None:

@@ -122,14 +122,13 @@ def build_generator(profile: str, model_dir: Path | None, device: torch.device) 
     there, else seeded random initialisation (scale factor 0.2); returns (generator, weights description)."""
     from xray2mri_bundle import networks
     from xray2mri_bundle.data.intensity import IntensityDistribution
-    from xray2mri_bundle.inference.conditions import ConditionEncoder
+    from xray2mri_bundle.diffusion import ConditionEncoder
     from xray2mri_bundle.inference.generator import (
         CHECKPOINT_FILES,
         VolumeGenerator,
         load_pipeline,
         resolve_model_dir,
     )
-    from xray2mri_bundle.inference.sampler import DDIMSampler, build_ddim_scheduler
 
     if model_dir is not None:
         folder = resolve_model_dir(model_dir, profile)
@@ -147,8 +146,7 @@ def build_generator(profile: str, model_dir: Path | None, device: torch.device) 
         _randomise_zero_parameters(module)
         module.eval().requires_grad_(False)
     conditions = ConditionEncoder(autoencoder, encoder, classifier, IntensityDistribution())
-    scheduler = build_ddim_scheduler(1000)
-    generator = VolumeGenerator(unet, autoencoder, conditions, DDIMSampler(scheduler), 0.2, device)
+    generator = VolumeGenerator(unet, autoencoder, conditions, 0.2, device)
     generator.profile = profile
     generator.image_size = int(networks.get_profile(profile)["image_size"])
     return generator, ("random init (no trained checkpoints found; zero-initialised layers randomised; the timing "
@@ -401,10 +399,10 @@ def measure_training(generator: Any, batch: int, repeats: int, dtype: torch.dtyp
     measurements)."""
     from monai.networks.schedulers import DDPMScheduler
 
+    from xray2mri_bundle.diffusion.solvers import DEFAULT_SCHEDULE
     from xray2mri_bundle.engines.denoiser import XrayDenoiser
     from xray2mri_bundle.engines.latent_cache import encode_knee
     from xray2mri_bundle.engines.prepare_batch import LatentDiffusionPrepareBatch
-    from xray2mri_bundle.inference.sampler import DEFAULT_SCHEDULE
 
     device, encoders = generator.device, generator.condition_encoder
     size = int(generator.image_size or 0) or _image_size(generator.profile)

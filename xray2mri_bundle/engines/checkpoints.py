@@ -37,6 +37,7 @@ __all__ = [
     "interval_checkpoints",
     "load_final",
     "load_weights",
+    "initialise_denoiser",
     "make_final_checkpoint",
 ]
 
@@ -163,3 +164,48 @@ def load_weights(
         network.requires_grad_(False)
     logger.info("loaded %s weights of %s", key, path)
     return network
+
+
+def initialise_denoiser(denoiser: nn.Module, path: str | os.PathLike | None) -> nn.Module:
+    """Start the diffusion stage's ``XrayDenoiser`` from ``path`` instead of random weights (``init_checkpoint``).
+
+    Two layouts are recognised:
+    - this bundle's diffusion export (``diffusion.pt``, full or inference-only): the UNet takes its EMA weights
+      (else raw), the X-ray encoder E2 its ``xray_encoder_ema`` (else ``xray_encoder``); the network must have
+      the same profile and condition flags (``load_state_dict`` strict). Continues training a shipped model.
+    - a CompVis/LDM checkpoint (Stable Diffusion v1, Zero-1-to-3; ``state_dict`` with
+      ``model.diffusion_model.*``): the paper's initialisation, through ``networks.ldm_import`` (input-channel
+      surgery, ``cc_projection`` -> ``context_proj``); E2 keeps its initial weights.
+    ``None`` returns ``denoiser`` unchanged. A resumed run's interval checkpoint overrides this (resume wins).
+    """
+    if path is None or str(path) == "":
+        return denoiser
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"init_checkpoint {path} not found")
+    from xray2mri_bundle.networks.ldm_import import load_ldm_checkpoint, load_ldm_unet
+
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated or foreign files raise several types
+        raise RuntimeError(f"init_checkpoint {path} cannot be read ({type(exc).__name__}: {exc})") from exc
+    target = unwrap(denoiser)
+    if isinstance(checkpoint, Mapping) and checkpoint.get("stage") == "diffusion":
+        unet_state = checkpoint.get("ema") or checkpoint.get("model")
+        try:
+            target.unet.load_state_dict(unet_state, strict=True)
+            encoder_state = checkpoint.get("xray_encoder_ema") or checkpoint.get("xray_encoder")
+            if target.xray_encoder is not None and encoder_state:
+                target.xray_encoder.load_state_dict(encoder_state, strict=True)
+        except RuntimeError as exc:
+            raise RuntimeError(
+                f"init_checkpoint {path} does not fit this diffusion network (another profile or condition "
+                f"flags?): {exc}"
+            ) from exc
+        logger.info("diffusion stage initialised from the bundle export %s (iteration %s)", path,
+                    checkpoint.get("iteration"))
+        return denoiser
+    report = load_ldm_unet(target.unet, load_ldm_checkpoint(path))
+    logger.info("diffusion UNet initialised from the LDM checkpoint %s: %d tensors loaded, %d kept initialised",
+                path, len(report.loaded), len(report.kept_initialised))
+    return denoiser

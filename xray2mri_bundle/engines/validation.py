@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -117,34 +118,37 @@ class SampleValidation:
 
     @torch.no_grad()
     def sample(self, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(real, generated)`` slices (B, C, H, W) in [-1, 1] for the chosen validation items."""
-        from xray2mri_bundle.inference.sampler import DDIMSampler, build_ddim_scheduler
+        """``(real, generated)`` slices (B, C, H, W) in [-1, 1] for the chosen validation items.
+
+        The generation path of inference (``diffusion.ConditionEncoder`` -> ``DiffusionSampler`` (DDIM) ->
+        ``decode_slices``), with the dataset's intensity maps and one seeded noise per item.
+        """
+        from xray2mri_bundle.diffusion import ConditionEncoder, DiffusionSampler, SamplingSettings, decode_slices
 
         items = [self.dataset[i] for i in evenly_spaced(len(self.dataset), self.num_samples)]
         batch = list_data_collate(items)
         real = torch.as_tensor(batch["image"]).float().to(device)
         xray = torch.as_tensor(batch["xray"]).float().to(device)
         depth = torch.as_tensor(batch["depth"]).float().reshape(-1).to(device)
-        i_map = torch.as_tensor(batch["intensity"]).float().to(device) if self.use_intensity else None
         was_training = self.denoiser.training
         self.denoiser.eval()
         try:
-            xray_latent, _ = self.autoencoder.encode(xray.expand(-1, real.shape[1], -1, -1))
-            encoder = getattr(self.denoiser, "xray_encoder", None)
-            context = encoder(xray) if encoder is not None else None
-            p_map = self.classifier.forward_maps(xray)[1] if self.classifier is not None else None
-            conditions = {"xray_latent": xray_latent, "context": context, "depth": depth, "p_map": p_map,
-                          "i_map": i_map}
+            encoder = ConditionEncoder(self.autoencoder, getattr(self.denoiser, "xray_encoder", None),
+                                       self.classifier)
+            conditions = encoder(xray)
+            if self.use_intensity:
+                conditions = replace(conditions, i_map=torch.as_tensor(batch["intensity"]).float().to(device))
             generator = torch.Generator().manual_seed(self.seed)
-            noise = torch.randn(xray_latent.shape, generator=generator).to(device)
-            scheduler = build_ddim_scheduler(self.num_train_timesteps, **self.schedule)
-            sampler = DDIMSampler(scheduler, self.num_inference_steps, guidance_scale=self.guidance_scale)
-            latents = sampler(self.denoiser, noise, conditions)
+            noise = torch.randn(conditions.xray_latent.shape, generator=generator).to(device)
+            sampler = DiffusionSampler.from_settings(
+                SamplingSettings("ddim", self.num_inference_steps, 0.0, self.guidance_scale),
+                self.num_train_timesteps, self.schedule)
+            latents = sampler(self.denoiser, noise, conditions.model_kwargs(depth))
             scale = self.scale_factor.value if isinstance(self.scale_factor, ScaleFactor) else self.scale_factor
-            generated = self.autoencoder.decode(latents / float(scale or 1.0)).clamp(-1.0, 1.0)
+            generated = decode_slices(self.autoencoder, latents, float(scale or 1.0), grey=False)
         finally:
             self.denoiser.train(was_training)
-        return real, generated.float()
+        return real, generated
 
     @staticmethod
     def save_montage(real: torch.Tensor, generated: torch.Tensor, path: Path) -> Path:

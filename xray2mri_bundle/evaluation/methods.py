@@ -183,22 +183,21 @@ class DiffusionMethod:
 
     Args:
         name: the method's registry name.
-        generator: a ``VolumeGenerator`` (its ``unet``, ``autoencoder``, ``condition_encoder``, ``sampler``,
-            ``scale_factor`` and ``device`` are used).
-        steps, eta, guidance_scale: DDIM settings.
+        generator: a ``VolumeGenerator`` (its ``condition_encoder``, ``device`` and ``sample_depths``).
+        steps, eta, guidance_scale, sampler: the sampling settings (``diffusion.SamplingSettings``).
         chunk_size: depths denoised together.
         cache_size: knees whose conditions are kept.
     """
 
     def __init__(
         self, name: str, generator: Any, steps: int = 50, eta: float = 0.0, guidance_scale: float = 1.0,
-        chunk_size: int = 16, cache_size: int = 4,
+        chunk_size: int = 16, cache_size: int = 4, sampler: str = "ddim",
     ) -> None:
+        from xray2mri_bundle.diffusion import SamplingSettings
+
         self.name = name
         self.generator = generator
-        self.steps = int(steps)
-        self.eta = float(eta)
-        self.guidance_scale = float(guidance_scale)
+        self.settings = SamplingSettings(sampler, int(steps), float(eta), float(guidance_scale))
         self.chunk_size = int(chunk_size)
         self.cache_size = int(cache_size)
         self._conditions: OrderedDict[str, Any] = OrderedDict()
@@ -224,25 +223,12 @@ class DiffusionMethod:
     ) -> torch.Tensor:
         """Volume (H, W, n) float32 on CPU in [-1, 1] for ``xray`` (1, H, W) at ``depths`` (n,) in [0, 1].
 
-        Same seed and depths ``linspace(0, 1, n)`` give ``VolumeGenerator(xray, slices=n, seed=seed)``'s volume.
-        ``intensity`` is unused: the condition encoder computes i from the crop itself.
+        Same seed and depths ``linspace(0, 1, n)`` give ``VolumeGenerator(xray, slices=n, seed=seed)``'s volume
+        (both run ``VolumeGenerator.sample_depths``). ``intensity`` is unused: the condition encoder computes i
+        from the crop itself.
         """
-        gen = self.generator
-        device = gen.device
-        conditions = self.conditions(xray, knee_id)
-        sampler = gen.sampler
-        sampler.num_inference_steps, sampler.eta, sampler.guidance_scale = self.steps, self.eta, self.guidance_scale
-        rng = torch.Generator(device=device).manual_seed(int(seed))
-        depths = torch.as_tensor(depths, dtype=torch.float32).to(device)
-        shape = conditions.latent_shape
-        noise = torch.randn((1, *shape), generator=rng, device=device).expand(depths.shape[0], *shape)
-        slices = []
-        for begin in range(0, depths.shape[0], self.chunk_size):
-            index = slice(begin, begin + self.chunk_size)
-            latents = sampler(gen.unet, noise[index], conditions.model_kwargs(depths[index]), generator=rng)
-            images = gen.autoencoder.decode(latents / gen.scale_factor)
-            slices.append(images.float().mean(dim=1).clamp(-1.0, 1.0).cpu())
-        return torch.cat(slices).permute(1, 2, 0).contiguous()
+        return self.generator.sample_depths(self.conditions(xray, knee_id), depths, self.settings, seed,
+                                            self.chunk_size)
 
 
 def _check_flags(name: str, unet: Any) -> None:
@@ -260,7 +246,7 @@ LoadFn = Callable[..., Any]
 def build_diffusion(
     name: str, model_dir: str | os.PathLike, device: torch.device | str = "cpu", steps: int = 50,
     eta: float = 0.0, guidance_scale: float = 1.0, chunk_size: int = 16, load_fn: LoadFn | None = None,
-    profile: str | None = None, image_size: int | None = None,
+    profile: str | None = None, image_size: int | None = None, sampler: str = "ddim",
 ) -> DiffusionMethod:
     """Load a diffusion method's pipeline with ``inference.load_pipeline`` (or ``load_fn``, same signature).
 
@@ -278,7 +264,7 @@ def build_diffusion(
         raise ValueError(f"{checkpoint} generates {size} px slices but the knees are prepared at {image_size} px "
                          "(set --profile / --image-size to the model's)")
     return DiffusionMethod(name, generator, steps=steps, eta=eta, guidance_scale=guidance_scale,
-                           chunk_size=chunk_size)
+                           chunk_size=chunk_size, sampler=sampler)
 
 
 def build_baseline(
@@ -304,7 +290,7 @@ def build_method(
     name: str, model_dir: str | os.PathLike | None = None, training: Sequence[Mapping[str, Any]] = (),
     device: torch.device | str = "cpu", steps: int = 50, eta: float = 0.0, guidance_scale: float = 1.0,
     chunk_size: int = 16, nearest_metric: Literal["l2", "cosine"] = "l2", load_fn: LoadFn | None = None,
-    profile: str | None = None, image_size: int | None = None, knn: int = 5,
+    profile: str | None = None, image_size: int | None = None, knn: int = 5, sampler: str = "ddim",
 ) -> DiffusionMethod | MeanVolume | NearestXray | OracleKnee:
     """Any registered method by name (see ``METHODS``); baselines are fitted on ``training`` knees."""
     spec = METHODS[parse_methods([name])[0]]
@@ -313,4 +299,4 @@ def build_method(
     if model_dir is None:
         raise ValueError(f"method {name!r} needs a model folder")
     return build_diffusion(name, model_dir, device, steps, eta, guidance_scale, chunk_size, load_fn, profile,
-                           image_size)
+                           image_size, sampler)

@@ -1,7 +1,7 @@
 """Pseudo-MRI volume generation (the paper's Algorithm 2): one X-ray crop -> a stack of coronal slices.
 
-The generator only batches depths and stacks slices; the denoising loop is ``DDIMSampler`` and the
-conditions come from ``ConditionEncoder``. Algorithm 2 samples ONE initial noise and reuses it for every
+The generator only batches depths and stacks slices; the denoising loop is ``diffusion.DiffusionSampler`` and
+the conditions come from ``diffusion.ConditionEncoder``. Algorithm 2 samples ONE initial noise and reuses it for every
 depth; the conditions do not depend on the depth, so they are computed once and broadcast.
 """
 
@@ -21,8 +21,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from .conditions import ConditionEncoder, XrayConditions
-from .sampler import DDIMSampler, build_ddim_scheduler
+from xray2mri_bundle.diffusion import (
+    DEFAULT_SAMPLING,
+    ConditionEncoder,
+    DiffusionSampler,
+    SamplingSettings,
+    XrayConditions,
+    decode_slices,
+)
 
 __all__ = [
     "CHECKPOINT_FILES",
@@ -91,6 +97,8 @@ class GenerationResult:
     per_slice_conditions: bool
     kl_probs: list[float] | None = None
     """The KOA classifier's KL-grade probabilities for the crop (reported; a model output, not a grading)."""
+    sampler: str = DEFAULT_SAMPLING.sampler
+    """Name of the solver (``diffusion.SAMPLERS``)."""
 
     @property
     def slices(self) -> int:
@@ -104,9 +112,10 @@ class VolumeGenerator:
         unet: the denoiser (``XrayConditionedUNet`` with EMA weights, eval mode).
         autoencoder: MONAI ``AutoencoderKL``; D decodes ``z / scale_factor``.
         condition_encoder: computes the depth-independent conditions from the crop.
-        sampler: the DDIM sampler; its steps / eta / guidance scale are overridden per call.
         scale_factor: latent scale (``z = scale * E1(x)`` in diffusion space), stored with diffusion.pt.
         device: where the networks live.
+        num_train_timesteps, noise_schedule, prediction_type: how the UNet was trained (stored with
+            diffusion.pt); every call builds its solver for them (``DiffusionSampler.from_settings``).
     """
 
     def __init__(
@@ -114,16 +123,20 @@ class VolumeGenerator:
         unet: nn.Module,
         autoencoder: nn.Module,
         condition_encoder: ConditionEncoder,
-        sampler: DDIMSampler,
         scale_factor: float = 1.0,
         device: str | torch.device = "cpu",
+        num_train_timesteps: int = 1000,
+        noise_schedule: Mapping[str, Any] | None = None,
+        prediction_type: str = "epsilon",
     ) -> None:
         self.unet = unet
         self.autoencoder = autoencoder
         self.condition_encoder = condition_encoder
-        self.sampler = sampler
         self.scale_factor = float(scale_factor)
         self.device = torch.device(device)
+        self.num_train_timesteps = int(num_train_timesteps)
+        self.noise_schedule = dict(noise_schedule or {})
+        self.prediction_type = str(prediction_type)
         # provenance, filled by ``load_pipeline``: profile, checkpoint name -> sha256, weights used, input size
         self.profile: str | None = None
         self.checkpoints: dict[str, str] = {}
@@ -133,25 +146,32 @@ class VolumeGenerator:
         self.autocast_dtype: torch.dtype | None = None
         self.acceleration: dict[str, object] = {"precision": "fp32", "fast_attention_blocks": 0, "compile": False}
 
+    def sampler(self, settings: SamplingSettings = DEFAULT_SAMPLING) -> DiffusionSampler:
+        """A fresh ``DiffusionSampler`` of ``settings`` for this model's noise schedule."""
+        return DiffusionSampler.from_settings(settings, self.num_train_timesteps, self.noise_schedule,
+                                              self.prediction_type)
+
     @torch.inference_mode()
     def __call__(
         self,
         xray: torch.Tensor,
         slices: int = REFERENCE_SLICES,
-        num_inference_steps: int = 50,
-        eta: float = 0.0,
-        guidance_scale: float = 1.0,
+        num_inference_steps: int = DEFAULT_SAMPLING.steps,
+        eta: float = DEFAULT_SAMPLING.eta,
+        guidance_scale: float = DEFAULT_SAMPLING.guidance_scale,
         seed: int = 0,
         chunk_size: int = 16,
         shared_noise: bool = True,
         per_slice_conditions: bool = False,
         progress: ProgressFn | None = None,
+        sampler: str = DEFAULT_SAMPLING.sampler,
     ) -> GenerationResult:
         """Generate ``slices`` slices for one crop ``xray`` (1, H, W) or (1, 1, H, W) float in [-1, 1].
 
         Args:
             slices: number of depths s, evenly spaced in [0, 1] (s > 50 interpolates).
-            num_inference_steps, eta, guidance_scale: DDIM settings (guidance 1 = no CFG).
+            num_inference_steps, eta, guidance_scale, sampler: the sampling settings (``SamplingSettings``:
+                solver steps, DDIM eta, CFG scale with 1 = no CFG, solver name).
             seed: seeds a ``torch.Generator`` on ``device``; same seed + device + settings -> same volume.
             chunk_size: depths denoised together (memory: with CFG the UNet batch is 2 x chunk_size). With
                 eta = 0 the result does not depend on it.
@@ -160,74 +180,79 @@ class VolumeGenerator:
                 slice and batch size 1 (slow; for the benchmark's ratio). Same volume up to float rounding.
             progress: optional ``progress(done, total)`` callback, outside the maths.
         """
-        if chunk_size < 1:
-            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-        self.sampler.num_inference_steps = int(num_inference_steps)
-        self.sampler.eta = float(eta)
-        self.sampler.guidance_scale = float(guidance_scale)
+        settings = SamplingSettings(sampler, int(num_inference_steps), float(eta), float(guidance_scale))
         xray = xray.to(self.device, torch.float32)
         depths = slice_depths(slices).to(self.device)
-        chunk = 1 if per_slice_conditions else int(chunk_size)
-        total_steps = math.ceil(slices / chunk) * int(num_inference_steps)
         timings = {"conditions": 0.0, "sampling": 0.0, "decoding": 0.0}
         start = time.perf_counter()
-
         with _timer(timings, "conditions", self.device):
             conditions = self.condition_encoder(xray)
-        generator = torch.Generator(device=self.device).manual_seed(int(seed))
-        shape = conditions.latent_shape
-        if shared_noise:
-            noise = torch.randn((1, *shape), generator=generator, device=self.device).expand(slices, *shape)
-        else:
-            noise = torch.randn((slices, *shape), generator=generator, device=self.device)
-
-        done = 0
-        images = []
-        for index in _chunks(slices, chunk):
-            if per_slice_conditions and index.start > 0:
-                with _timer(timings, "conditions", self.device):
-                    conditions = self.condition_encoder(xray)
-            with _timer(timings, "sampling", self.device):
-                latents = self._denoise(conditions, noise[index], depths[index], generator, progress, done,
-                                        total_steps)
-            done += int(num_inference_steps)
-            with _timer(timings, "decoding", self.device):
-                images.append(self._decode(latents))
-        _sync(self.device)
+        refresh = (lambda: self.condition_encoder(xray)) if per_slice_conditions else None
+        volume = self.sample_depths(conditions, depths, settings, seed, 1 if per_slice_conditions else chunk_size,
+                                    shared_noise, progress, timings, refresh)
         timings["total"] = time.perf_counter() - start
         timings["per_slice"] = timings["total"] / slices
-        volume = torch.cat(images).permute(1, 2, 0).contiguous()
         kl = None if conditions.kl_probs is None else [float(v) for v in conditions.kl_probs[0].cpu()]
         return GenerationResult(
             volume=volume, depths=depths.cpu(), seed=int(seed), timings=timings,
-            num_inference_steps=int(num_inference_steps), eta=float(eta), guidance_scale=float(guidance_scale),
+            num_inference_steps=settings.steps, eta=settings.eta, guidance_scale=settings.guidance_scale,
             shared_noise=shared_noise, per_slice_conditions=per_slice_conditions, kl_probs=kl,
+            sampler=settings.sampler,
         )
 
-    def _denoise(
+    @torch.inference_mode()
+    def sample_depths(
         self,
         conditions: XrayConditions,
-        noise: torch.Tensor,
-        depth: torch.Tensor,
-        generator: torch.Generator,
-        progress: ProgressFn | None,
-        done: int,
-        total: int,
+        depths: torch.Tensor,
+        settings: SamplingSettings = DEFAULT_SAMPLING,
+        seed: int = 0,
+        chunk_size: int = 16,
+        shared_noise: bool = True,
+        progress: ProgressFn | None = None,
+        timings: dict[str, float] | None = None,
+        refresh: Callable[[], XrayConditions] | None = None,
     ) -> torch.Tensor:
-        """DDIM for one chunk of depths; returns latents in diffusion space (B, C, h, w)."""
-        callback = None
-        if progress is not None:
-            def callback(index: int, _steps: int, _t: int) -> None:
-                progress(done + index + 1, total)
-        with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
-            latents = self.sampler(self.unet, noise, conditions.model_kwargs(depth), generator=generator,
-                                   callback=callback)
-        return latents.float()
+        """Volume (H, W, n) float32 on CPU in [-1, 1] at ``depths`` (n,) in [0, 1] for one crop's ``conditions``.
 
-    def _decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """D(z / scale) -> grey slices (B, H, W) float32 on CPU in [-1, 1]."""
-        images = self.autoencoder.decode(latents / self.scale_factor)
-        return images.float().mean(dim=1).clamp(-1.0, 1.0).cpu()
+        The seeded initial noise (one shared by all depths, Algorithm 2, or one per depth), then the sampler
+        over chunks of ``chunk_size`` depths, then decoding. ``timings`` (when given) accumulates the seconds
+        of sampling and decoding; ``refresh`` recomputes the conditions before every chunk after the first
+        (the paper's per-slice Algorithm 2).
+        """
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        timings = {"conditions": 0.0, "sampling": 0.0, "decoding": 0.0} if timings is None else timings
+        sampler = self.sampler(settings)
+        depths = torch.as_tensor(depths, dtype=torch.float32).to(self.device)
+        count = int(depths.shape[0])
+        generator = torch.Generator(device=self.device).manual_seed(int(seed))
+        shape = conditions.latent_shape
+        if shared_noise:
+            noise = torch.randn((1, *shape), generator=generator, device=self.device).expand(count, *shape)
+        else:
+            noise = torch.randn((count, *shape), generator=generator, device=self.device)
+        total_steps = math.ceil(count / chunk_size) * settings.steps
+        images = []
+        for number, index in enumerate(_chunks(count, chunk_size)):
+            if refresh is not None and index.start > 0:
+                with _timer(timings, "conditions", self.device):
+                    conditions = refresh()
+            callback = None
+            if progress is not None:
+                done = number * settings.steps
+
+                def callback(step: int, _steps: int, _t: int, done: int = done) -> None:
+                    progress(done + step + 1, total_steps)
+            with _timer(timings, "sampling", self.device), torch.autocast(
+                self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None
+            ):
+                latents = sampler(self.unet, noise[index], conditions.model_kwargs(depths[index]),
+                                  generator=generator, callback=callback)
+            with _timer(timings, "decoding", self.device):
+                images.append(decode_slices(self.autoencoder, latents.float(), self.scale_factor).cpu())
+        _sync(self.device)
+        return torch.cat(images).permute(1, 2, 0).contiguous()
 
 
 def _chunks(total: int, size: int) -> Iterator[slice]:
@@ -390,14 +415,14 @@ def load_pipeline(
     scale = diffusion.get("scale_factor")
     if scale is None:
         raise KeyError(f"checkpoint {diffusion_path} has no 'scale_factor' (the latent scale used in training)")
-    scheduler = build_ddim_scheduler(
-        int(config.get("num_train_timesteps", 1000)),
-        **dict(config.get("noise_schedule") or {}),
-        prediction_type=str(config.get("prediction_type", "epsilon")),
-    )
     intensity = IntensityDistribution() if flags["use_intensity"] else None
     encoder = ConditionEncoder(autoencoder, xray_encoder, classifier, intensity)
-    generator = VolumeGenerator(unet, autoencoder, encoder, DDIMSampler(scheduler), float(scale), device)
+    generator = VolumeGenerator(
+        unet, autoencoder, encoder, float(scale), device,
+        num_train_timesteps=int(config.get("num_train_timesteps", 1000)),
+        noise_schedule=dict(config.get("noise_schedule") or {}),
+        prediction_type=str(config.get("prediction_type", "epsilon")),
+    )
     generator.profile = profile
     generator.checkpoints = {
         str(path.relative_to(folder)) if path.is_relative_to(folder) else str(path): sha256_file(path)

@@ -26,7 +26,7 @@ IntensityFn = Callable[[torch.Tensor], torch.Tensor]
 
 @dataclass(frozen=True)
 class XrayConditions:
-    """Depth-independent conditions of one X-ray crop (all tensors have batch size 1)."""
+    """Depth-independent conditions of X-ray crops (batch size 1 for one crop broadcast over depths, or B)."""
 
     xray_latent: torch.Tensor
     context: torch.Tensor | None
@@ -43,7 +43,8 @@ class XrayConditions:
     def model_kwargs(self, depth: torch.Tensor) -> dict[str, torch.Tensor | None]:
         """Keyword arguments of the UNet for a batch of depths (B,) in [0, 1].
 
-        The conditions are broadcast with ``expand`` (views, no copies, no recomputation).
+        Conditions of one crop are broadcast with ``expand`` (views, no copies, no recomputation); conditions of
+        B crops pair with the B depths.
         """
         batch = depth.shape[0]
 
@@ -90,11 +91,11 @@ class ConditionEncoder:
 
     @torch.inference_mode()
     def __call__(self, xray: torch.Tensor) -> XrayConditions:
-        """Encode one crop ``xray`` (1, H, W) or (1, 1, H, W) float in [-1, 1] (already on the networks' device)."""
+        """Encode crops ``xray`` (1, H, W) or (B, 1, H, W) float in [-1, 1] (already on the networks' device)."""
         if xray.ndim == 3:
             xray = xray.unsqueeze(0)
-        if xray.ndim != 4 or xray.shape[:2] != (1, 1):
-            raise ValueError(f"expected one grey crop (1, 1, H, W), got shape {tuple(xray.shape)}")
+        if xray.ndim != 4 or xray.shape[1] != 1:
+            raise ValueError(f"expected grey crops (B, 1, H, W), got shape {tuple(xray.shape)}")
         latent, _ = self.autoencoder.encode(xray.expand(-1, self.in_channels, -1, -1))
         context = None if self.xray_encoder is None else self.xray_encoder(xray)
         p_map = kl_probs = None
@@ -103,5 +104,5 @@ class ConditionEncoder:
             kl_probs = torch.softmax(logits.float(), dim=1)
         i_map = None
         if self.intensity_fn is not None:
-            i_map = torch.as_tensor(self.intensity_fn(xray[0])).to(xray.device, xray.dtype).unsqueeze(0)
+            i_map = torch.stack([torch.as_tensor(self.intensity_fn(crop)) for crop in xray]).to(xray.device, xray.dtype)
         return XrayConditions(xray_latent=latent, context=context, p_map=p_map, i_map=i_map, kl_probs=kl_probs)

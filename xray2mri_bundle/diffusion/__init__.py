@@ -1,0 +1,25 @@
+"""The diffusion core below training and inference: conditions of an X-ray, solvers, the sampling loop, decoding.
+
+- ``conditions``: ``ConditionEncoder`` (X-ray crop -> E1 latent, E2 context, p map, i map), ``XrayConditions``;
+- ``solvers``: DDIM (MONAI) and DPM-Solver++ 2M / UniPC (diffusers) behind one ``Solver`` interface;
+- ``sampler``: ``DiffusionSampler``, the one reverse-process loop with classifier-free guidance;
+- ``latents``: ``decode_slices`` (D(z / scale)).
+"""
+
+from .conditions import ConditionEncoder, XrayConditions
+from .latents import decode_slices
+from .sampler import DEFAULT_SAMPLING, DiffusionSampler, SamplingSettings
+from .solvers import SAMPLERS, build_ddim_scheduler, build_solver, uniform_ddim_timesteps
+
+__all__ = [
+    "DEFAULT_SAMPLING",
+    "SAMPLERS",
+    "ConditionEncoder",
+    "DiffusionSampler",
+    "SamplingSettings",
+    "XrayConditions",
+    "build_ddim_scheduler",
+    "build_solver",
+    "decode_slices",
+    "uniform_ddim_timesteps",
+]
