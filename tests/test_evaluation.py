@@ -208,6 +208,11 @@ def test_diffusion_method_matches_volume_generator_and_reuses_conditions(knees: 
     assert strip.depths[0] == pytest.approx(24 / 49) and strip.depths[-1] == pytest.approx(25 / 49)
     assert method.condition_calls == 1  # the sweep and the strip reused the knee's conditions (same key)
 
+    solver = DiffusionMethod("full", generator, steps=3, chunk_size=2, sampler="dpmpp_2m")
+    multistep = solver(knee["xray"], torch.linspace(0, 1, 4), knee_id=knee_key(knee), seed=7)
+    expected = generator(knee["xray"], slices=4, num_inference_steps=3, seed=7, sampler="dpmpp_2m").volume
+    assert torch.allclose(multistep, expected, atol=1e-5)
+
 
 # ------------------------------------------------------------------------------------------ figures, report
 

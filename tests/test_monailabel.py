@@ -261,6 +261,9 @@ def test_infer_with_the_monailabel_client(server: Server, tmp_path: Path) -> Non
     check_volume(img)
     assert params["side"] == "LEFT" and params["steps"] == STEPS and params["seed"] == 7
     assert "not for diagnosis" in params["disclaimer"]
+    # the solver is a request setting like the others, and the result names it
+    _, multistep = client.infer(MODEL, "", {"side": "left", "sampler": "dpmpp_2m"}, file=str(dicom))
+    assert multistep["sampler"] == "dpmpp_2m" and params["sampler"] == "ddim"
 
 
 def test_infer_with_plain_http_returns_nifti(server: Server, tmp_path: Path) -> None:
@@ -356,8 +359,9 @@ def test_no_request_leaves_anything_behind_and_only_study_ids_are_read(server: S
         ("huge.dcm", b"\0" * int((MAX_UPLOAD_MB + 0.5) * 2**20), {}, 413, "max_upload_mb"),
         ("film.png", None, {"steps": 0}, 400, "steps"),
         ("film.png", None, {"side": "middle"}, 400, "side"),
+        ("film.png", None, {"sampler": "euler"}, 400, "sampler"),
     ],
-    ids=["not-an-image", "empty", "oversized", "bad-steps", "bad-side"],
+    ids=["not-an-image", "empty", "oversized", "bad-steps", "bad-side", "bad-sampler"],
 )
 def test_bad_uploads_get_4xx_with_a_message_and_the_server_keeps_serving(
     server: Server, tmp_path: Path, name: str, content: bytes | None, params: dict, status: int, message: str

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from xray2mri_bundle.inference.settings import LIMITS, check_number
+from xray2mri_bundle.diffusion import DEFAULT_SAMPLING
+from xray2mri_bundle.inference.settings import LIMITS, check_number, check_sampler
 
 __all__ = ["LIMITS", "SIDES", "AppSettings", "GenerationParams", "parse_generation_params"]
 
@@ -20,18 +21,19 @@ __all__ = ["LIMITS", "SIDES", "AppSettings", "GenerationParams", "parse_generati
 SIDES: tuple[str, ...] = ("auto", "right", "left")
 @dataclass(frozen=True)
 class GenerationParams:
-    """Sampling settings of one request: DDIM ``steps``, number of ``slices`` (depths), noise ``seed``,
-    classifier-free ``guidance_scale`` (1 = none) and the knee ``side`` of the film."""
+    """Sampling settings of one request: the ``sampler`` (solver) and its ``steps``, number of ``slices``
+    (depths), noise ``seed``, classifier-free ``guidance_scale`` (1 = none) and the knee ``side`` of the film."""
 
-    steps: int = 50
+    steps: int = DEFAULT_SAMPLING.steps
     slices: int = 50
     seed: int = 0
-    guidance_scale: float = 1.0
+    guidance_scale: float = DEFAULT_SAMPLING.guidance_scale
     side: str = "auto"
+    sampler: str = DEFAULT_SAMPLING.sampler
 
     def as_config(self) -> dict[str, Any]:
         """The infer task's user-editable config (shown by viewers, sent back with each request)."""
-        return {"steps": self.steps, "slices": self.slices, "seed": self.seed,
+        return {"sampler": self.sampler, "steps": self.steps, "slices": self.slices, "seed": self.seed,
                 "guidance_scale": self.guidance_scale, "side": self.side}
 
 
@@ -50,6 +52,7 @@ def parse_generation_params(values: Mapping[str, Any], defaults: GenerationParam
         seed=int(check_number("seed", values.get("seed", base.seed), int)),
         guidance_scale=float(check_number("guidance_scale", values.get("guidance_scale", base.guidance_scale), float)),
         side=side,
+        sampler=check_sampler(values.get("sampler", base.sampler)),
     )
 
 

@@ -54,7 +54,7 @@ class CheckUploadd:
 
 
 class CheckRequestd:
-    """Parse the request's sampling settings (steps, slices, seed, guidance_scale, side) into
+    """Parse the request's sampling settings (sampler, steps, slices, seed, guidance_scale, side) into
     ``data["generation"]`` (:class:`GenerationParams`); a bad value is an HTTP 400 naming it."""
 
     def __init__(self, defaults: GenerationParams) -> None:

@@ -16,6 +16,7 @@ with the same per-knee seeds. Outputs are synthetic research images, not for dia
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import shlex
@@ -30,6 +31,7 @@ from typing import Any
 import torch
 
 from xray2mri_bundle.data.datasets import build_knee_dataset
+from xray2mri_bundle.diffusion import DEFAULT_SAMPLING, SAMPLERS
 from xray2mri_bundle.inference.generator import resolve_model_dir
 from xray2mri_bundle.networks.profiles import PROFILES
 
@@ -59,7 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", default=DEFAULT_METHODS, help=f"comma-separated (default {DEFAULT_METHODS})")
     p.add_argument("--max-knees", type=int, default=0, help="validation knees, spread over KL grades (0 = all)")
     p.add_argument("--max-train-knees", type=int, default=0, help="training knees for the baselines (0 = all)")
-    p.add_argument("--steps", type=int, default=50, help="DDIM steps (default 50)")
+    p.add_argument("--sampler", default=DEFAULT_SAMPLING.sampler, choices=sorted(SAMPLERS),
+                   help=f"solver of the diffusion methods (default {DEFAULT_SAMPLING.sampler})")
+    p.add_argument("--steps", type=int, default=DEFAULT_SAMPLING.steps,
+                   help=f"solver steps (default {DEFAULT_SAMPLING.steps})")
     p.add_argument("--slices", type=int, default=0,
                    help="compare this many evenly spaced real slices of the 50 (0 = all 50)")
     p.add_argument("--guidance-scale", type=float, default=1.0, help="classifier-free guidance (1 = none)")
@@ -220,7 +225,8 @@ def run_evaluation(args: argparse.Namespace, argv: Sequence[str] = ()) -> Evalua
         try:
             method = build_method(name, args.model_dir, train, device=device, steps=args.steps, eta=args.eta,
                                   guidance_scale=args.guidance_scale, chunk_size=args.chunk_size,
-                                  nearest_metric=args.nearest_metric, profile=profile, image_size=size, knn=args.knn)
+                                  nearest_metric=args.nearest_metric, profile=profile, image_size=size, knn=args.knn,
+                                  sampler=args.sampler)
         except (FileNotFoundError, ValueError, KeyError, RuntimeError) as err:
             if args.strict:
                 raise
@@ -274,15 +280,17 @@ def _studies(run: EvaluationRun, method: Any, val: Sequence[Any], counts: Sequen
     """Fig. 6 (depth sweep) and Table 2 (interpolation) with the sweep method, on the first knees."""
     name = getattr(method, "name", "method")
     knees = [val[i] for i in range(min(max(args.sweep_knees, 1), len(val)))]
-    if args.sweep_steps and hasattr(method, "steps"):
-        method.steps = int(args.sweep_steps)  # the evaluation of this method is over; only the studies follow
-    steps = getattr(method, "steps", None)
+    settings = getattr(method, "settings", None)
+    if args.sweep_steps and settings is not None:  # the evaluation of this method is over; only the studies follow
+        method.settings = settings = dataclasses.replace(settings, steps=int(args.sweep_steps))
+    steps = None if settings is None else settings.steps
     if counts:
         result = depth_sweep(method, knees, counts, seed=args.seed, progress=logger.info)
         write_sweep(result, run.out / "depth_sweep.csv")
         run.figures["sweep"] = figures.depth_sweep_plot(result.generated, result.real_mean,
                                                         run.out / "figures" / "fig6_adjacent_corr_vs_depths.png")
-        run.notes.append(f"Fig. 6 uses `{name}` ({steps} DDIM steps) on {len(knees)} knee(s): "
+        solver = getattr(settings, "sampler", "")
+        run.notes.append(f"Fig. 6 uses `{name}` ({steps} {solver} steps) on {len(knees)} knee(s): "
                          f"{', '.join(result.knees)}; depths {', '.join(map(str, counts))}.")
     if args.interp_frames > 0:
         interp = interpolation(method, knees[0], frames=args.interp_frames, seed=args.seed)
@@ -308,8 +316,9 @@ def _write_outputs(
     settings = {
         "model folder": f"`{args.model_dir}` (profile `{profile}`)", "datalist": datalist,
         "validation knees": len({(r['subject'], r['side']) for r in rows}),
-        "compared slices": args.slices or 50, "DDIM steps": args.steps, "guidance scale": args.guidance_scale,
-        "eta": args.eta, "image size": size, "device": str(device), "seed": args.seed,
+        "compared slices": args.slices or 50, "sampler": args.sampler, "steps": args.steps,
+        "guidance scale": args.guidance_scale, "eta": args.eta, "image size": size, "device": str(device),
+        "seed": args.seed,
         "nearest_xray / knn_xray feature": f"preprocessed X-ray crop, area-downsampled to 32 x 32, "
                                            f"{args.nearest_metric} distance; knn_xray averages {args.knn}",
         "samples": f"diffusion methods scored on 1 sample and on the mean of {args.samples} (`<name>_mean"

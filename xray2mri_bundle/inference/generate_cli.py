@@ -26,6 +26,7 @@ import torch
 
 from xray2mri_bundle.data.atomic import temp_dir
 from xray2mri_bundle.data.frame import FRAME_MM
+from xray2mri_bundle.diffusion import DEFAULT_SAMPLING, SAMPLERS
 
 from .acceleration import accelerate
 from .generator import (
@@ -36,7 +37,7 @@ from .generator import (
     slice_spacing_mm,
 )
 from .knees import KneeInput, prepare_knees
-from .settings import FORMATS, check_formats, check_number, check_positive_mm
+from .settings import FORMATS, check_formats, check_number, check_positive_mm, check_sampler
 
 __all__ = [
     "FORMATS",
@@ -209,6 +210,7 @@ def write_knee_outputs(
             "weights": generator.weights,
             "checkpoints_sha256": dict(generator.checkpoints),
             "seed": result.seed,
+            "sampler": result.sampler,
             "steps": result.num_inference_steps,
             "eta": result.eta,
             "guidance_scale": result.guidance_scale,
@@ -269,9 +271,9 @@ def run_batch(
     output_dir: str | os.PathLike,
     generator: VolumeGenerator,
     slices: int = REFERENCE_SLICES,
-    num_inference_steps: int = 50,
-    eta: float = 0.0,
-    guidance_scale: float = 1.0,
+    num_inference_steps: int = DEFAULT_SAMPLING.steps,
+    eta: float = DEFAULT_SAMPLING.eta,
+    guidance_scale: float = DEFAULT_SAMPLING.guidance_scale,
     seed: int = 0,
     side: str = "both",
     chunk_size: int = 16,
@@ -285,6 +287,7 @@ def run_batch(
     reference_mri: str | os.PathLike | None = None,
     raise_on_failure: bool = False,
     log: Callable[[str], None] | None = print,
+    sampler: str = DEFAULT_SAMPLING.sampler,
 ) -> BatchReport:
     """Generate a volume per knee of every X-ray in ``xrays`` into ``output_dir/<name>[_<side>]/``.
 
@@ -298,6 +301,7 @@ def run_batch(
     if side_key not in _SIDES:
         raise ValueError(f"side must be left, right or both, got {side!r}")
     formats = check_formats(formats)
+    sampler = check_sampler(sampler, eta)
     paths = require_inputs(xrays)
     names = output_names(paths)
     used_labels: set[str] = set()  # knee folders written in this run: two knees never share one
@@ -339,7 +343,7 @@ def run_batch(
                     result = generator(
                         knee.crop, slices=slices, num_inference_steps=num_inference_steps, eta=eta,
                         guidance_scale=guidance_scale, seed=seed, chunk_size=chunk_size, shared_noise=shared_noise,
-                        per_slice_conditions=per_slice_conditions, progress=update,
+                        per_slice_conditions=per_slice_conditions, progress=update, sampler=sampler,
                     )
                 finally:
                     bar.close()
@@ -374,6 +378,7 @@ def check_settings(args: argparse.Namespace) -> None:
     check_number("seed", args.seed, int)
     check_number("eta", args.eta, float)
     check_number("guidance_scale", args.guidance_scale, float)
+    args.sampler = check_sampler(args.sampler, args.eta)
     check_positive_mm("--fov-mm", args.fov_mm)
     check_positive_mm("--png-spacing-mm", args.png_spacing_mm)
     args.formats = check_formats(args.formats)
@@ -420,8 +425,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-o", "--output-dir", required=True, help="output folder (one sub-folder per knee)")
     parser.add_argument("--slices", type=int, default=REFERENCE_SLICES,
                         help="depths to generate, evenly spaced over the 50 training slices (>50 interpolates)")
-    parser.add_argument("--steps", type=int, default=50, help="DDIM steps (default 50)")
-    parser.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0 = deterministic)")
+    parser.add_argument("--sampler", default=DEFAULT_SAMPLING.sampler,
+                        help=f"solver: {'; '.join(f'{k}: {v}' for k, v in SAMPLERS.items())} "
+                        f"(default {DEFAULT_SAMPLING.sampler})")
+    parser.add_argument("--steps", type=int, default=DEFAULT_SAMPLING.steps,
+                        help=f"solver steps (default {DEFAULT_SAMPLING.steps})")
+    parser.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0 = deterministic; ddim only)")
     parser.add_argument("--guidance-scale", type=float, default=1.0,
                         help="classifier-free guidance scale (1 = conditional model only; >1 doubles the batch)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the initial noise")
@@ -495,7 +504,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             chunk_size=args.chunk_size, shared_noise=not args.independent_noise,
             per_slice_conditions=args.per_slice_conditions, formats=args.formats,
             fov_mm=args.fov_mm, png_spacing_mm=args.png_spacing_mm, overwrite=args.overwrite,
-            progress=not args.no_progress, reference_mri=args.reference_mri,
+            progress=not args.no_progress, reference_mri=args.reference_mri, sampler=args.sampler,
         )
     except ValueError as exc:  # settings, or an unusable --reference-mri (the message names the file)
         print(f"error: {exc}", file=sys.stderr)

@@ -40,7 +40,7 @@ logger = logging.getLogger(__name__)
 class XrayToMRIInfer(BasicInferTask):
     """Generate a pseudo-MRI volume (H, W, S) from an uploaded knee X-ray (``InferType.OTHERS``).
 
-    Request keys (all optional, defaults from the app's ``--conf``): ``steps``, ``slices``, ``seed``,
+    Request keys (all optional, defaults from the app's ``--conf``): ``sampler``, ``steps``, ``slices``, ``seed``,
     ``guidance_scale``, ``side`` ("auto", "right", "left"). The device is the server's (``--conf device``,
     checked at start-up): a request's ``device`` is ignored, so no request can pick a bogus device or make the
     server load another copy of the networks. The networks are loaded on first use (one pipeline, the served
@@ -116,7 +116,7 @@ class XrayToMRIInfer(BasicInferTask):
         generator = self.pipeline(device)
         result = generator(
             data["xray"], slices=params.slices, num_inference_steps=params.steps, seed=params.seed,
-            guidance_scale=params.guidance_scale,
+            guidance_scale=params.guidance_scale, sampler=params.sampler,
         )
         if str(device).startswith("cuda"):
             torch.cuda.empty_cache()
@@ -150,6 +150,7 @@ class XrayToMRIInfer(BasicInferTask):
             "shape": [height, width, slices],
             "pixel_spacing_mm": list(spacing),
             "slice_spacing_mm": thickness,
+            "sampler": result.sampler,
             "steps": result.num_inference_steps,
             "slices": slices,
             "seed": result.seed,
