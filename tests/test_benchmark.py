@@ -13,6 +13,7 @@ import pytest
 
 from xray2mri_bundle import benchmark, benchmark_report
 from xray2mri_bundle.benchmark_tools import attention_sdpa
+from xray2mri_bundle.diffusion import DEFAULT_SAMPLING, SamplingSettings
 
 
 def _positive(value: object) -> bool:
@@ -52,6 +53,12 @@ def test_quick_writes_json_and_markdown(quick_report: tuple[Path, dict]) -> None
                                              "bf16_autocast"}
     assert all(_positive(row["speedup"]) for row in tiny["unet"]["speedups"].values())
     assert "compile" not in tiny and "steps_quality" not in tiny  # --quick skips them
+    user = tiny["user_path"]  # the path `xray2mri generate` runs: an X-ray file to files on disk
+    assert ("ddim_50" in user) == (DEFAULT_SAMPLING != SamplingSettings("ddim", 50))  # today's path beside it
+    for value in (user["default"]["seconds"], user["default"]["sampling_s"], user["default"]["decoding_s"],
+                  user["default"]["preprocessing_s"]):
+        assert _positive(value), value
+    assert user["default"]["seconds"] >= user["default"]["sampling_s"] + user["default"]["decoding_s"]
 
 
 def test_markdown_has_targets_and_machine(quick_report: tuple[Path, dict]) -> None:

@@ -36,6 +36,7 @@ import contextlib
 import json
 import math
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -62,6 +63,8 @@ from xray2mri_bundle.benchmark_tools import (
     reset_peak_memory,
     sync,
 )
+from xray2mri_bundle.diffusion import DEFAULT_SAMPLING, SamplingSettings
+from xray2mri_bundle.inference.acceleration import accelerate
 
 __all__ = ["cost_model", "main", "run_benchmark"]
 
@@ -198,6 +201,80 @@ def _timings(result: Any) -> dict[str, float]:
     t = result.timings
     return {"seconds": t["total"], "conditions_s": t["conditions"], "sampling_s": t["sampling"],
             "decoding_s": t["decoding"]}
+
+
+def find_xray_file(datalist: Path | None, dataset_dir: Path | None, scratch: Path) -> tuple[Path, str]:
+    """An X-ray FILE for the user path: the first validation knee's film of the datalist / cohort, else the film
+    of a one-subject synthetic cohort made in ``scratch`` (seconds). Returns (path, description)."""
+    from xray2mri_bundle.engines.datalist import load_datalist
+
+    with contextlib.suppress(Exception):
+        if (datalist is not None and datalist.is_file()) or (dataset_dir is not None and
+                                                              (dataset_dir / "contents.csv").is_file()):
+            data = load_datalist(dataset_dir, datalist, seed=0, val_fraction=0.3)
+            record = (data.get("validation") or data["training"])[0]
+            return Path(record["xray"]), f"validation knee {record.get('subject')} {record.get('side')}"
+    from xray2mri_bundle.cohort.generate import make_cohort
+
+    make_cohort(scratch / "cohort", knees=2, seed=0, mri_matrix=64)
+    film = sorted(p for p in (scratch / "cohort").rglob("*") if p.is_file() and p.parent.name.isdigit()
+                  and "0.E.1" in p.parts)[0]
+    return film, "film of a one-subject synthetic cohort (seed 0)"
+
+
+def measure_user_path(generator: Any, xray_file: Path, slices: int, settings: dict[str, Any], repeats: int,
+                      load_s: float | None, scratch: Path) -> dict:
+    """What ``xray2mri generate`` runs, in this process: ``generate_cli.run_batch`` on an X-ray FILE with the
+    loaded + ``accelerate()``-d pipeline (the CLI's defaults: fp32, no compile), every output format written to
+    disk. One entry per named ``SamplingSettings``, timed in turns (A B A B ...) after a warm-up, best of
+    ``repeats``; the breakdown comes from the sidecar's timings, ``writing_s`` is the rest of the wall time.
+    ``load_s``: the time of ``load_pipeline`` + ``accelerate`` (None for a random-init pipeline)."""
+    from xray2mri_bundle.inference.generate_cli import run_batch
+
+    def once(name: str, value: Any, folder: Path) -> dict:
+        start = time.perf_counter()
+        report = run_batch([xray_file], folder, generator, slices=slices, num_inference_steps=value.steps,
+                           eta=value.eta, guidance_scale=value.guidance_scale, sampler=value.sampler,
+                           side="right", overwrite=True, progress=False, log=None, raise_on_failure=True)
+        wall = time.perf_counter() - start
+        sidecar = report.outputs[0]["sidecar"]
+        t = sidecar["timings_s"]
+        parts = {k: float(t.get(k, 0.0)) for k in ("preprocessing", "conditions", "sampling", "decoding")}
+        return {"seconds": wall, **{f"{k}_s": v for k, v in parts.items()},
+                "writing_s": max(wall - float(t.get("total", 0.0)) - parts["preprocessing"], 0.0)}
+
+    for name, value in settings.items():  # warm-up: first calls pay allocator and import costs
+        once(name, type(value)(value.sampler, 1, value.eta, value.guidance_scale), scratch / "warm")
+    runs: dict[str, list[dict]] = {name: [] for name in settings}
+    for _ in range(max(1, repeats)):
+        for name, value in settings.items():
+            runs[name].append(once(name, value, scratch / name))
+    out: dict[str, Any] = {"input": str(xray_file), "slices": slices, "load_pipeline_s": load_s,
+                           "repeats": max(1, repeats), "threads": torch.get_num_threads()}
+    for name, value in settings.items():
+        best = min(runs[name], key=lambda r: r["seconds"])
+        out[name] = {**best, "sampler": value.sampler, "steps": value.steps, "guidance_scale": value.guidance_scale,
+                     "all_s": [r["seconds"] for r in runs[name]]}
+    return out
+
+
+def measure_cli_process(model_dir: Path, profile: str, xray_file: Path, slices: int, flags: Sequence[str],
+                        scratch: Path) -> dict:
+    """``xray2mri generate`` as its own process, as the README demo runs it: interpreter start, imports, model
+    load and generation, wall time (s) of the whole command; plus what the command printed as its total."""
+    import subprocess
+
+    command = [sys.executable, "-m", "xray2mri_bundle.cli", "generate", str(xray_file), "-o", str(scratch / "cli"),
+               "--model-dir", str(model_dir), "--profile", profile, "--slices", str(slices), "--side", "right",
+               "--overwrite", "--no-progress", *flags]
+    start = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    wall = time.perf_counter() - start
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed ({done.returncode}): {done.stderr.strip()[-400:]}")
+    sidecar = json.loads(next((scratch / "cli").glob("*/generation.json")).read_text())
+    return {"seconds": wall, "generation_s": float(sidecar["timings_s"]["total"]), "flags": list(flags),
+            "threads_env": os.environ.get("OMP_NUM_THREADS")}
 
 
 def measure_volume(generator: Any, xray: torch.Tensor, slices: int, steps: int, repeats: int,
@@ -565,7 +642,10 @@ def benchmark_profile(profile: str, args: argparse.Namespace, device: torch.devi
     section: dict[str, Any] = {}
     run["profiles"][profile] = section
     dtype = DTYPES[args.amp]
+    start = time.perf_counter()
     generator, weights = build_generator(profile, args.model_dir, device)
+    accelerate(generator)  # what `xray2mri generate` applies, at its defaults (fp32, no compile)
+    load_s = time.perf_counter() - start if weights.startswith("trained") else None
     size = int(generator.image_size or _image_size(profile))
     latent_shape = list(generator.condition_encoder(torch.zeros(1, size, size, device=device)).latent_shape)
     knee = load_validation_knee(args.datalist, args.dataset_dir, size) if not args.quick else None
@@ -575,6 +655,29 @@ def benchmark_profile(profile: str, args: argparse.Namespace, device: torch.devi
     flops = unet_flops(profile)
     section["unet_gflop_per_forward"] = flops / 1e9
     s, steps = args.slices, args.steps
+
+    # the path users run first: an X-ray file -> run_batch -> files on disk, at the defaults and at DDIM-50
+    scratch = Path(tempfile.mkdtemp(prefix="xray2mri-bench-"))
+    try:
+        film, film_note = find_xray_file(args.datalist, args.dataset_dir, scratch)
+        reference = SamplingSettings("ddim", 50)
+        settings = {"default": DEFAULT_SAMPLING, **({} if reference == DEFAULT_SAMPLING else {"ddim_50": reference})}
+        user = _step(f"{profile} user path", lambda: measure_user_path(generator, film, s, settings, args.repeats,
+                                                                        load_s, scratch), run, section, "user_path",
+                     save)
+        if user:
+            user["input_note"] = film_note
+            if "ddim_50" in user:
+                user["speedup_default_vs_ddim_50"] = user["ddim_50"]["seconds"] / user["default"]["seconds"]
+            save()
+        if weights.startswith("trained") and args.cli_process:
+            folder = args.model_dir
+            _step(f"{profile} xray2mri generate process", lambda: {
+                name: measure_cli_process(folder, profile, film, s, ["--sampler", v.sampler, "--steps", str(v.steps)],
+                                          scratch / name) for name, v in settings.items()}, run, section,
+                  "cli_process", save)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
     volume = _step(f"{profile} volume", lambda: measure_volume(generator, xray, s, steps, args.repeats, dtype),
                    run, section, "volume", save)
@@ -649,6 +752,8 @@ def _parser() -> argparse.ArgumentParser:
     add("--volume-variants", action=argparse.BooleanOptionalAction, default=None,
         help="whole volumes in fp32 / bf16 / bf16+SDPA (default: on CUDA)")
     add("--train", action=argparse.BooleanOptionalAction, default=True)
+    add("--cli-process", action=argparse.BooleanOptionalAction, default=True,
+        help="also time `xray2mri generate` as its own process (needs trained weights)")
     add("--train-batch", type=int, default=None, help="default: the profile's diffusion_batch_size")
     add("--ingest", action=argparse.BooleanOptionalAction, default=None, help="default: on the CPU")
     add("--ingest-knees", type=int, default=6)

@@ -13,6 +13,8 @@ __all__ = ["TARGETS", "render_markdown", "target_rows"]
 
 #: (profile, device type of the run, what is measured, required value, comparison)
 TARGETS: tuple[tuple[str, str, str, float, str], ...] = (
+    ("small", "cpu", "`xray2mri generate` path, 50-slice volume at the defaults, X-ray file to files (s)", 3.0, "<="),
+    ("small", "cpu", "`xray2mri generate` path: defaults vs DDIM-50 (x faster)", 4.0, ">="),
     ("small", "cpu", "50-slice volume, 50 DDIM steps (s)", 20.0, "<="),
     ("small", "cpu", "optimised path vs Algorithm 2 as written (x faster)", 5.0, ">="),
     ("small", "cpu", "training throughput (slices/s)", 30.0, ">="),
@@ -59,6 +61,13 @@ def _best_bf16_volume(section: dict) -> tuple[float | None, str]:
 
 def _measured(profile: str, what: str, section: dict) -> tuple[float | None, str]:
     """The figure a target compares, from one profile section, with a short note."""
+    user = section.get("user_path")
+    if what.startswith("`xray2mri generate` path,") and _ok(user):
+        d = user["default"]
+        return d["seconds"], f"{d['sampler']} {d['steps']} steps, {user['slices']} slices, {user['threads']} threads"
+    if what.startswith("`xray2mri generate` path:") and _ok(user) and "speedup_default_vs_ddim_50" in user:
+        return user["speedup_default_vs_ddim_50"], (f"{_num(user['ddim_50']['seconds'])} s -> "
+                                                    f"{_num(user['default']['seconds'])} s, same run")
     if what.startswith("50-slice") and profile == "paper":
         return _best_bf16_volume(section)
     if what.startswith("50-slice") and _ok(section.get("volume")):
@@ -134,6 +143,26 @@ def _profile_tables(label: str, profile: str, s: dict) -> list[str]:
            f"{s.get('latent_shape')}, autocast: {s.get('amp')}.", ""]
     vol, alg2 = s.get("volume"), s.get("algorithm2")
     out += ["| measurement | value |", "| --- | --- |"]
+    user = s.get("user_path")
+    if _ok(user):
+        for name in ("default", "ddim_50"):
+            if name not in user:
+                continue
+            u = user[name]
+            out.append(f"| `xray2mri generate` path ({name}: {u['sampler']}, {u['steps']} steps), X-ray file -> "
+                       f"{user['slices']} slices -> NIfTI/DICOM/PNG/JSON on disk (best of {user['repeats']}) | "
+                       f"**{_num(u['seconds'])} s** (preprocessing {_num(u['preprocessing_s'])}, conditions "
+                       f"{_num(u['conditions_s'])}, sampling {_num(u['sampling_s'])}, decoding "
+                       f"{_num(u['decoding_s'])}, writing {_num(u['writing_s'])}) |")
+        if user.get("load_pipeline_s") is not None:
+            out.append(f"| `load_pipeline` + `accelerate()` (once per process) | {_num(user['load_pipeline_s'])} s |")
+        if "speedup_default_vs_ddim_50" in user:
+            out.append(f"| defaults vs DDIM-50 on that path | **{_num(user['speedup_default_vs_ddim_50'])}x** |")
+    cli = s.get("cli_process")
+    if _ok(cli):
+        for c in cli.values():
+            out.append(f"| `xray2mri generate {' '.join(c['flags'])}` as its own process (start, imports, load, "
+                       f"generate, write) | {_num(c['seconds'])} s (generation {_num(c['generation_s'])} s) |")
     if _ok(vol):
         out.append(f"| volume: {vol['slices']} slices x {vol['steps']} DDIM steps, optimised path (best of "
                    f"{vol['repeats']}) | **{_num(vol['seconds'])} s** (conditions {_num(vol['conditions_s'])}, "
@@ -176,8 +205,8 @@ def _profile_tables(label: str, profile: str, s: dict) -> list[str]:
                    f"{_num(train['unet_encoder_slices_per_s'])} slices/s"
                    + ("" if cached else f" (PrepareBatch alone {_num(train['prepare_batch_s'])} s)") + " |")
         out.append(f"| peak memory while training | {_peak(train.get('peak_memory_mib'))} |")
-    for key in ("volume", "algorithm2", "unet", "training", "chunks", "compile", "steps_quality",
-                "volume_variants"):
+    for key in ("user_path", "cli_process", "volume", "algorithm2", "unet", "training", "chunks", "compile",
+                "steps_quality", "volume_variants"):
         if _error(s.get(key)):
             out.append(f"| {key} | failed: {_error(s[key])} |")
     out.append("")
