@@ -54,7 +54,7 @@ def test_quick_writes_json_and_markdown(quick_report: tuple[Path, dict]) -> None
     assert all(_positive(row["speedup"]) for row in tiny["unet"]["speedups"].values())
     assert "compile" not in tiny and "steps_quality" not in tiny  # --quick skips them
     user = tiny["user_path"]  # the path `xray2mri generate` runs: an X-ray file to files on disk
-    assert ("ddim_50" in user) == (DEFAULT_SAMPLING != SamplingSettings("ddim", 50))  # today's path beside it
+    assert ("ddim_50" in user) == (SamplingSettings("ddim", 50) != DEFAULT_SAMPLING)  # today's path beside it
     for value in (user["default"]["seconds"], user["default"]["sampling_s"], user["default"]["decoding_s"],
                   user["default"]["preprocessing_s"]):
         assert _positive(value), value
