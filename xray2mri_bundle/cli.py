@@ -17,6 +17,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "preview": ("xray2mri_bundle.data.preview", "PNG of one datalist entry: film, crop box, crop, MRI slices"),
     "train": ("xray2mri_bundle.engines.train_cli", "run the bundle's training (all stages) for a profile"),
     "generate": ("xray2mri_bundle.inference.generate_cli", "generate pseudo-MRI volumes from X-rays"),
+    "export": ("xray2mri_bundle.inference.export", "export the trained UNet with torch.export (.pt2), checked"),
     "evaluate": ("xray2mri_bundle.evaluation.evaluate_cli", "evaluate methods on the validation split"),
     "benchmark": ("xray2mri_bundle.benchmark", "measure speed and memory (writes docs/performance.md)"),
     "demo": ("xray2mri_bundle.demo", "the main job: cohort -> train or shipped weights -> generate -> evaluate"),
