@@ -42,6 +42,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid  # noqa: E402
 
 from xray2mri_bundle import networks  # noqa: E402
 from xray2mri_bundle.data.dicom_utils import save_dataset  # noqa: E402
+from xray2mri_bundle.diffusion import DEFAULT_SAMPLING  # noqa: E402
 from xray2mri_bundle.engines.checkpoints import atomic_save, make_final_checkpoint  # noqa: E402
 from xray2mri_bundle.inference.generator import slice_spacing_mm  # noqa: E402
 
@@ -263,7 +264,7 @@ def test_infer_with_the_monailabel_client(server: Server, tmp_path: Path) -> Non
     assert "not for diagnosis" in params["disclaimer"]
     # the solver is a request setting like the others, and the result names it
     _, multistep = client.infer(MODEL, "", {"side": "left", "sampler": "dpmpp_2m"}, file=str(dicom))
-    assert multistep["sampler"] == "dpmpp_2m" and params["sampler"] == "ddim"
+    assert multistep["sampler"] == "dpmpp_2m" and params["sampler"] == DEFAULT_SAMPLING.sampler
 
 
 def test_infer_with_plain_http_returns_nifti(server: Server, tmp_path: Path) -> None:

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from xray2mri_bundle.cohort.generate import make_cohort
+from xray2mri_bundle.diffusion import DEFAULT_SAMPLING
 from xray2mri_bundle.engines.datalist import load_datalist
 from xray2mri_bundle.evaluation import evaluate_cli
 from xray2mri_bundle.inference import generate_cli
@@ -83,9 +84,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=ROOT / "outputs" / "demo", help="where results go")
     p.add_argument("--retrain", action="store_true", help="train all three stages from scratch first (~2 h on CPU)")
     p.add_argument("--generate", type=int, default=2, help="held-out X-rays to generate volumes from (default 2)")
-    p.add_argument("--steps", type=int, default=50, help="DDIM steps for generation (default 50)")
+    p.add_argument("--sampler", default=DEFAULT_SAMPLING.sampler, help="solver for generation and evaluation "
+                   f"(default {DEFAULT_SAMPLING.sampler}; ddim is the paper's)")
+    p.add_argument("--steps", type=int, default=DEFAULT_SAMPLING.steps,
+                   help=f"solver steps for generation (default {DEFAULT_SAMPLING.steps})")
     p.add_argument("--eval-knees", type=int, default=8, help="validation knees to evaluate (default 8; 0 = all)")
-    p.add_argument("--eval-steps", type=int, default=20, help="DDIM steps in the evaluation (default 20)")
+    p.add_argument("--eval-steps", type=int, default=DEFAULT_SAMPLING.steps,
+                   help=f"solver steps in the evaluation (default {DEFAULT_SAMPLING.steps})")
     p.add_argument("--eval-samples", type=int, default=2,
                    help="diffusion methods are also scored as the mean of this many samples (default 2; the "
                         "results page uses 4)")
@@ -104,14 +109,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     for knee in knees:
         failed += generate_cli.main([
             knee["xray"], "-o", str(generated), "--model-dir", str(model_dir), "--profile", "small",
-            "--side", knee["side"].lower(), "--steps", str(args.steps), "--device", args.device, "--overwrite",
+            "--side", knee["side"].lower(), "--sampler", args.sampler, "--steps", str(args.steps),
+            "--device", args.device, "--overwrite",
         ]) != 0
 
     evaluation = args.out / "eval"
-    _say(f"evaluate: {args.eval_knees or 'all'} validation knees, {args.eval_steps} DDIM steps -> {evaluation}")
+    _say(f"evaluate: {args.eval_knees or 'all'} validation knees, {args.sampler} at {args.eval_steps} steps "
+         f"-> {evaluation}")
     eval_rc = evaluate_cli.main([
         "--model-dir", str(model_dir), "--dataset-dir", str(cohort), "--out", str(evaluation),
-        "--max-knees", str(args.eval_knees), "--steps", str(args.eval_steps), "--device", args.device,
+        "--max-knees", str(args.eval_knees), "--sampler", args.sampler, "--steps", str(args.eval_steps),
+        "--device", args.device,
         "--sweep-depths", "30,50,100,200", "--sweep-steps", "10", "--samples", str(args.eval_samples),
         "--methods", DEMO_METHODS, "--slices", "25",
     ])

@@ -39,6 +39,8 @@ from typing import Any, Literal
 
 import torch
 
+from xray2mri_bundle.diffusion import DEFAULT_SAMPLING, SamplingSettings
+
 from .baselines import MeanVolume, NearestXray, OracleKnee
 
 __all__ = [
@@ -190,11 +192,9 @@ class DiffusionMethod:
     """
 
     def __init__(
-        self, name: str, generator: Any, steps: int = 50, eta: float = 0.0, guidance_scale: float = 1.0,
-        chunk_size: int = 16, cache_size: int = 4, sampler: str = "ddim",
+        self, name: str, generator: Any, steps: int = DEFAULT_SAMPLING.steps, eta: float = 0.0,
+        guidance_scale: float = 1.0, chunk_size: int = 16, cache_size: int = 4, sampler: str = DEFAULT_SAMPLING.sampler,
     ) -> None:
-        from xray2mri_bundle.diffusion import SamplingSettings
-
         self.name = name
         self.generator = generator
         self.settings = SamplingSettings(sampler, int(steps), float(eta), float(guidance_scale))
@@ -244,9 +244,9 @@ LoadFn = Callable[..., Any]
 
 
 def build_diffusion(
-    name: str, model_dir: str | os.PathLike, device: torch.device | str = "cpu", steps: int = 50,
+    name: str, model_dir: str | os.PathLike, device: torch.device | str = "cpu", steps: int = DEFAULT_SAMPLING.steps,
     eta: float = 0.0, guidance_scale: float = 1.0, chunk_size: int = 16, load_fn: LoadFn | None = None,
-    profile: str | None = None, image_size: int | None = None, sampler: str = "ddim",
+    profile: str | None = None, image_size: int | None = None, sampler: str = DEFAULT_SAMPLING.sampler,
 ) -> DiffusionMethod:
     """Load a diffusion method's pipeline with ``inference.load_pipeline`` (or ``load_fn``, same signature).
 
@@ -288,9 +288,10 @@ def build_baseline(
 
 def build_method(
     name: str, model_dir: str | os.PathLike | None = None, training: Sequence[Mapping[str, Any]] = (),
-    device: torch.device | str = "cpu", steps: int = 50, eta: float = 0.0, guidance_scale: float = 1.0,
-    chunk_size: int = 16, nearest_metric: Literal["l2", "cosine"] = "l2", load_fn: LoadFn | None = None,
-    profile: str | None = None, image_size: int | None = None, knn: int = 5, sampler: str = "ddim",
+    device: torch.device | str = "cpu", steps: int = DEFAULT_SAMPLING.steps, eta: float = 0.0,
+    guidance_scale: float = 1.0, chunk_size: int = 16, nearest_metric: Literal["l2", "cosine"] = "l2",
+    load_fn: LoadFn | None = None, profile: str | None = None, image_size: int | None = None, knn: int = 5,
+    sampler: str = DEFAULT_SAMPLING.sampler,
 ) -> DiffusionMethod | MeanVolume | NearestXray | OracleKnee:
     """Any registered method by name (see ``METHODS``); baselines are fitted on ``training`` knees."""
     spec = METHODS[parse_methods([name])[0]]

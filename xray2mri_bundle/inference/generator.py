@@ -142,6 +142,9 @@ class VolumeGenerator:
         self.checkpoints: dict[str, str] = {}
         self.weights: str = "model"
         self.image_size: int | None = None
+        #: latents decoded together: the decoder's 128-256 px activations run faster in small batches on a CPU
+        #: (50 slices at 16 per batch: 1.1 s, in one batch: 1.5 s, small profile, one thread); same slices
+        self.decode_batch: int = 16
         # opt-in speed-ups (``inference.acceleration.accelerate``): UNet autocast dtype, what was switched on
         self.autocast_dtype: torch.dtype | None = None
         self.acceleration: dict[str, object] = {"precision": "fp32", "fast_attention_blocks": 0, "compile": False}
@@ -250,7 +253,8 @@ class VolumeGenerator:
                 latents = sampler(self.unet, noise[index], conditions.model_kwargs(depths[index]),
                                   generator=generator, callback=callback)
             with _timer(timings, "decoding", self.device):
-                images.append(decode_slices(self.autoencoder, latents.float(), self.scale_factor).cpu())
+                for part in latents.float().split(self.decode_batch):
+                    images.append(decode_slices(self.autoencoder, part, self.scale_factor).cpu())
         _sync(self.device)
         return torch.cat(images).permute(1, 2, 0).contiguous()
 
@@ -429,6 +433,7 @@ def load_pipeline(
         for path in paths.values()
     }
     generator.weights = unet_key
+    generator.sampler(DEFAULT_SAMPLING)  # the default solver's imports (diffusers) at load time, not per volume
     generator.image_size = int(config.get("image_size") or networks.get_profile(profile)["image_size"])
     logger.info("loaded the %s pipeline from %s (%s weights, scale factor %.4f)", profile, folder, unet_key, scale)
     return generator
