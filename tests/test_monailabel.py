@@ -407,3 +407,35 @@ print("OK")
     proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=REQUEST_TIMEOUT_S)
     assert proc.returncode == 0 and proc.stdout.strip().endswith("OK"), proc.stdout[-3000:] + proc.stderr[-6000:]
+
+
+def test_the_generic_monaibundle_task_cannot_serve_this_bundle(caplog: pytest.LogCaptureFixture) -> None:
+    """MONAI Label's generic ``BundleInferTask`` (the ``monaibundle`` app) looks for ONE ``models/model.pt`` or
+    ``model.ts`` and a preprocessing -> inferer -> postprocessing chain; generation needs four networks and a
+    sampling loop, so the generic task refuses the bundle and the bundle's own app (above) serves it, as
+    configs/metadata.json and docs/monailabel.md say. The generic task imports ``torchvision.utils`` for its
+    post transforms; PyPI's torchvision cannot load beside the CPU torch here, so a stand-in module is given."""
+    import types
+
+    root = Path(__file__).resolve().parents[1]
+    stand_in = types.ModuleType("torchvision")
+    stand_in.__path__ = []
+    utils = types.ModuleType("torchvision.utils")
+    utils.make_grid = utils.save_image = lambda *args, **kwargs: None
+    saved = {name: sys.modules.get(name) for name in ("torchvision", "torchvision.utils")}
+    sys.modules.update({"torchvision": stand_in, "torchvision.utils": utils})
+    try:
+        from monailabel.tasks.infer.bundle import BundleInferTask
+
+        with caplog.at_level("WARNING"):
+            task = BundleInferTask(str(root), {})
+        assert not task.is_valid()
+        assert "neither model.pt nor model.ts exists" in caplog.text
+    finally:
+        for name, module in saved.items():
+            if module is None:
+                sys.modules.pop(name, None)
+            else:
+                sys.modules[name] = module
+    meta = json.loads((root / "configs" / "metadata.json").read_text())
+    assert "monailabel_app" in meta["monai_label"]["app"] and "monaibundle" in meta["monai_label"]["generic_app"]
