@@ -3,6 +3,10 @@
 Everything is measured in ONE process, so every ratio compares figures taken on the same machine under the
 same load. Per profile (``small`` on a CPU, ``paper`` on a GPU, ``tiny`` for ``--quick``):
 
+- the path users run (first): ``generate_cli.run_batch`` on an X-ray FILE with the pipeline ``load_pipeline`` +
+  ``accelerate()`` give, at the defaults (``diffusion.DEFAULT_SAMPLING``) and at DDIM-50, timed in turns, every
+  output format written to disk, with the breakdown (preprocessing, conditions, sampling, decoding, writing); and
+  ``xray2mri generate`` as its own process (interpreter start, imports, model load), as the README demo runs it;
 - seconds per volume: 50 slices, 50 DDIM steps, the optimised path (conditions once per X-ray, all depths in
   one batch, ``torch.inference_mode``), and the paper's Algorithm 2 as written (conditions recomputed for
   every slice, batch 1); the latter on ``--alg2-slices`` slices and scaled linearly to the volume;

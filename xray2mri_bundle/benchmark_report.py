@@ -381,6 +381,11 @@ def render_markdown(report: dict) -> str:
                     f"{_num(run.get('peak_rss_mib_process_lifetime'))} MiB.{other}", ""]
     out += _cost_model(report)
     out += ["## Method", "",
+            "- The `xray2mri generate` path is `generate_cli.run_batch` on an X-ray file with the loaded pipeline "
+            "(`load_pipeline` + `accelerate()` at the CLI's defaults), all four output formats written, the default "
+            "sampler and DDIM-50 timed in turns (A B A B) after a warm-up, best of the repeats; its breakdown comes "
+            "from the sidecar. The whole-process figure adds interpreter start, imports and model loading (one run "
+            "each): that is what a single `xray2mri generate` call in the README demo costs.",
             "- Timings are wall-clock seconds between device synchronisations; a figure is the best of the run's "
             "repeats after a warm-up. A speed-up is timed baseline, variant, baseline again (the better baseline "
             "counts), so a slow spell of a shared machine is not read as a speed-up (runs from before this "
