@@ -111,3 +111,14 @@ def test_gpu_check_script_runs_unchanged_on_a_cpu(tmp_path: Path) -> None:
     assert report["sampling"] == {"sampler": DEFAULT_SAMPLING.sampler, "steps": DEFAULT_SAMPLING.steps}
     assert _positive(report["volume_50"]["seconds"]) and report["volume_12"]["slices"] == 12
     assert _positive(report["training"]["slices_per_s"]) and "skipped" in report["nccl_allreduce_2proc"]
+
+
+def test_rewriting_the_page_keeps_blocks_other_scripts_wrote(quick_report: tuple[Path, dict]) -> None:
+    """scripts/sampler_steps.py owns a marked block of performance.md; the benchmark's rewrite keeps it."""
+    out, _ = quick_report
+    page = out / "performance.md"
+    block = "<!-- sampler-steps:start -->\nthe equal-quality table\n<!-- sampler-steps:end -->"
+    page.write_text(page.read_text() + "\n" + block + "\n")
+    assert benchmark.main(["--render-only", "--out-dir", str(out)]) == 0
+    text = page.read_text()
+    assert text.count(block) == 1 and text.startswith("# Performance")

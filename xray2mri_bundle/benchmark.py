@@ -608,7 +608,16 @@ def _save(report: dict, out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     text = json.dumps(_plain(report), indent=2, allow_nan=False)
     (out_dir / "performance.json").write_text(text + "\n")
-    (out_dir / "performance.md").write_text(render_markdown(report))
+    page = out_dir / "performance.md"
+    kept = _marked_blocks(page.read_text()) if page.is_file() else []  # written by other scripts (sampler_steps)
+    page.write_text("\n\n".join([render_markdown(report).rstrip(), *kept]) + "\n")
+
+
+def _marked_blocks(text: str) -> list[str]:
+    """The ``<!-- name:start --> ... <!-- name:end -->`` blocks of a page, in order (other scripts own them)."""
+    import re
+
+    return [m.group(0) for m in re.finditer(r"<!-- ([\w-]+):start -->.*?<!-- \1:end -->", text, flags=re.S)]
 
 
 def _plain(value: object) -> object:
