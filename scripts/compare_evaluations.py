@@ -55,11 +55,13 @@ def compare(a: tuple[str, Path], b: tuple[str, Path], methods: Sequence[str]) ->
     return rows, bootstrap_differences(rows, labels, metrics=METRICS)
 
 
-def render(rows: list[dict], boot: dict, a: tuple[str, Path], b: tuple[str, Path], methods: Sequence[str]) -> str:
+def render(rows: list[dict], boot: dict, a: tuple[str, Path], b: tuple[str, Path], methods: Sequence[str],
+           title: str = "Comparison of two runs") -> str:
     names = list(dict.fromkeys(r["method"] for r in rows))
     knees = len({(r["subject"], r["side"]) for r in rows})
-    lines = [START, "", f"Paired over {knees} knees (same knees, seeds and settings): `{a[1]}` (`{a[0]}`) against "
-             f"`{b[1]}` (`{b[0]}`); references from the second run. Medians over knees.", "",
+    lines = [START, "", f"## {title}", "",
+             f"Paired over {knees} knees (same knees, seeds and settings): `{a[1]}` (`{a[0]}`) against `{b[1]}` "
+             f"(`{b[0]}`); references from the second run. Medians over knees.", "",
              "| method | " + " | ".join(METRICS) + " |", "|---|" + "---|" * len(METRICS)]
     for name in names:
         lines.append(f"| `{name}` | " + " | ".join(f"{_median(rows, name, m):.4g}" for m in METRICS) + " |")
@@ -68,6 +70,9 @@ def render(rows: list[dict], boot: dict, a: tuple[str, Path], b: tuple[str, Path
     for method in methods:
         mine = f"{method}@{b[0]}"
         for other, cells in boot.get(mine, {}).items():
+            base = other.partition("@")[0]
+            if "@" in other and base != method or other.startswith(f"{method}@{b[0]}"):
+                continue  # the same method in the other run, and the references; not the other compared methods
             row = [f"{cells[m]['median']:+.4f} [{cells[m]['low']:+.4f}, {cells[m]['high']:+.4f}]" if m in cells
                    else "-" for m in METRICS]
             lines.append(f"| `{mine}` - `{other}` | " + " | ".join(row) + " |")
@@ -81,11 +86,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--b", required=True, help="NAME=DIR of the second evaluation")
     parser.add_argument("--method", default="full", help="comma-separated methods to compare (default full)")
     parser.add_argument("--doc", type=Path, default=None, help="replace the marked block of this page")
+    parser.add_argument("--title", default="Comparison of two runs", help="heading of the block")
     args = parser.parse_args(argv)
     a, b = _named(args.a), _named(args.b)
     methods = [m.strip() for m in args.method.split(",") if m.strip()]
     rows, boot = compare(a, b, methods)
-    text = render(rows, boot, a, b, methods)
+    text = render(rows, boot, a, b, methods, args.title)
     print(text)
     if args.doc is not None:
         replace_block(args.doc, text)
