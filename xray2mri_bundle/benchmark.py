@@ -195,10 +195,11 @@ def load_validation_knee(datalist: Path | None, dataset_dir: Path | None, size: 
 
 # ------------------------------------------------------------------------------------------------ measurements
 def _volume_once(generator: Any, xray: torch.Tensor, slices: int, steps: int, chunk: int,
-                 per_slice: bool = False, dtype: torch.dtype | None = None) -> Any:
+                 per_slice: bool = False, dtype: torch.dtype | None = None, sampler: str = "ddim") -> Any:
+    """One volume; the component figures are DDIM's (the paper's sampler, comparable across runs)."""
     with amp_context(generator.device, dtype):
         return generator(xray, slices=slices, num_inference_steps=steps, chunk_size=chunk,
-                         per_slice_conditions=per_slice)
+                         per_slice_conditions=per_slice, sampler=sampler)
 
 
 def _timings(result: Any) -> dict[str, float]:
@@ -282,16 +283,21 @@ def measure_cli_process(model_dir: Path, profile: str, xray_file: Path, slices: 
 
 
 def measure_volume(generator: Any, xray: torch.Tensor, slices: int, steps: int, repeats: int,
-                   dtype: torch.dtype | None = None, chunk: int | None = None) -> dict:
+                   dtype: torch.dtype | None = None, chunk: int | None = None, sampler: str = "ddim") -> dict:
     """Optimised path: conditions once, ``chunk`` (default all) depths per UNet batch, inference mode.
-    Best of ``repeats`` after a 2-step warm-up; peak memory of the timed runs."""
+    Best of ``repeats`` after a 2-step warm-up (``warmup_s``: its time, the compile time with torch.compile);
+    peak memory of the timed runs."""
     chunk = chunk or slices
-    _volume_once(generator, xray, slices, 2, chunk, dtype=dtype)
+    start = time.perf_counter()
+    _volume_once(generator, xray, slices, 2, chunk, dtype=dtype, sampler=sampler)
+    warmup = time.perf_counter() - start
     reset_peak_memory(generator.device)
-    runs = [_volume_once(generator, xray, slices, steps, chunk, dtype=dtype) for _ in range(max(1, repeats))]
+    runs = [_volume_once(generator, xray, slices, steps, chunk, dtype=dtype, sampler=sampler)
+            for _ in range(max(1, repeats))]
     best = min(runs, key=lambda r: r.timings["total"])
-    return {**_timings(best), "slices": slices, "steps": steps, "chunk_size": chunk, "repeats": len(runs),
-            "all_s": [r.timings["total"] for r in runs], "peak_memory_mib": peak_memory_mib(generator.device)}
+    return {**_timings(best), "slices": slices, "steps": steps, "sampler": sampler, "chunk_size": chunk,
+            "repeats": len(runs), "warmup_s": warmup, "all_s": [r.timings["total"] for r in runs],
+            "peak_memory_mib": peak_memory_mib(generator.device)}
 
 
 def measure_algorithm2(generator: Any, xray: torch.Tensor, slices: int, measured_slices: int, steps: int,
