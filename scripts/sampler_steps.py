@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -38,7 +37,7 @@ import torch
 from doc_blocks import replace_block  # scripts/doc_blocks.py (scripts/ is on sys.path)
 
 from xray2mri_bundle.data import build_knee_dataset
-from xray2mri_bundle.data.atomic import temp_file
+from xray2mri_bundle.data.atomic import write_bytes_atomic
 from xray2mri_bundle.diffusion import SAMPLERS
 from xray2mri_bundle.engines.datalist import load_datalist
 from xray2mri_bundle.evaluation.evaluator import KneeRecorder, build_evaluator, select_knees
@@ -52,13 +51,6 @@ FIGURE = ROOT / "docs" / "images" / "sampler_steps.png"
 START, END = "<!-- sampler-steps:start -->", "<!-- sampler-steps:end -->"
 METRICS = ("psnr", "ssim", "rssim", "adjacent_corr")
 REFERENCE, REPEAT = "ddim_50", "ddim_50_seed1"
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` through a temporary file in the same folder (a killed run never leaves half a file)."""
-    tmp = temp_file(path.parent, prefix=f".{path.name}.")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def settings_to_run(steps: Sequence[int]) -> list[tuple[str, str, int, int]]:
@@ -81,7 +73,7 @@ def run_setting(generator, knees, label: str, sampler: str, steps: int, seed: in
     rows = [{k: v for k, v in row.items() if k in ("subject", "side", "method", *METRICS)} for row in recorder.rows]
     for row in rows:
         row["seconds"] = (time.perf_counter() - start) / max(len(rows), 1)
-    write_text_atomic(path, json.dumps(rows))
+    write_bytes_atomic(path, json.dumps(rows).encode())
     return rows
 
 
@@ -203,13 +195,13 @@ def main(argv: Sequence[str] | None = None) -> int:
               "model_dir": args.model_dir, "weights": generator.weights, "device": args.device,
               "threads": torch.get_num_threads(), "steps": steps, "labels": labels, "rows": rows,
               "decision": decide(rows, labels)}
-    write_text_atomic(out / "sampler_steps.json", json.dumps(report, indent=1))
+    write_bytes_atomic(out / "sampler_steps.json", json.dumps(report, indent=1).encode())
     print(json.dumps({k: report["decision"][k] for k in ("recommended", "matching", "noise_band")}, indent=1))
     if not args.no_docs:
         plot(rows, steps, report["decision"]["noise_band"], FIGURE)
         replace_block(DOC, render(report))
-        write_text_atomic(ROOT / "docs" / "sampler_steps.json",
-                          json.dumps({k: v for k, v in report.items() if k != "rows"}, indent=1))
+        write_bytes_atomic(ROOT / "docs" / "sampler_steps.json",
+                           json.dumps({k: v for k, v in report.items() if k != "rows"}, indent=1).encode())
     return 0
 
 

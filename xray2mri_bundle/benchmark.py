@@ -236,7 +236,7 @@ def measure_user_path(generator: Any, xray_file: Path, slices: int, settings: di
     ``load_s``: the time of ``load_pipeline`` + ``accelerate`` (None for a random-init pipeline)."""
     from xray2mri_bundle.inference.generate_cli import run_batch
 
-    def once(name: str, value: Any, folder: Path) -> dict:
+    def once(value: Any, folder: Path) -> dict:
         start = time.perf_counter()
         report = run_batch([xray_file], folder, generator, slices=slices, num_inference_steps=value.steps,
                            eta=value.eta, guidance_scale=value.guidance_scale, sampler=value.sampler,
@@ -248,12 +248,12 @@ def measure_user_path(generator: Any, xray_file: Path, slices: int, settings: di
         return {"seconds": wall, **{f"{k}_s": v for k, v in parts.items()},
                 "writing_s": max(wall - float(t.get("total", 0.0)) - parts["preprocessing"], 0.0)}
 
-    for name, value in settings.items():  # warm-up: first calls pay allocator and import costs
-        once(name, type(value)(value.sampler, 1, value.eta, value.guidance_scale), scratch / "warm")
+    for value in settings.values():  # warm-up: first calls pay allocator and import costs
+        once(type(value)(value.sampler, 1, value.eta, value.guidance_scale), scratch / "warm")
     runs: dict[str, list[dict]] = {name: [] for name in settings}
     for _ in range(max(1, repeats)):
         for name, value in settings.items():
-            runs[name].append(once(name, value, scratch / name))
+            runs[name].append(once(value, scratch / name))
     out: dict[str, Any] = {"input": str(xray_file), "slices": slices, "load_pipeline_s": load_s,
                            "repeats": max(1, repeats), "threads": torch.get_num_threads()}
     for name, value in settings.items():

@@ -7,12 +7,13 @@ minus the process umask: 0644 / 0755 with the common umask 022), without touchin
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["temp_dir", "temp_file"]
+__all__ = ["temp_dir", "temp_file", "write_bytes_atomic"]
 
 _ATTEMPTS = 100
 
@@ -38,3 +39,22 @@ def temp_file(folder: str | os.PathLike, prefix: str = ".", suffix: str = ".tmp"
 def temp_dir(folder: str | os.PathLike, prefix: str = ".", suffix: str = ".tmp") -> Path:
     """A new empty folder in ``folder`` (mode 0777 minus the umask); the caller renames it."""
     return _create(folder, prefix, suffix, lambda name: os.mkdir(name, 0o777))
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` through a temporary file in the same folder, fsync, then ``os.replace``: a
+    crash leaves the old file or the new one, never half of either."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_file(path.parent, prefix=f".{path.name}.")
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return path

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .solvers import SAMPLERS, Solver, build_solver
+from .solvers import Solver, build_solver, check_sampler
 
 __all__ = ["DEFAULT_SAMPLING", "DiffusionSampler", "SamplingSettings", "StepCallback"]
 
@@ -32,8 +32,7 @@ class SamplingSettings:
     guidance_scale: float = 1.0
 
     def __post_init__(self) -> None:
-        if self.sampler not in SAMPLERS:
-            raise ValueError(f"unknown sampler {self.sampler!r}; choose from {', '.join(SAMPLERS)}")
+        check_sampler(self.sampler, self.eta)
 
 
 #: The default of every entry point (``xray2mri generate``, inference.json, the evaluator, MONAI Label, the demo):

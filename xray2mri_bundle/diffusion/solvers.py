@@ -31,6 +31,7 @@ __all__ = [
     "Solver",
     "build_ddim_scheduler",
     "build_solver",
+    "check_sampler",
     "uniform_ddim_timesteps",
 ]
 
@@ -148,6 +149,17 @@ def _diffusers_kwargs(num_train_timesteps: int, noise_schedule: Mapping, predict
     return kwargs
 
 
+def check_sampler(name: object, eta: float = 0.0) -> str:
+    """``name`` as a key of ``SAMPLERS`` (case and spaces ignored); ``ValueError`` for an unknown name, or for
+    eta != 0 with a multistep solver (they are deterministic; eta is a DDIM setting)."""
+    key = str(name).strip().lower()
+    if key not in SAMPLERS:
+        raise ValueError(f"unknown sampler {name!r}; choose from {', '.join(SAMPLERS)}")
+    if key != "ddim" and float(eta) != 0.0:
+        raise ValueError(f"sampler {key} is deterministic: eta must be 0, got {eta} (eta is a DDIM setting)")
+    return key
+
+
 def build_solver(
     name: str = "ddim",
     num_train_timesteps: int = 1000,
@@ -156,14 +168,11 @@ def build_solver(
     eta: float = 0.0,
 ) -> Solver:
     """The solver ``name`` (one of ``SAMPLERS``) for a model trained with this schedule and parametrisation."""
+    name = check_sampler(name, eta)
     noise_schedule = dict(noise_schedule or {})
     if name == "ddim":
         scheduler = build_ddim_scheduler(num_train_timesteps, **noise_schedule, prediction_type=prediction_type)
         return DDIMSolver(scheduler, eta)
-    if name not in SAMPLERS:
-        raise ValueError(f"unknown sampler {name!r}; choose from {', '.join(SAMPLERS)}")
-    if eta != 0:
-        raise ValueError(f"sampler {name} is deterministic: eta must be 0, got {eta} (eta is a DDIM setting)")
     kwargs = _diffusers_kwargs(num_train_timesteps, noise_schedule, prediction_type)
     if name == "dpmpp_2m":
         from diffusers import DPMSolverMultistepScheduler

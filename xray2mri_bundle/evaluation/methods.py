@@ -216,7 +216,6 @@ class DiffusionMethod:
                 self._conditions.popitem(last=False)
         return conditions
 
-    @torch.inference_mode()
     def __call__(
         self, xray: torch.Tensor, depths: torch.Tensor, *, knee_id: str = "", seed: int = 0,
         intensity: torch.Tensor | None = None,

@@ -10,6 +10,8 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
+from xray2mri_bundle.diffusion.solvers import check_sampler
+
 __all__ = ["FORMATS", "LIMITS", "check_formats", "check_number", "check_positive_mm", "check_sampler"]
 
 #: Output formats of a generated knee folder.
@@ -40,18 +42,6 @@ def check_number(name: str, value: Any, kind: type = float) -> int | float:
     if (isinstance(number, float) and not math.isfinite(number)) or not low <= number <= high:
         raise ValueError(f"{name} must be in [{low:g}, {high:g}], got {value!r}")
     return number
-
-
-def check_sampler(name: Any, eta: float = 0.0) -> str:
-    """A sampler name of ``diffusion.SAMPLERS`` (case and spaces ignored); the multistep solvers need eta 0."""
-    from xray2mri_bundle.diffusion import SAMPLERS
-
-    key = str(name).strip().lower()
-    if key not in SAMPLERS:
-        raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, got {name!r}")
-    if key != "ddim" and float(eta) != 0.0:
-        raise ValueError(f"eta must be 0 with sampler {key} (eta is a DDIM setting), got {eta!r}")
-    return key
 
 
 def check_positive_mm(name: str, value: float | None) -> float | None:

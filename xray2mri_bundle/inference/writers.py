@@ -46,7 +46,7 @@ from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
-from xray2mri_bundle.data.atomic import temp_dir, temp_file
+from xray2mri_bundle.data.atomic import temp_dir, write_bytes_atomic
 from xray2mri_bundle.data.dicom_utils import save_dataset
 
 __all__ = [
@@ -119,24 +119,6 @@ def coronal_affine(
 
 
 # ------------------------------------------------------------------------------------------------ atomic I/O
-def _write_bytes_atomic(path: Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_file(path.parent, prefix=f".{path.name}.")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    return path
-
-
 @contextlib.contextmanager
 def _atomic_dir(out_dir: Path, overwrite: bool) -> Iterator[Path]:
     """Yield a temporary folder beside ``out_dir``; on success it becomes ``out_dir``, on failure it is removed."""
@@ -191,7 +173,7 @@ def write_nifti(
     data = img.to_bytes()
     if path.name.endswith(".gz"):
         data = gzip.compress(data, mtime=0)
-    return _write_bytes_atomic(path, data)
+    return write_bytes_atomic(path, data)
 
 
 # ----------------------------------------------------------------------------------------------------- DICOM
@@ -418,7 +400,7 @@ def write_montage_png(
               font=title_font, anchor="md")
     buffer = io.BytesIO()
     canvas.save(buffer, format="PNG")
-    return _write_bytes_atomic(Path(path), buffer.getvalue())
+    return write_bytes_atomic(Path(path), buffer.getvalue())
 
 
 # ------------------------------------------------------------------------------------------------ JSON sidecar
@@ -447,4 +429,4 @@ def write_sidecar_json(path: str | os.PathLike, data: Mapping[str, Any]) -> Path
     numpy / torch values and paths are converted; NaN and infinities become null.
     """
     text = json.dumps(_to_json_types(dict(data)), indent=2, allow_nan=False)
-    return _write_bytes_atomic(Path(path), (text + "\n").encode("utf-8"))
+    return write_bytes_atomic(Path(path), (text + "\n").encode("utf-8"))
