@@ -24,10 +24,10 @@ import torch
 from doc_blocks import replace_block  # scripts/doc_blocks.py (scripts/ is on sys.path)
 from monai.transforms import Compose
 
+from xray2mri_bundle.checkpoint import load_network
 from xray2mri_bundle.data.xray_transforms import xray_transforms
-from xray2mri_bundle.engines.checkpoints import load_weights
 from xray2mri_bundle.engines.datalist import load_datalist
-from xray2mri_bundle.networks import build_classifier, get_profile
+from xray2mri_bundle.networks import get_profile
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "training.md"
 START, END = "<!-- classifier:start -->", "<!-- classifier:end -->"
@@ -39,7 +39,7 @@ def measure(model_dir: Path, dataset_dir: Path, profile: str, split_seed: int = 
     datalist = load_datalist(dataset_dir, None, seed=split_seed, val_fraction=0.3)
     size = int(get_profile(profile)["image_size"])
     chain = Compose(xray_transforms("xray", size=size, intensity_key=None))
-    classifier = load_weights(build_classifier(profile), model_dir / "classifier.pt", freeze=True)
+    classifier = load_network(model_dir / "classifier.pt")
     truth, predicted = [], []
     for record in datalist["validation"]:
         crop = chain({"xray": record["xray"], "side": record["side"]})["xray"]

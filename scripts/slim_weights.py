@@ -4,7 +4,7 @@
         --check-xray data/cohort/<an X-ray> [--dtype float16]
 
 For every ``*.pt`` of ``--models`` writes ``--out/<name>.pt`` through
-``engines.checkpoints.inference_checkpoint`` (training checkpoints never go there). With ``--check-xray`` it
+``xray2mri_bundle.checkpoint.inference_checkpoint`` (training checkpoints never go there). With ``--check-xray`` it
 generates the same volume (same seed, 50 slices) from the full and from the slimmed weights and prints the
 largest absolute difference and the PSNR between them, the tolerance recorded in docs/training.md.
 """
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from xray2mri_bundle.engines.checkpoints import atomic_save, inference_checkpoint, load_final
+from xray2mri_bundle.checkpoint import atomic_save, inference_checkpoint, read_checkpoint
 
 
 def slim(models: Path, out: Path, dtype: torch.dtype) -> dict[str, dict[str, int]]:
@@ -28,7 +28,7 @@ def slim(models: Path, out: Path, dtype: torch.dtype) -> dict[str, dict[str, int
     out.mkdir(parents=True, exist_ok=True)
     for path in sorted(models.glob("*.pt")):
         target = out / path.name
-        atomic_save(inference_checkpoint(load_final(path), dtype), target)
+        atomic_save(inference_checkpoint(read_checkpoint(path), dtype), target)
         sizes[path.name] = {"bytes_before": path.stat().st_size, "bytes_after": target.stat().st_size}
     return sizes
 

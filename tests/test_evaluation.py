@@ -281,14 +281,14 @@ def test_report_says_how_long_the_weights_trained() -> None:
 def save_tiny_models(folder: Path) -> Path:
     """Untrained tiny networks saved like the training's final exports (inference checkpoint layout):
     autoencoder.pt, classifier.pt, diffusion.pt and the two ablations' diffusion_<method>.pt."""
-    from xray2mri_bundle.engines.checkpoints import make_final_checkpoint
+    from xray2mri_bundle.checkpoint import write_checkpoint
     from xray2mri_bundle.networks import build_autoencoder, build_classifier, build_unet, build_xray_encoder
 
     torch.manual_seed(0)
     folder.mkdir(parents=True, exist_ok=True)
-    torch.save(make_final_checkpoint("autoencoder", build_autoencoder("tiny"), profile="tiny"),
-               folder / "autoencoder.pt")
-    torch.save(make_final_checkpoint("classifier", build_classifier("tiny"), profile="tiny"), folder / "classifier.pt")
+    write_checkpoint(folder / "autoencoder.pt", "autoencoder", {"autoencoder": build_autoencoder("tiny")},
+                     profile="tiny")
+    write_checkpoint(folder / "classifier.pt", "classifier", {"classifier": build_classifier("tiny")}, profile="tiny")
     schedule = {"schedule": "scaled_linear_beta", "beta_start": 0.00085, "beta_end": 0.012}
     for name, method in (("diffusion.pt", "full"), ("diffusion_xray_no_guidance.pt", "xray_no_guidance"),
                          ("diffusion_ldm_depth_only.pt", "ldm_depth_only")):
@@ -298,13 +298,10 @@ def save_tiny_models(folder: Path) -> Path:
             for param in unet.parameters():
                 if param.ndim > 1 and not param.any():
                     param.normal_(0.0, 0.05)
-        checkpoint = make_final_checkpoint("diffusion", unet, scale_factor=1.0, profile="tiny",
-                                           config={"flags": {**flags, "use_intensity": flags["use_guidance"]},
-                                                   "xray_encoder": {"kind": "trainable"}, "image_size": SIZE,
+        encoder = build_xray_encoder("tiny") if flags["use_context"] else None
+        write_checkpoint(folder / name, "diffusion", {"unet": unet, "xray_encoder": encoder}, scale_factor=1.0,
+                         profile="tiny", settings={"use_intensity": flags["use_guidance"], "image_size": SIZE,
                                                    "num_train_timesteps": 1000, "noise_schedule": schedule})
-        if flags["use_context"]:
-            checkpoint["xray_encoder"] = build_xray_encoder("tiny").state_dict()
-        torch.save(checkpoint, folder / name)
     return folder
 
 

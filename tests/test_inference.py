@@ -18,10 +18,10 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from xray2mri_bundle import networks
+from xray2mri_bundle.checkpoint import atomic_save, write_checkpoint
 from xray2mri_bundle.data.dicom_utils import save_dataset
 from xray2mri_bundle.diffusion import ConditionEncoder, DiffusionSampler, build_solver
 from xray2mri_bundle.diffusion.solvers import DDIMSolver, build_ddim_scheduler, uniform_ddim_timesteps
-from xray2mri_bundle.engines.checkpoints import atomic_save, make_final_checkpoint
 from xray2mri_bundle.inference import generate_cli, writers
 from xray2mri_bundle.inference.generator import (
     GenerationResult,
@@ -62,9 +62,8 @@ def _randomise_zero_layers(module: torch.nn.Module, seed: int) -> torch.nn.Modul
 
 
 def save_tiny_bundle(folder: Path, ema_offset: float = 0.0) -> dict[str, torch.nn.Module]:
-    """Tiny untrained networks saved in the training export layout (autoencoder/classifier/diffusion.pt)."""
+    """Tiny untrained networks saved by the training's writer (autoencoder/classifier/diffusion.pt)."""
     torch.manual_seed(0)
-    prof = networks.get_profile(PROFILE)
     autoencoder = networks.build_autoencoder(PROFILE)
     classifier = networks.build_classifier(PROFILE)
     unet = _randomise_zero_layers(networks.build_unet(PROFILE), 1)
@@ -73,24 +72,15 @@ def save_tiny_bundle(folder: Path, ema_offset: float = 0.0) -> dict[str, torch.n
     if ema_offset:
         ema = networks.build_unet(PROFILE)
         ema.load_state_dict({k: v + ema_offset if v.is_floating_point() else v for k, v in unet.state_dict().items()})
-    atomic_save(make_final_checkpoint("autoencoder", autoencoder, profile=PROFILE,
-                                      config={"network": prof["autoencoder"], "image_size": SIZE}),
-                folder / "autoencoder.pt")
-    atomic_save(make_final_checkpoint("classifier", classifier, profile=PROFILE,
-                                      config={"network": prof["classifier"], "image_size": SIZE}),
-                folder / "classifier.pt")
-    config = {
-        "network": prof["unet"], "image_size": SIZE, "latent_shape": prof["latent_shape"],
-        "flags": {"use_depth": True, "use_xray_latent": True, "use_context": True, "use_guidance": True,
-                  "use_intensity": True},
-        "xray_encoder": {"kind": "trainable", "network": prof["xray_encoder"]},
-        "num_train_timesteps": 1000,
-        "noise_schedule": {"schedule": "scaled_linear_beta", "beta_start": 0.00085, "beta_end": 0.012},
-        "prediction_type": "epsilon",
-    }
-    atomic_save(make_final_checkpoint("diffusion", unet, ema=ema, scale_factor=0.8, profile=PROFILE, config=config,
-                                      extra_modules={"xray_encoder": encoder, "xray_encoder_ema": encoder}),
-                folder / "diffusion.pt")
+    write_checkpoint(folder / "autoencoder.pt", "autoencoder", {"autoencoder": autoencoder}, profile=PROFILE,
+                     settings={"image_size": SIZE})
+    write_checkpoint(folder / "classifier.pt", "classifier", {"classifier": classifier}, profile=PROFILE,
+                     settings={"image_size": SIZE})
+    settings = {"image_size": SIZE, "use_intensity": True, "num_train_timesteps": 1000,
+                "noise_schedule": {"schedule": "scaled_linear_beta", "beta_start": 0.00085, "beta_end": 0.012},
+                "prediction_type": "epsilon"}
+    write_checkpoint(folder / "diffusion.pt", "diffusion", {"unet": unet, "xray_encoder": encoder},
+                     {"unet": ema, "xray_encoder": encoder}, profile=PROFILE, scale_factor=0.8, settings=settings)
     return {"unet": unet, "ema": ema, "autoencoder": autoencoder}
 
 
@@ -316,16 +306,18 @@ def test_loader_uses_ema_and_records_provenance(tmp_path: Path) -> None:
 
 
 def test_inference_checkpoint_keeps_only_ema_in_half_precision(tmp_path: Path) -> None:
-    from xray2mri_bundle.engines.checkpoints import inference_checkpoint, load_final
+    from xray2mri_bundle.checkpoint import inference_checkpoint, read_checkpoint
 
     full, slim = tmp_path / "full", tmp_path / "slim"
     saved = save_tiny_bundle(full, ema_offset=0.01)
     for name in ("autoencoder.pt", "classifier.pt", "diffusion.pt"):
-        atomic_save(inference_checkpoint(load_final(full / name)), slim / name)
-    diffusion = load_final(slim / "diffusion.pt")
-    assert diffusion["model"] is None and diffusion["xray_encoder"] is None and diffusion["inference_only"]
-    assert {v.dtype for v in diffusion["ema"].values() if v.is_floating_point()} == {torch.float16}
-    assert diffusion["scale_factor"] == 0.8 and diffusion["config"] == load_final(full / "diffusion.pt")["config"]
+        atomic_save(inference_checkpoint(read_checkpoint(full / name)), slim / name)
+    diffusion, original = read_checkpoint(slim / "diffusion.pt"), read_checkpoint(full / "diffusion.pt")
+    unet, encoder = diffusion["networks"]["unet"], diffusion["networks"]["xray_encoder"]
+    assert unet["model"] is None and encoder["model"] is None and diffusion["inference_only"]
+    assert {v.dtype for v in unet["ema"].values() if v.is_floating_point()} == {torch.float16}
+    assert diffusion["weights_dtype"] == "float16" and diffusion["settings"] == original["settings"]
+    assert unet["config"] == original["networks"]["unet"]["config"] and diffusion["scale_factor"] == 0.8
     assert (slim / "diffusion.pt").stat().st_size < 0.3 * (full / "diffusion.pt").stat().st_size
     a, b = load_pipeline(full, PROFILE), load_pipeline(slim, PROFILE)
     assert b.weights == "ema" and next(b.unet.parameters()).dtype == torch.float32

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from xray2mri_bundle.engines.checkpoints import initialise_denoiser, make_final_checkpoint
+from xray2mri_bundle.checkpoint import make_checkpoint
+from xray2mri_bundle.engines.checkpoints import initialise_denoiser
 from xray2mri_bundle.engines.denoiser import XrayDenoiser
 from xray2mri_bundle.networks import build_unet, build_xray_encoder
 from xray2mri_bundle.networks.ldm_import import LDM_PREFIX, ldm_key_map
@@ -44,9 +45,8 @@ def test_an_ldm_checkpoint_initialises_the_unet_with_input_channel_surgery(tmp_p
 def test_a_bundle_export_continues_its_ema_weights(tmp_path: Path) -> None:
     trained = tiny_denoiser(3)
     ema = tiny_denoiser(4)
-    export = make_final_checkpoint("diffusion", trained.unet, ema.unet, 0.5, "tiny",
-                                   extra_modules={"xray_encoder": trained.xray_encoder,
-                                                  "xray_encoder_ema": ema.xray_encoder})
+    export = make_checkpoint("diffusion", {"unet": trained.unet, "xray_encoder": trained.xray_encoder},
+                             {"unet": ema.unet, "xray_encoder": ema.xray_encoder}, profile="tiny", scale_factor=0.5)
     path = tmp_path / "diffusion.pt"
     torch.save(export, path)
     target = initialise_denoiser(tiny_denoiser(5), path)
@@ -66,12 +66,13 @@ def test_the_diffusion_config_wires_init_checkpoint(tmp_path: Path) -> None:
 
     ema = tiny_denoiser(6)
     path = tmp_path / "diffusion.pt"
-    torch.save(make_final_checkpoint("diffusion", ema.unet, ema.unet, 0.5, "tiny",
-                                     extra_modules={"xray_encoder": ema.xray_encoder}), path)
+    torch.save(make_checkpoint("diffusion", {"unet": ema.unet, "xray_encoder": ema.xray_encoder},
+                               {"unet": ema.unet}, profile="tiny", scale_factor=0.5), path)
     root = Path(__file__).resolve().parents[1] / "configs"
     parser = ConfigParser()
-    parser.read_config([str(root / "common.json"), str(root / "train_diffusion.json")])
-    parser.update({"profile": "tiny", "init_checkpoint": str(path), "device": "$torch.device('cpu')",
+    parser.read_config([str(root / "common.json"), str(root / "profiles" / "tiny.json"),
+                        str(root / "train_diffusion.json")])
+    parser.update({"init_checkpoint": str(path), "device": "$torch.device('cpu')",
                    "use_guidance": True})
     network = parser.get_parsed_content("network_raw")
     assert all(torch.equal(v, ema.unet.state_dict()[k]) for k, v in network.unet.state_dict().items())

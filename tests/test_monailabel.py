@@ -41,9 +41,9 @@ from pydicom.dataset import Dataset, FileDataset, FileMetaDataset  # noqa: E402
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid  # noqa: E402
 
 from xray2mri_bundle import networks  # noqa: E402
+from xray2mri_bundle.checkpoint import write_checkpoint  # noqa: E402
 from xray2mri_bundle.data.dicom_utils import save_dataset  # noqa: E402
 from xray2mri_bundle.diffusion import DEFAULT_SAMPLING  # noqa: E402
-from xray2mri_bundle.engines.checkpoints import atomic_save, make_final_checkpoint  # noqa: E402
 from xray2mri_bundle.inference.generator import slice_spacing_mm  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,22 +58,16 @@ REQUEST_TIMEOUT_S = 240.0
 
 # ----------------------------------------------------------------------------------------------------- inputs
 def save_tiny_bundle(folder: Path) -> None:
-    """Untrained tiny networks saved as the three final exports (autoencoder/classifier/diffusion.pt)."""
+    """Untrained tiny networks saved by the training's writer as the three final exports."""
     torch.manual_seed(0)
-    prof = networks.get_profile(PROFILE)
-    size = int(prof["image_size"])
-    encoder = networks.build_xray_encoder(PROFILE)
-    atomic_save(make_final_checkpoint("autoencoder", networks.build_autoencoder(PROFILE), profile=PROFILE,
-                                      config={"network": prof["autoencoder"], "image_size": size}),
-                folder / "autoencoder.pt")
-    atomic_save(make_final_checkpoint("classifier", networks.build_classifier(PROFILE), profile=PROFILE,
-                                      config={"network": prof["classifier"], "image_size": size}),
-                folder / "classifier.pt")
-    config = {"network": prof["unet"], "image_size": size, "xray_encoder": {"kind": "trainable",
-                                                                            "network": prof["xray_encoder"]}}
-    atomic_save(make_final_checkpoint("diffusion", networks.build_unet(PROFILE), scale_factor=0.8, profile=PROFILE,
-                                      config=config, extra_modules={"xray_encoder": encoder}),
-                folder / "diffusion.pt")
+    settings = {"image_size": int(networks.get_profile(PROFILE)["image_size"])}
+    write_checkpoint(folder / "autoencoder.pt", "autoencoder", {"autoencoder": networks.build_autoencoder(PROFILE)},
+                     profile=PROFILE, settings=settings)
+    write_checkpoint(folder / "classifier.pt", "classifier", {"classifier": networks.build_classifier(PROFILE)},
+                     profile=PROFILE, settings=settings)
+    write_checkpoint(folder / "diffusion.pt", "diffusion", {"unet": networks.build_unet(PROFILE),
+                                                            "xray_encoder": networks.build_xray_encoder(PROFILE)},
+                     profile=PROFILE, scale_factor=0.8, settings=settings)
 
 
 def film_pixels(rows: int = 160, cols: int = 320) -> np.ndarray:

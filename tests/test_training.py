@@ -17,7 +17,8 @@ from monai.engines import SupervisedTrainer
 from monai.handlers import CheckpointSaver
 from monai.networks.schedulers import DDPMScheduler
 
-from xray2mri_bundle.engines.checkpoints import atomic_save, interval_checkpoints, make_final_checkpoint
+from xray2mri_bundle.checkpoint import FORMAT_VERSION, atomic_save, make_checkpoint, read_checkpoint
+from xray2mri_bundle.engines.checkpoints import interval_checkpoints
 from xray2mri_bundle.engines.datalist import DatasetNotFoundError, load_datalist
 from xray2mri_bundle.engines.handlers import (
     ComputeScaleFactor,
@@ -251,18 +252,31 @@ def test_a_resumed_run_keeps_as_many_interval_checkpoints_as_a_fresh_one(tmp_pat
     assert [it for it, _ in interval_checkpoints(tmp_path)] == [12, 10]  # the resumed file 6 is gone too
 
 
+def small_net(seed: int = 0) -> torch.nn.Module:
+    """A few-parameter network that records its constructor arguments (what the export writer needs)."""
+    from xray2mri_bundle.networks import XrayEncoder
+
+    torch.manual_seed(seed)
+    return XrayEncoder(channels=[8], embed_dim=8)
+
+
 def test_export_final_checkpoint_layout(tmp_path):
-    model, ema = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+    model, ema, encoder = small_net(0), small_net(1), small_net(2)
     engine = Engine(lambda e, b: None)
     engine.state.iteration, engine.state.epoch = 12, 3
     path = tmp_path / "models" / "diffusion.pt"
-    ExportFinalCheckpoint(path, "diffusion", model, ema, ScaleFactor(0.25), "tiny", {"noise": {"T": 1000}},
-                          extra_modules={"xray_encoder": torch.nn.Linear(1, 1)})(engine)
+    ExportFinalCheckpoint(path, "diffusion", {"unet": model, "xray_encoder": encoder, "absent": None},
+                          {"unet": ema}, ScaleFactor(0.25), "tiny", {"noise": {"T": 1000}})(engine)
     ckpt = torch.load(path, weights_only=True)
-    assert {"model", "ema", "scale_factor", "profile", "config", "xray_encoder"} <= set(ckpt)
+    assert ckpt["format_version"] == FORMAT_VERSION and set(ckpt["networks"]) == {"unet", "xray_encoder"}
     assert ckpt["scale_factor"] == 0.25 and ckpt["profile"] == "tiny" and ckpt["iteration"] == 12
-    assert ckpt["config"] == {"noise": {"T": 1000}}
-    assert make_final_checkpoint("autoencoder", model)["ema"] is None
+    assert ckpt["settings"] == {"noise": {"T": 1000}} and ckpt["networks"]["unet"]["config"] == model.config
+    assert torch.equal(ckpt["networks"]["unet"]["ema"]["head.weight"], ema.head.weight)
+    assert ckpt["networks"]["xray_encoder"]["ema"] is None
+    assert make_checkpoint("autoencoder", {"autoencoder": model})["networks"]["autoencoder"]["ema"] is None
+    with pytest.raises(TypeError, match="register_to_config"):
+        make_checkpoint("autoencoder", {"autoencoder": torch.nn.Linear(2, 2)})
+    assert read_checkpoint(path)["networks"]["unet"]["config"] == model.config
 
 
 def test_atomic_save_leaves_no_temporary_file(tmp_path):
@@ -285,7 +299,7 @@ def test_stage_decisions(tmp_path):
     (ckpts / "checkpoint_iteration=4.pt").write_bytes(b"x")
     assert decide("autoencoder", models, ckpts).action == "resume"
     for stage in ("autoencoder", "classifier", "diffusion"):
-        atomic_save(make_final_checkpoint(stage, torch.nn.Linear(2, 2)), final_checkpoint(models, stage))
+        atomic_save(make_checkpoint(stage, {stage: small_net()}), final_checkpoint(models, stage))
     assert decide("diffusion", models, ckpts).action == "skip"
     assert decide("diffusion", models, ckpts, force=True).action == "retrain"
     later = time.time() + 10
@@ -300,7 +314,7 @@ def test_a_corrupt_final_checkpoint_is_not_a_finished_stage(tmp_path, caplog):
     ckpts.mkdir(parents=True)
     models.mkdir()
     final = final_checkpoint(models, "autoencoder")
-    atomic_save(make_final_checkpoint("autoencoder", torch.nn.Linear(2, 2)), final)
+    atomic_save(make_checkpoint("autoencoder", {"autoencoder": small_net()}), final)
     final.write_bytes(final.read_bytes()[:100])  # truncated, as by a full disk or a copy cut short
     with caplog.at_level("WARNING"):
         decision = decide("autoencoder", models, ckpts)

@@ -23,6 +23,7 @@ import pytest
 import torch
 
 from xray2mri_bundle.engines.checkpoints import interval_checkpoints
+from xray2mri_bundle.networks import build_unet
 
 pytestmark = pytest.mark.slow
 
@@ -106,12 +107,14 @@ def trained(cohort, logging_conf, tmp_path_factory) -> Path:
 def test_all_stages_write_the_inference_checkpoints(trained):
     for stage in STAGES:
         ckpt = torch.load(trained / "models" / f"{stage}.pt", weights_only=True)
-        assert {"model", "ema", "scale_factor", "profile", "config"} <= set(ckpt), stage
+        assert {"format_version", "networks", "scale_factor", "profile", "settings"} <= set(ckpt), stage
         assert ckpt["profile"] == "tiny" and ckpt["stage"] == stage and ckpt["iteration"] == TINY_ITERATIONS
-        assert ckpt["config"]["network"], stage
+        assert all(entry["config"]["_target_"] and entry["model"] for entry in ckpt["networks"].values()), stage
     diffusion = torch.load(trained / "models" / "diffusion.pt", weights_only=True)
-    assert diffusion["scale_factor"] > 0 and diffusion["ema"] and diffusion["xray_encoder_ema"]
-    assert diffusion["config"]["num_train_timesteps"] == 1000
+    unet, encoder = diffusion["networks"]["unet"], diffusion["networks"]["xray_encoder"]
+    assert diffusion["scale_factor"] > 0 and unet["ema"] and encoder["ema"]
+    assert diffusion["settings"]["num_train_timesteps"] == 1000
+    assert unet["config"] == build_unet("tiny").config  # the sizes of configs/profiles/tiny.json
     log = (trained / "run.log").read_text()
     assert "1 / std of the training latents" in log and "val_sample_psnr" in log
     assert list((trained / "tiny" / "diffusion" / "samples").glob("samples_epoch=*.png"))

@@ -31,8 +31,9 @@ from ignite.engine import Engine, Events
 from monai.handlers import CheckpointLoader
 from torch import nn
 
+from xray2mri_bundle.checkpoint import write_checkpoint
 from xray2mri_bundle.engines import distributed as dist_utils
-from xray2mri_bundle.engines.checkpoints import atomic_save, interval_checkpoints, make_final_checkpoint
+from xray2mri_bundle.engines.checkpoints import interval_checkpoints
 
 __all__ = [
     "ComputeScaleFactor",
@@ -381,39 +382,37 @@ class ComputeScaleFactor:
 class ExportFinalCheckpoint:
     """On ``COMPLETED`` (rank 0), write the stage's final export to ``path`` atomically.
 
-    See ``xray2mri_bundle.engines.checkpoints`` for the format. Nothing is written when training stops with
+    The format is ``xray2mri_bundle.checkpoint``'s: each network is stored with the constructor arguments it
+    recorded when built, so nothing here repeats the network sizes. Nothing is written when training stops with
     an exception, so the file exists only for a finished stage.
 
     Args:
         path: e.g. ``<model_dir>/autoencoder.pt``.
         stage: "autoencoder", "classifier" or "diffusion".
-        model: the trained network.
-        ema: the EMA copy (None for stages without EMA).
+        networks: name -> trained network (``{"unet": U, "xray_encoder": E2}``; None entries are left out).
+        ema: name -> EMA copy of the same network (stages without EMA: None).
         scale_factor: ``ScaleFactor`` (diffusion) or None.
-        profile: network profile name.
-        config: JSON-able settings stored with the weights (network profile, noise schedule, training knobs).
-        extra_modules: more modules to store under their own keys (e.g. ``{"xray_encoder": E2}``).
+        profile: network profile name (a label stored with the weights).
+        settings: JSON-able settings that are not network arguments (image size, noise schedule, ...).
     """
 
     def __init__(
         self,
         path: str | os.PathLike,
         stage: str,
-        model: nn.Module,
-        ema: nn.Module | None = None,
+        networks: Mapping[str, nn.Module | None],
+        ema: Mapping[str, nn.Module | None] | None = None,
         scale_factor: ScaleFactor | float | None = None,
-        profile: str = "paper",
-        config: Mapping[str, Any] | None = None,
-        extra_modules: Mapping[str, nn.Module | None] | None = None,
+        profile: str | None = None,
+        settings: Mapping[str, Any] | None = None,
     ) -> None:
         self.path = Path(path)
-        self.extra_modules = dict(extra_modules or {})
         self.stage = stage
-        self.model = model
-        self.ema = ema
+        self.networks = dict(networks)
+        self.ema = dict(ema or {})
         self.scale_factor = scale_factor
         self.profile = profile
-        self.config = _jsonable(dict(config or {}))
+        self.settings = dict(settings or {})
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.COMPLETED, self)
@@ -422,11 +421,9 @@ class ExportFinalCheckpoint:
         if dist_utils.is_rank0():
             scale = self.scale_factor
             scale = scale.value if isinstance(scale, ScaleFactor) else scale
-            checkpoint = make_final_checkpoint(
-                self.stage, self.model, self.ema, scale, self.profile, self.config,
-                iteration=engine.state.iteration, epoch=engine.state.epoch, extra_modules=self.extra_modules,
-            )
-            atomic_save(checkpoint, self.path)
+            write_checkpoint(self.path, self.stage, self.networks, self.ema, profile=self.profile,
+                             scale_factor=scale, settings=self.settings, iteration=engine.state.iteration,
+                             epoch=engine.state.epoch)
             logger.info("%s stage finished: wrote %s", self.stage, self.path)
         dist_utils.barrier()
 
@@ -468,14 +465,3 @@ def weights_digest(model: nn.Module) -> str:
         sha.update(name.encode())
         sha.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return sha.hexdigest()
-
-
-def _jsonable(value: Any) -> Any:
-    """``value`` with anything that is not JSON data turned into its string form (safe for weights_only)."""
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    return str(value)

@@ -31,8 +31,9 @@ from typing import Any
 
 from monai.bundle import ConfigParser, ConfigWorkflow
 
+from xray2mri_bundle.checkpoint import read_checkpoint
 from xray2mri_bundle.engines import distributed as dist_utils
-from xray2mri_bundle.engines.checkpoints import interval_checkpoints, load_final
+from xray2mri_bundle.engines.checkpoints import interval_checkpoints
 from xray2mri_bundle.engines.tracking import stage_tracking_settings, tracking_requested
 
 __all__ = [
@@ -89,10 +90,10 @@ def final_checkpoint(model_dir: str | os.PathLike, stage: str) -> Path:
 def unreadable_reason(path: str | os.PathLike) -> str | None:
     """Why the final checkpoint ``path`` cannot be used (None when it loads as a final export)."""
     try:
-        checkpoint = load_final(path)
+        checkpoint = read_checkpoint(path)
     except Exception as exc:  # noqa: BLE001 - torch raises many types for truncated or foreign files
         return f"{type(exc).__name__}: {exc}"
-    if not isinstance(checkpoint, dict) or not (checkpoint.get("model") or checkpoint.get("ema")):
+    if not any(entry.get("model") or entry.get("ema") for entry in checkpoint["networks"].values()):
         return "no 'model' or 'ema' weights in it"
     return None
 

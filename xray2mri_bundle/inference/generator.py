@@ -301,22 +301,6 @@ def resolve_model_dir(model_dir: str | os.PathLike, profile: str | None) -> Path
     return model_dir
 
 
-def _read(path: Path) -> dict[str, Any]:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for truncated / foreign files
-        raise RuntimeError(f"checkpoint {path} cannot be read ({type(exc).__name__}: {exc})") from exc
-
-
-def _weights(checkpoint: Mapping[str, Any], path: Path, ema_key: str, model_key: str) -> tuple[dict, str]:
-    """EMA weights when the checkpoint has them, else the raw ones; returns (state_dict, key used)."""
-    for key in (ema_key, model_key):
-        state = checkpoint.get(key)
-        if state:
-            return state, key
-    raise KeyError(f"checkpoint {path} has neither '{ema_key}' nor '{model_key}' weights")
-
-
 def _check_profile(checkpoint: Mapping[str, Any], path: Path, profile: str | None) -> None:
     saved = checkpoint.get("profile")
     if profile is not None and saved is not None and saved != profile:
@@ -337,34 +321,29 @@ def load_pipeline(
     """Load a trained bundle into a ``VolumeGenerator`` (EMA weights when present, eval mode, no gradients).
 
     Expects ``model_dir`` (or ``model_dir/<profile>``) to hold the final exports of the three stages
-    (``xray2mri_bundle.engines.checkpoints``)::
-
-        autoencoder.pt  {"model", "ema"?, "profile", "config": {"network": AutoencoderKL kwargs, ...}}
-        classifier.pt   {"model", "profile", "config": {"network": KOAClassifier kwargs, ...}}
-        diffusion.pt    {"model", "ema", "xray_encoder", "xray_encoder_ema", "scale_factor", "profile",
-                         "config": {"network": UNet kwargs, "flags": {use_depth, use_xray_latent, use_context,
-                                    use_guidance, use_intensity}, "xray_encoder": {"kind", "network"},
-                                    "num_train_timesteps", "noise_schedule": {schedule, beta_start, beta_end},
-                                    "prediction_type"}}
+    (``autoencoder.pt``, ``classifier.pt``, ``diffusion.pt``; layout in ``xray2mri_bundle.checkpoint``, either
+    format version). Every network is rebuilt from the constructor arguments stored with it, unless given here
+    (a bundle config's ``network_def`` etc.); weights are always loaded here (``checkpoint.load_networks``).
+    ``diffusion.pt`` also holds the latent scale factor and the noise schedule (``settings``).
 
     ``profile``: expected profile (None: the checkpoint's); a checkpoint of another profile raises
     ``ValueError``. ``diffusion_checkpoint``: another diffusion file (an ablation, e.g.
     ``diffusion_xray_no_guidance.pt``; relative paths are taken inside the model folder) sharing the
-    autoencoder and classifier. The networks are built from each checkpoint's ``config["network"]`` (else the
-    profile) unless given (a bundle config's ``network_def`` etc.); their weights are always loaded here.
-    classifier.pt is needed only when the model uses the p guidance. Missing files raise one
-    ``FileNotFoundError`` naming each missing file. ``clip_folder``: local CLIP vision model, for a model
-    trained with the frozen CLIP encoder.
+    autoencoder and classifier. classifier.pt is needed only when the UNet uses the p guidance. Missing files
+    raise one ``FileNotFoundError`` naming each missing file. ``clip_folder``: local CLIP vision model, for a
+    model trained with the frozen CLIP encoder.
     """
-    from xray2mri_bundle import networks
+    from xray2mri_bundle.checkpoint import load_networks, read_checkpoint, weights_used
     from xray2mri_bundle.data.intensity import IntensityDistribution
+    from xray2mri_bundle.networks import get_profile
 
     folder = resolve_model_dir(model_dir, profile)
     diffusion_path = folder / (diffusion_checkpoint or "diffusion.pt")
-    diffusion = _read(diffusion_path) if diffusion_path.is_file() else {}
-    config = dict(diffusion.get("config") or {})
-    flags = {**_DEFAULT_FLAGS, **dict(config.get("flags") or {})}
-    needed = [name for name in CHECKPOINT_FILES if name != "classifier.pt" or flags["use_guidance"]]
+    diffusion = read_checkpoint(diffusion_path) if diffusion_path.is_file() else {"networks": {}}
+    settings = dict(diffusion.get("settings") or {})
+    unet_config = dict((diffusion["networks"].get("unet") or {}).get("config") or {})
+    use_guidance = bool(unet_config.get("use_guidance", True))
+    needed = [name for name in CHECKPOINT_FILES if name != "classifier.pt" or use_guidance]
     paths = {name: folder / name for name in needed}
     paths["diffusion.pt"] = diffusion_path
     missing = [str(path) for path in paths.values() if not path.is_file()]
@@ -375,57 +354,33 @@ def load_pipeline(
         )
     _check_profile(diffusion, diffusion_path, profile)
     profile = profile or diffusion.get("profile") or "small"
+    device = torch.device(device)
 
-    ae_ckpt = _read(paths["autoencoder.pt"])
+    ae_ckpt = read_checkpoint(paths["autoencoder.pt"])
     _check_profile(ae_ckpt, paths["autoencoder.pt"], profile)
-    if autoencoder is None:
-        autoencoder = networks.build_autoencoder(profile, **_network_config(ae_ckpt))
-    _load(autoencoder, _weights(ae_ckpt, paths["autoencoder.pt"], "ema", "model")[0], paths["autoencoder.pt"])
-
-    if flags["use_guidance"]:
-        cls_ckpt = _read(paths["classifier.pt"])
+    autoencoder = load_networks(ae_ckpt, ["autoencoder"], {"autoencoder": autoencoder}, device=device)["autoencoder"]
+    if use_guidance:
+        cls_ckpt = read_checkpoint(paths["classifier.pt"])
         _check_profile(cls_ckpt, paths["classifier.pt"], profile)
-        if classifier is None:
-            classifier = networks.build_classifier(profile, **_network_config(cls_ckpt))
-        _load(classifier, _weights(cls_ckpt, paths["classifier.pt"], "ema", "model")[0], paths["classifier.pt"])
+        classifier = load_networks(cls_ckpt, ["classifier"], {"classifier": classifier}, device=device)["classifier"]
     else:
         classifier = None
+    names = [name for name in ("unet", "xray_encoder") if name in diffusion["networks"]]
+    loaded = load_networks(diffusion, names, {"unet": unet, "xray_encoder": xray_encoder}, clip_folder=clip_folder,
+                           device=device)
+    unet, xray_encoder = loaded["unet"], loaded.get("xray_encoder")
+    unet_key = weights_used(diffusion, "unet")
 
-    if unet is None:
-        unet_flags = {k: bool(flags[k]) for k in ("use_depth", "use_xray_latent", "use_context", "use_guidance")}
-        unet = networks.build_unet(profile, **{**_network_config(diffusion), **unet_flags})
-    unet_state, unet_key = _weights(diffusion, diffusion_path, "ema", "model")
-    _load(unet, unet_state, diffusion_path)
-
-    if flags["use_context"]:
-        encoder_cfg = dict(config.get("xray_encoder") or {})
-        kind = encoder_cfg.get("kind", "trainable")
-        if xray_encoder is None and kind == "trainable" and encoder_cfg.get("network"):
-            xray_encoder = networks.XrayEncoder(**encoder_cfg["network"])
-        elif xray_encoder is None:
-            xray_encoder = networks.build_xray_encoder(profile, kind=kind, clip_folder=clip_folder)
-        encoder_state = diffusion.get("xray_encoder_ema") or diffusion.get("xray_encoder")
-        if encoder_state:
-            _load(xray_encoder, encoder_state, diffusion_path)
-        elif kind == "trainable":
-            raise KeyError(f"checkpoint {diffusion_path} has no 'xray_encoder' weights for the trained encoder")
-    else:
-        xray_encoder = None
-
-    device = torch.device(device)
-    for module in (autoencoder, classifier, unet, xray_encoder):
-        if module is not None:
-            module.to(device).eval().requires_grad_(False)
     scale = diffusion.get("scale_factor")
     if scale is None:
         raise KeyError(f"checkpoint {diffusion_path} has no 'scale_factor' (the latent scale used in training)")
-    intensity = IntensityDistribution() if flags["use_intensity"] else None
+    intensity = IntensityDistribution() if settings.get("use_intensity", True) else None
     encoder = ConditionEncoder(autoencoder, xray_encoder, classifier, intensity)
     generator = VolumeGenerator(
         unet, autoencoder, encoder, float(scale), device,
-        num_train_timesteps=int(config.get("num_train_timesteps", 1000)),
-        noise_schedule=dict(config.get("noise_schedule") or {}),
-        prediction_type=str(config.get("prediction_type", "epsilon")),
+        num_train_timesteps=int(settings.get("num_train_timesteps", 1000)),
+        noise_schedule=dict(settings.get("noise_schedule") or {}),
+        prediction_type=str(settings.get("prediction_type", "epsilon")),
     )
     generator.profile = profile
     generator.checkpoints = {
@@ -434,25 +389,6 @@ def load_pipeline(
     }
     generator.weights = unet_key
     generator.sampler(DEFAULT_SAMPLING)  # the default solver's imports (diffusers) at load time, not per volume
-    generator.image_size = int(config.get("image_size") or networks.get_profile(profile)["image_size"])
+    generator.image_size = int(settings.get("image_size") or get_profile(profile)["image_size"])
     logger.info("loaded the %s pipeline from %s (%s weights, scale factor %.4f)", profile, folder, unet_key, scale)
     return generator
-
-
-_DEFAULT_FLAGS = {"use_depth": True, "use_xray_latent": True, "use_context": True, "use_guidance": True,
-                  "use_intensity": True}
-
-
-def _network_config(checkpoint: Mapping[str, Any]) -> dict[str, Any]:
-    """Constructor kwargs stored with a checkpoint (``config["network"]``), {} when absent."""
-    return dict((checkpoint.get("config") or {}).get("network") or {})
-
-
-def _load(module: nn.Module, state: Mapping[str, torch.Tensor], path: Path) -> None:
-    """``load_state_dict`` with an error that names the checkpoint (wrong profile / flags give mismatches)."""
-    try:
-        module.load_state_dict(state)
-    except RuntimeError as exc:
-        raise RuntimeError(
-            f"weights in {path} do not fit {type(module).__name__} (another profile or condition flags?): {exc}"
-        ) from exc

@@ -4,8 +4,9 @@ Everything takes and returns plain tensors; sizes come from ``PROFILES`` ("paper
 """
 
 from .adaptive_weight import AdaptiveWeight, GuidanceEmbedding
-from .autoencoder import build_autoencoder
+from .autoencoder import AutoencoderKL, build_autoencoder
 from .conditional_unet import XrayConditionedUNet, build_unet, depth_fourier_code
+from .config import register_to_config
 from .koa_classifier import KOAClassifier, build_classifier
 from .ldm_import import (
     LdmImportError,
@@ -22,6 +23,7 @@ __all__ = [
     "PROFILES",
     "PROFILE_NAMES",
     "AdaptiveWeight",
+    "AutoencoderKL",
     "ClipImageEncoder",
     "GuidanceEmbedding",
     "KOAClassifier",
@@ -39,4 +41,5 @@ __all__ = [
     "ldm_key_map",
     "load_ldm_checkpoint",
     "load_ldm_unet",
+    "register_to_config",
 ]

@@ -30,6 +30,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .adaptive_weight import GuidanceEmbedding
+from .config import register_to_config
 from .profiles import get_profile
 
 __all__ = ["XrayConditionedUNet", "build_unet", "depth_fourier_code"]
@@ -54,6 +55,7 @@ def _rows(mask: torch.Tensor | None, batch: int, device: torch.device) -> torch.
     return mask
 
 
+@register_to_config
 class XrayConditionedUNet(DiffusionModelUNet):
     """Conditional latent-diffusion UNet predicting the noise ``eps (B, latent_channels, h, w)``.
 

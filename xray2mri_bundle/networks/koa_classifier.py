@@ -15,11 +15,13 @@ import torch
 import torch.nn.functional as F
 from monai.networks.nets import DenseNet
 
+from .config import register_to_config
 from .profiles import get_profile
 
 __all__ = ["KOAClassifier", "build_classifier"]
 
 
+@register_to_config
 class KOAClassifier(DenseNet):
     """DenseNet (MONAI, ``spatial_dims=2``) on an X-ray crop ``(B, 1, H, W)`` in [-1, 1].
 

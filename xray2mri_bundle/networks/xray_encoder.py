@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from monai.networks.blocks import Convolution
 from torch import nn
 
+from .config import register_to_config
 from .profiles import get_profile
 
 __all__ = ["ClipImageEncoder", "XrayEncoder", "build_xray_encoder"]
@@ -25,6 +26,7 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
+@register_to_config
 class XrayEncoder(nn.Module):
     """Trainable CNN: strided conv blocks (GroupNorm, SiLU) -> global average -> Linear -> LayerNorm.
 
@@ -100,7 +102,10 @@ class ClipImageEncoder(nn.Module):
                 "(or use the trainable XrayEncoder, the default)."
             ) from error
         model = CLIPVisionModelWithProjection.from_pretrained(str(path), local_files_only=True)
-        return cls(model, image_size=image_size)
+        encoder = cls(model, image_size=image_size)
+        # the folder is the user's, not the model's: the checkpoint reader asks for it again (``clip_folder``)
+        encoder.config = {"_target_": f"{cls.__module__}.{cls.__qualname__}.from_folder", "image_size": image_size}
+        return encoder
 
     def train(self, mode: bool = True) -> ClipImageEncoder:
         super().train(mode)
