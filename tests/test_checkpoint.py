@@ -1,0 +1,200 @@
+"""The checkpoint format (``xray2mri_bundle.checkpoint``): networks record their constructor arguments, the writer
+stores them, the reader rebuilds the same networks; the shipped format_version 1 files still load bit-identically;
+the JSON network definitions of the configs are the profiles' sizes."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+from monai.bundle import ConfigParser
+
+from xray2mri_bundle import checkpoint as ckpt
+from xray2mri_bundle import networks
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs"
+SHIPPED = ROOT / "models" / "small"
+
+
+def _wake(module: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """Random weights in the zero-initialised layers, so that every condition changes the output."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in module.parameters():
+            if not param.any():
+                param.copy_(torch.randn(param.shape, generator=gen) * 0.05)
+    return module
+
+
+def _unet_inputs(latent: list[int], seed: int = 0) -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    return {"x": torch.randn(2, *latent, generator=gen), "timesteps": torch.tensor([10, 500]),
+            "xray_latent": torch.randn(2, *latent, generator=gen), "context": torch.randn(2, 1, 768, generator=gen),
+            "depth": torch.tensor([0.1, 0.7]), "p_map": torch.rand(2, 5, 8, 8, generator=gen),
+            "i_map": torch.rand(2, 16, 8, 8, generator=gen)}
+
+
+# ------------------------------------------------------------------------------------------------ capture
+def test_networks_record_every_constructor_argument() -> None:
+    unet = networks.build_unet("tiny", use_guidance=False)
+    assert unet.config["_target_"] == "xray2mri_bundle.networks.conditional_unet.XrayConditionedUNet"
+    assert unet.config["use_guidance"] is False and unet.config["channels"] == [32, 32]
+    assert unet.config["p_channels"] == 5  # defaults are recorded too: a later default change keeps old files
+    assert copy.deepcopy(unet).config == unet.config  # EMA copies keep it
+    assert "config" not in unet.state_dict()
+    autoencoder = networks.build_autoencoder("tiny")
+    assert isinstance(autoencoder, networks.AutoencoderKL) and autoencoder.config["spatial_dims"] == 2
+    rebuilt = ckpt.build_network(autoencoder.config)
+    assert rebuilt.config == autoencoder.config and type(rebuilt) is type(autoencoder)
+    with pytest.raises(TypeError, match="args"):
+        @networks.register_to_config
+        class Loose(torch.nn.Module):
+            def __init__(self, **kwargs: int) -> None:
+                super().__init__()
+
+
+def test_stored_targets_stay_inside_the_bundle_and_monai() -> None:
+    with pytest.raises(ValueError, match="outside"):
+        ckpt.build_network({"_target_": "os.system", "command": "true"})
+
+
+# ------------------------------------------------------------------------------------------------ round trip
+def test_build_write_read_gives_identical_networks(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    unet = _wake(networks.build_unet("tiny"), 1)
+    ema = _wake(networks.build_unet("tiny"), 2)
+    encoder = networks.build_xray_encoder("tiny")
+    settings = {"image_size": 64, "noise_schedule": {"schedule": "scaled_linear_beta"}}
+    path = ckpt.write_checkpoint(tmp_path / "diffusion.pt", "diffusion", {"unet": unet, "xray_encoder": encoder},
+                                 {"unet": ema}, profile="tiny", scale_factor=0.5, settings=settings,
+                                 iteration=7, epoch=2)
+
+    raw = torch.load(path, weights_only=True)  # the documented layout, read without the module
+    assert set(raw) == {"format_version", "stage", "profile", "networks", "scale_factor", "settings", "iteration",
+                        "epoch", "inference_only", "weights_dtype"}
+    assert raw["format_version"] == 2 and raw["stage"] == "diffusion" and raw["profile"] == "tiny"
+    assert set(raw["networks"]) == {"unet", "xray_encoder"}
+    for entry in raw["networks"].values():
+        assert set(entry) == {"config", "model", "ema"} and entry["config"]["_target_"].startswith("xray2mri_bundle.")
+    assert raw["networks"]["unet"]["config"]["channels"] == [32, 32] and raw["networks"]["xray_encoder"]["ema"] is None
+    assert raw["scale_factor"] == 0.5 and raw["settings"] == settings and raw["iteration"] == 7
+    assert not raw["inference_only"] and raw["weights_dtype"] == "float32"
+
+    loaded = ckpt.load_networks(path)
+    assert ckpt.weights_used(ckpt.read_checkpoint(path), "unet") == "ema"
+    inputs = _unet_inputs([4, 8, 8])
+    with torch.no_grad():
+        assert torch.equal(loaded["unet"](**inputs), ema.eval()(**inputs))
+        crop = torch.rand(1, 1, 64, 64)
+        assert torch.equal(loaded["xray_encoder"](crop), encoder.eval()(crop))
+    raw_unet = ckpt.load_networks(path, ["unet"], prefer="model")["unet"]
+    with torch.no_grad():
+        assert torch.equal(raw_unet(**inputs), unet.eval()(**inputs))
+    assert not loaded["unet"].training and not any(p.requires_grad for p in loaded["unet"].parameters())
+
+
+def test_unknown_format_versions_and_foreign_files_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="format_version 9"):
+        ckpt.parse_checkpoint({"stage": "autoencoder", "format_version": 9, "networks": {}})
+    with pytest.raises(ValueError, match="not a final export"):
+        ckpt.parse_checkpoint({"state_dict": {}})
+    with pytest.raises(FileNotFoundError, match="train the 'classifier' stage"):
+        ckpt.read_checkpoint(tmp_path / "classifier.pt")
+
+
+# ------------------------------------------------------------------------------------------- the old layout
+def _legacy_unet(raw: dict) -> torch.nn.Module:
+    """How format_version 1 was loaded before this module: the profile's UNet with the stored sizes and flags."""
+    config = raw["config"]
+    flags = {k: bool(config["flags"][k]) for k in ("use_depth", "use_xray_latent", "use_context", "use_guidance")}
+    unet = networks.build_unet(raw["profile"], **{**config["network"], **flags})
+    unet.load_state_dict(raw["ema"] or raw["model"])
+    return unet.eval()
+
+
+@pytest.mark.parametrize("name", ["diffusion.pt", "diffusion_xray_no_guidance.pt", "diffusion_ldm_depth_only.pt"])
+def test_shipped_diffusion_files_load_bit_identically(name: str) -> None:
+    path = SHIPPED / name
+    raw = torch.load(path, weights_only=True)
+    assert raw["format_version"] == 1  # the shipped files are the old layout and stay untouched
+    upgraded = ckpt.read_checkpoint(path)
+    assert upgraded["format_version"] == 2 and upgraded["inference_only"] and upgraded["weights_dtype"] == "float16"
+    assert upgraded["settings"]["noise_schedule"] == raw["config"]["noise_schedule"]
+    assert upgraded["settings"]["use_intensity"] == raw["config"]["flags"]["use_intensity"]
+    assert upgraded["networks"]["unet"]["ema"] is raw["ema"] or all(
+        torch.equal(v, raw["ema"][k]) for k, v in upgraded["networks"]["unet"]["ema"].items())
+    new = ckpt.load_networks(upgraded)
+    assert ("xray_encoder" in new) == raw["config"]["flags"]["use_context"]
+    inputs = _unet_inputs(raw["config"]["latent_shape"])
+    with torch.no_grad():
+        assert torch.equal(new["unet"](**inputs), _legacy_unet(raw)(**inputs))
+    if "xray_encoder" in new:
+        legacy = networks.XrayEncoder(**raw["config"]["xray_encoder"]["network"])
+        legacy.load_state_dict(raw["xray_encoder_ema"])
+        crop = torch.rand(1, 1, 128, 128)
+        with torch.no_grad():
+            assert torch.equal(new["xray_encoder"](crop), legacy.eval()(crop))
+
+
+def test_shipped_autoencoder_and_classifier_load_bit_identically() -> None:
+    raw = torch.load(SHIPPED / "autoencoder.pt", weights_only=True)
+    legacy = networks.build_autoencoder("small", **raw["config"]["network"])
+    legacy.load_state_dict(raw["model"])
+    new = ckpt.load_network(SHIPPED / "autoencoder.pt")
+    image = torch.rand(1, 3, 128, 128) * 2 - 1
+    with torch.no_grad():
+        mu, _ = new.encode(image)  # the posterior mean (encode_stage_2_inputs would sample)
+        assert torch.equal(mu, legacy.eval().encode(image)[0])
+        assert torch.equal(new.decode(mu), legacy.decode(mu))
+    raw = torch.load(SHIPPED / "classifier.pt", weights_only=True)
+    legacy = networks.build_classifier("small", **raw["config"]["network"])
+    legacy.load_state_dict(raw["model"])
+    new = ckpt.load_network(SHIPPED / "classifier.pt")
+    crop = torch.rand(2, 1, 128, 128) * 2 - 1
+    with torch.no_grad():
+        assert torch.equal(new(crop), legacy.eval()(crop))
+    # the upgraded config is what a fresh build records: a re-export of these weights writes the same sizes
+    assert new.config == networks.build_classifier("small").config
+
+
+def test_inference_checkpoint_of_an_upgraded_file_is_the_current_layout(tmp_path: Path) -> None:
+    slim = ckpt.inference_checkpoint(ckpt.read_checkpoint(SHIPPED / "classifier.pt"))
+    assert slim["format_version"] == 2 and slim["networks"]["classifier"]["ema"] is None
+    assert {v.dtype for v in slim["networks"]["classifier"]["model"].values() if v.is_floating_point()} == {
+        torch.float16}
+
+
+# ------------------------------------------------------------------------------- JSON network definitions
+PARTS = {"autoencoder_def": ("autoencoder", networks.build_autoencoder),
+         "classifier_def": ("classifier", networks.build_classifier),
+         "unet_def": ("unet", networks.build_unet),
+         "xray_encoder_def": ("xray_encoder", networks.build_xray_encoder)}
+UNET_FLAGS = {"use_depth", "use_xray_latent", "use_context", "use_guidance", "use_checkpoint"}
+
+
+@pytest.mark.parametrize("profile", networks.PROFILE_NAMES)
+def test_json_network_defs_are_the_profiles(profile: str) -> None:
+    """configs/common.json spells out the networks (paper sizes); configs/profiles/<name>.json overrides them.
+    They and ``networks.PROFILES`` (what ``build_*(profile)`` uses) must say the same."""
+    files = [str(CONFIGS / "common.json"), str(CONFIGS / "profiles" / f"{profile}.json")]
+    merged = ConfigParser.load_config_files(files)
+    assert merged["profile"] == profile
+    for key, (part, build) in PARTS.items():
+        spelled = {k: v for k, v in merged[key].items() if k != "_target_"}
+        extra = set(spelled) - set(networks.PROFILES[profile][part])
+        assert extra <= (UNET_FLAGS if part == "unet" else set()), (profile, key, extra)
+        assert {k: spelled[k] for k in networks.PROFILES[profile][part]} == networks.PROFILES[profile][part]
+        assert type(build("tiny")).__name__ == merged[key]["_target_"].rsplit(".", 1)[1]
+
+
+def test_json_network_defs_build_the_profile_networks() -> None:
+    """The same merge the bundle runs (common + profile + stage file) builds what ``build_*("tiny")`` builds."""
+    parser = ConfigParser()
+    parser.read_config([str(CONFIGS / "common.json"), str(CONFIGS / "profiles" / "tiny.json"),
+                        str(CONFIGS / "train_diffusion.json")])
+    for key, (_, build) in PARTS.items():
+        assert parser.get_parsed_content(key).config == build("tiny").config, key
+    assert parser.get_parsed_content("network_def").unet.config == networks.build_unet("tiny").config
