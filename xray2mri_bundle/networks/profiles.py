@@ -1,7 +1,9 @@
 """Network sizes per profile ("paper", "small", "tiny") as plain JSON-friendly dictionaries.
 
-Each profile holds the keyword arguments of every network, so a bundle config can refer to them
-(``"$xray2mri_bundle.networks.PROFILES['small']['unet']"``) or build them with the ``build_*`` helpers.
+Each profile holds the keyword arguments of every network for the Python ``build_*`` helpers. The bundle configs
+spell the same arguments out as ``network_def``-style dicts (``configs/common.json``: the paper's ``*_def``;
+``configs/profiles/<name>.json`` replaces them); ``tests/test_checkpoint.py`` checks that both agree. A trained
+checkpoint does not depend on either: it stores the arguments its networks recorded (``xray2mri_bundle.checkpoint``).
 
 - ``paper``: the published settings (AutoencoderKL 128/256/512/512, UNet 320/640/1280/1280, 8 heads,
   context 768). GPU only: about 860 M UNet parameters.
