@@ -18,12 +18,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from xray2mri_bundle.constants import DEMO_WEIGHTS_DISCLAIMER
+
 __all__ = ["parse_stage_log", "write_training_record", "main"]
 
-DISCLAIMER = (
-    "DEMO weights trained on a synthetic phantom cohort only (no patient data). They show that the pipeline "
-    "works end to end; they are not a model of real knees and must not be used for any clinical purpose."
-)
+DISCLAIMER = DEMO_WEIGHTS_DISCLAIMER
 _ITER = re.compile(r"Epoch: (\d+)/(\d+), Iter: (\d+)/(\d+) -- train_loss: ([-+0-9.eE]+|nan|inf)")
 _METRICS = re.compile(r"Epoch\[(\d+)\] Metrics -- (.*)$")
 _PAIR = re.compile(r"(\w+): ([-+0-9.eE]+|nan|inf)")

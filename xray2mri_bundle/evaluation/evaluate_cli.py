@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 
+from xray2mri_bundle.constants import SUMMARY_DISCLAIMER
 from xray2mri_bundle.data.datasets import build_knee_dataset
 from xray2mri_bundle.diffusion import DEFAULT_SAMPLING, SAMPLERS
 from xray2mri_bundle.inference.generator import resolve_model_dir
@@ -327,7 +328,7 @@ def _write_outputs(
     }
     write_summary(run.summary, out / "summary.json", settings={k: str(v) for k, v in settings.items()},
                   engine_metrics=run.metrics, skipped=run.skipped, bootstrap=run.bootstrap,
-                  disclaimer="synthetic research outputs, not for diagnosis")
+                  disclaimer=SUMMARY_DISCLAIMER)
     if rows:
         run.figures.update(figures.box_plots(rows, out / "figures", evaluated))
     table = {g: (example_slices.get(k) if k else None) for g, k in examples.items()}

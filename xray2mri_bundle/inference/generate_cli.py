@@ -24,8 +24,8 @@ from typing import Any
 
 import torch
 
+from xray2mri_bundle.constants import DISCLAIMER, FRAME_MM, MRI_FOV_MM
 from xray2mri_bundle.data.atomic import temp_dir
-from xray2mri_bundle.data.frame import FRAME_MM
 from xray2mri_bundle.diffusion import DEFAULT_SAMPLING, SAMPLERS
 
 from .acceleration import accelerate
@@ -53,11 +53,6 @@ __all__ = [
     "write_knee_outputs",
 ]
 
-#: Field of view of a generated slice: the joint-centred frame the model is trained in (X-ray crop and MRI slice
-#: both cover ``FRAME_MM`` of the patient around the joint), so a pixel is ``MRI_FOV_MM / H`` mm (0.547 mm at
-#: 256 px) and the volume's in-plane centre (the world origin of its NIfTI / DICOM geometry) is the knee joint.
-MRI_FOV_MM: float = FRAME_MM
-DISCLAIMER = "synthetic - not for diagnosis"
 _SIDES = {"left": "LEFT", "right": "RIGHT", "both": None}
 
 
