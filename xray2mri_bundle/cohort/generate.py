@@ -8,12 +8,9 @@ two coronal T1 MRI series and one bilateral PA fixed-flexion film projected from
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import os
 import sys
-import time
-from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -257,32 +254,3 @@ def make_cohort(out_dir: str | os.PathLike[str], knees: int = 100, seed: int = 0
         "sites": [s.__dict__ for s in xray.make_sites(spacing)], "synthetic": True, "disclaimer": DISCLAIMER,
     })
     return root
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``xray2mri make-cohort --out DIR --knees N --seed S --mri-matrix 256``."""
-    parser = argparse.ArgumentParser(prog="xray2mri make-cohort", description=(
-        "Write a synthetic OAI-like knee cohort (DICOM MRI series + bilateral films + OAI-style tables). "
-        "Synthetic phantom data, not for diagnosis."))
-    parser.add_argument("--out", required=True, help="output folder (created)")
-    parser.add_argument("--knees", type=int, default=100, help="number of knees (rounded up to whole subjects)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--mri-matrix", type=int, default=256, help="MRI matrix (512 as OAI; 256 default)")
-    parser.add_argument("--xray-spacing", type=float, nargs="+", default=[0.4, 0.6], metavar="MM",
-                        help="film pixel spacing in mm: one value, or a low and high value spread over sites")
-    parser.add_argument("--workers", type=int, default=None, help="processes (default: up to 2)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
-    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
-    if len(args.xray_spacing) not in (1, 2):
-        parser.error("--xray-spacing takes one or two values")
-    spacing = args.xray_spacing[0] if len(args.xray_spacing) == 1 else (args.xray_spacing[0], args.xray_spacing[1])
-    start = time.perf_counter()
-    root = make_cohort(args.out, knees=args.knees, seed=args.seed, mri_matrix=args.mri_matrix,
-                       xray_spacing_mm=spacing, progress=not args.no_progress, workers=args.workers)
-    print(f"wrote {2 * ((args.knees + 1) // 2)} knees to {root} in {time.perf_counter() - start:.1f} s "
-          "(synthetic data, not for diagnosis)")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
