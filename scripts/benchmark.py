@@ -1,4 +1,4 @@
-"""Performance benchmark (thin wrapper of ``xray2mri_bundle.benchmark``; same options as ``xray2mri benchmark``).
+"""Performance benchmark (thin wrapper of ``tools/benchmark.py``; same options as ``xray2mri benchmark``).
 
     OMP_NUM_THREADS=2 python scripts/benchmark.py              # small profile on the CPU -> docs/performance.*
     python scripts/benchmark.py --quick --out-dir /tmp/bench   # tiny profile, a few seconds
@@ -11,7 +11,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from xray2mri_bundle.benchmark import main  # noqa: E402
+from tools.benchmark import main  # noqa: E402
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -28,10 +28,12 @@ from pathlib import Path
 
 import torch
 
-from xray2mri_bundle.benchmark import build_generator, measure_training, measure_volume, unet_flops
-from xray2mri_bundle.benchmark_tools import H100_BF16_DENSE_TFLOPS, machine_description
-from xray2mri_bundle.diffusion import DEFAULT_SAMPLING
-from xray2mri_bundle.inference.acceleration import accelerate
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout: tools/ is not installed
+
+from tools.benchmark import build_generator, measure_training, measure_volume, unet_flops  # noqa: E402
+from tools.benchmark_tools import H100_BF16_DENSE_TFLOPS, machine_description  # noqa: E402
+from xray2mri_bundle.diffusion import DEFAULT_SAMPLING  # noqa: E402
+from xray2mri_bundle.inference.acceleration import accelerate  # noqa: E402
 
 ALLREDUCE = """
 import os, torch, torch.distributed as dist

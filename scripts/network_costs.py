@@ -11,7 +11,7 @@ CPU timings use ``--threads`` threads (default 2, the project's target); pin the
     python scripts/network_costs.py --device cuda --profiles paper small
 
 The whole-pipeline benchmark (volumes, Algorithm 2 ratio, speed-ups, training, ingestion, targets) is
-``xray2mri benchmark`` (docs/performance.md); this script and it share ``xray2mri_bundle.benchmark_tools``.
+``xray2mri benchmark`` (docs/performance.md); this script and it share ``tools/benchmark_tools.py``.
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ from monai.networks.schedulers import DDIMScheduler
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from xray2mri_bundle.benchmark_tools import best_time, cpu_name  # noqa: E402
-from xray2mri_bundle.benchmark_tools import random_conditions as conditions  # noqa: E402
+from tools.benchmark_tools import best_time, cpu_name  # noqa: E402
+from xray2mri_bundle.inference.export import random_conditions as conditions  # noqa: E402
 from xray2mri_bundle.networks import (  # noqa: E402
     PROFILES,
     build_autoencoder,

@@ -12,7 +12,7 @@ scripts/bootstrap.sh
 case "$what" in
   demo) exec .venv/bin/xray2mri demo "$@" ;;
   test)
-    .venv/bin/ruff check xray2mri_bundle tests scripts monailabel_app
+    .venv/bin/ruff check xray2mri_bundle tools tests scripts monailabel_app
     .venv/bin/python -m pytest -p no:cacheprovider -ra "$@"
     if [ "${XRAY2MRI_SKIP_LABEL:-0}" != 1 ]; then
       scripts/bootstrap.sh --extra label

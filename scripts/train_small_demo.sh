@@ -53,5 +53,5 @@ mv "$MODELS"/*.pt "$OUT/full_exports/"
 CHECK_XRAY=$(find "$COHORT/0.E.1" -type f | sort | head -n 1)
 "$PY" scripts/slim_weights.py --models "$OUT/full_exports" --out "$MODELS" --check-xray "$CHECK_XRAY" \
   | tee "$OUT/slim_weights.json"
-"$PY" -m xray2mri_bundle.engines.training_record --models "$MODELS" --logs "$OUT" --cohort "$COHORT" \
+"$PY" -m xray2mri_bundle.cli training-record --models "$MODELS" --logs "$OUT" --cohort "$COHORT" \
   --wall "${WALL_ARGS[@]}" --command "scripts/train_small_demo.sh $*"

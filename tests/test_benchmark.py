@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from xray2mri_bundle import benchmark, benchmark_report
-from xray2mri_bundle.benchmark_tools import attention_sdpa
+from tools import benchmark, benchmark_report
+from tools.benchmark_tools import attention_sdpa
 from xray2mri_bundle.diffusion import DEFAULT_SAMPLING, SamplingSettings
 
 

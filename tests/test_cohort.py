@@ -15,6 +15,7 @@ import pydicom
 import pytest
 from scipy.stats import chisquare
 
+from xray2mri_bundle.cli import make_cohort as make_cohort_command
 from xray2mri_bundle.cohort import anatomy, generate, grading, make_cohort, mri
 
 SimpleITK = pytest.importorskip("SimpleITK")
@@ -171,8 +172,8 @@ def test_film_tags_orientation_and_content(cohort: Path) -> None:
 
 def test_deterministic_and_worker_independent(cohort: Path, tmp_path: Path) -> None:
     again = tmp_path / "again"
-    assert generate.main(["--out", str(again), "--knees", "4", "--seed", str(SEED), "--mri-matrix", str(MATRIX),
-                          "--workers", "2", "--no-progress"]) == 0
+    assert make_cohort_command.main(["--out", str(again), "--knees", "4", "--seed", str(SEED),
+                                     "--mri-matrix", str(MATRIX), "--workers", "2", "--no-progress"]) == 0
     assert _digest(again) == _digest(cohort)
 
 

@@ -9,9 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
+from xray2mri_bundle.cli.preview import main as preview_main
 from xray2mri_bundle.data.datasets import KneeSliceDataset, build_knee_dataset, measure_cache_speed, read_datalist
 from xray2mri_bundle.data.index import index_oai, write_datalist
-from xray2mri_bundle.data.preview import main as preview_main
 
 SIZE = 64
 

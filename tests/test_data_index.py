@@ -12,10 +12,10 @@ import pydicom
 import pytest
 from conftest import DATA_KNEES as KNEES  # noqa: E402
 
+from xray2mri_bundle.cli.index import main
 from xray2mri_bundle.data.index import (
     index_manifest,
     index_oai,
-    main,
     parse_kl,
     parse_side,
     read_kl_tables,
@@ -245,7 +245,6 @@ def test_a_kl_table_with_the_wrong_delimiter_is_one_clear_error(copy: Path,
     table.write_text(table.read_text().replace("|", ","))
     with pytest.raises(ValueError, match="kXR_SQ_BU00.txt: not a '\\|'-delimited KL table"):
         index_oai(copy, check_pixels=False)
-    from xray2mri_bundle.data.index import main
 
     assert main(["--root", str(copy), "--out", str(copy / "dl.json")]) == 2
     err = capsys.readouterr().err.strip().splitlines()

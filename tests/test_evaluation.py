@@ -313,7 +313,7 @@ def cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_evaluate_cli_writes_tables_figures_and_report(tmp_path: Path, cohort: Path) -> None:
-    from xray2mri_bundle.evaluation.evaluate_cli import main
+    from xray2mri_bundle.cli.evaluate import main
 
     models = save_tiny_models(tmp_path / "models" / "tiny")
     out, docs = tmp_path / "eval", tmp_path / "docs"

@@ -19,10 +19,11 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from xray2mri_bundle import networks
 from xray2mri_bundle.checkpoint import atomic_save, write_checkpoint
+from xray2mri_bundle.cli import generate as generate_command
 from xray2mri_bundle.data.dicom_utils import save_dataset
 from xray2mri_bundle.diffusion import ConditionEncoder, DiffusionSampler, build_solver
 from xray2mri_bundle.diffusion.solvers import DDIMSolver, build_ddim_scheduler, uniform_ddim_timesteps
-from xray2mri_bundle.inference import generate_cli, writers
+from xray2mri_bundle.inference import batch, writers
 from xray2mri_bundle.inference.generator import (
     GenerationResult,
     VolumeGenerator,
@@ -354,7 +355,7 @@ def test_generate_cli_writes_readable_outputs_and_reports_bad_files(
     argv = [str(film), str(tmp_path / "in" / "notes.txt"), str(mr), str(tmp_path / "in" / "knee.png"), "-o",
             str(out), "--model-dir", str(bundle_dir), "--profile", PROFILE, "--slices", "3", "--steps", "2",
             "--seed", "5", "--device", "cpu", "--no-progress"]
-    assert generate_cli.main(argv) == 1
+    assert generate_command.main(argv) == 1
     captured = capsys.readouterr()
     assert "notes.txt" in captured.err and "mr.dcm" in captured.err and "2 of 4 input(s) failed" in captured.err
     assert "modality MR" in captured.err
@@ -390,8 +391,8 @@ def test_generate_cli_writes_readable_outputs_and_reports_bad_files(
     assert not list(out.glob(".*"))  # no temporary folders left
 
     # --side picks one knee; existing outputs are not overwritten silently
-    assert generate_cli.main([str(film), "-o", str(out), "--model-dir", str(bundle_dir), "--profile", PROFILE,
-                              "--slices", "2", "--steps", "1", "--side", "left", "--no-progress"]) == 1
+    assert generate_command.main([str(film), "-o", str(out), "--model-dir", str(bundle_dir), "--profile", PROFILE,
+                                  "--slices", "2", "--steps", "1", "--side", "left", "--no-progress"]) == 1
     assert "exists" in capsys.readouterr().err
 
 
@@ -402,9 +403,9 @@ def test_multistep_samplers_generate_through_the_cli(sampler: str, bundle_dir: P
     film = write_film(tmp_path / "film.dcm")
     volumes = {}
     for name, folder in ((sampler, "a"), (sampler, "b"), ("ddim", "c")):
-        rc = generate_cli.main([str(film), "-o", str(tmp_path / folder), "--model-dir", str(bundle_dir),
-                                "--profile", PROFILE, "--slices", "3", "--steps", "4", "--sampler", name,
-                                "--formats", "nifti,json", "--no-progress"])
+        rc = generate_command.main([str(film), "-o", str(tmp_path / folder), "--model-dir", str(bundle_dir),
+                                    "--profile", PROFILE, "--slices", "3", "--steps", "4", "--sampler", name,
+                                    "--formats", "nifti,json", "--no-progress"])
         assert rc == 0
         knee = next((tmp_path / folder).iterdir())
         assert json.loads((knee / "generation.json").read_text())["sampler"] == name
@@ -424,12 +425,12 @@ def test_outputs_are_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     knee = KneeInput(tmp_path / "x.png", "LEFT", torch.zeros(1, 16, 16))
     fake = SimpleNamespace(profile=PROFILE, weights="ema", checkpoints={}, device=torch.device("cpu"))
     with pytest.raises(OSError, match="disk full"):
-        generate_cli.write_knee_outputs(result, knee, tmp_path / "out" / "x_left", fake)
+        batch.write_knee_outputs(result, knee, tmp_path / "out" / "x_left", fake)
     assert not (tmp_path / "out" / "x_left").exists() and not list((tmp_path / "out").iterdir())
 
 
 def test_output_names_are_unique_for_oai_style_paths() -> None:
-    names = generate_cli.output_names(["/a/9000099/20040101/001", "/a/9000100/20040101/001", "/b/knee.nii.gz"])
+    names = batch.output_names(["/a/9000099/20040101/001", "/a/9000100/20040101/001", "/b/knee.nii.gz"])
     assert len(set(names.values())) == 3
     assert names["/b/knee.nii.gz"] == "knee"
     assert all("001" in names[p] for p in ("/a/9000099/20040101/001", "/a/9000100/20040101/001"))
@@ -446,7 +447,7 @@ def test_bundle_config_runs(bundle_dir: Path, tmp_path: Path) -> None:
         side="right", progress=False)
     assert nib.load(out / "film_right" / "pseudo_mri.nii.gz").shape == (SIZE, SIZE, 2)
     with pytest.raises(ValueError, match="no X-ray given"):
-        generate_cli.require_inputs([])
+        batch.require_inputs([])
 
 
 def test_condition_encoder_batches_crops_and_rejects_colour(pipeline: VolumeGenerator) -> None:
@@ -481,11 +482,11 @@ def test_acceleration_options_keep_the_volume(bundle_dir: Path, crop: torch.Tens
 def test_numeric_oai_names_get_the_patient_id() -> None:
     crop = torch.zeros(1, 8, 8)
     oai = KneeInput(Path("/a/9000099/20040101/001"), "LEFT", crop, source_info={"PatientID": "9000099"})
-    assert generate_cli.knee_label("001", oai) == "9000099_001_left"
+    assert batch.knee_label("001", oai) == "9000099_001_left"
     named = KneeInput(Path("/b/knee.dcm"), "RIGHT", crop, source_info={"PatientID": "9000099"})
-    assert generate_cli.knee_label("knee", named) == "knee_right"
+    assert batch.knee_label("knee", named) == "knee_right"
     png = KneeInput(Path("/b/001.png"), None, crop)
-    assert generate_cli.knee_label("001", png) == "001"
+    assert batch.knee_label("001", png) == "001"
 
 
 def test_reference_mri_places_the_volume_in_the_real_mri_frame(bundle_dir: Path, cohort: Path, tmp_path: Path) -> None:
@@ -498,9 +499,9 @@ def test_reference_mri_places_the_volume_in_the_real_mri_frame(bundle_dir: Path,
     film = next((cohort / row["xray_folder"]).iterdir())
     mri = cohort / row["mri_folder"]
     out = tmp_path / "out"
-    rc = generate_cli.main([str(film), "-o", str(out), "--model-dir", str(bundle_dir / PROFILE), "--profile", PROFILE,
-                            "--steps", "1", "--slices", "50", "--side", "right", "--reference-mri", str(mri),
-                            "--formats", "nifti,json", "--no-progress"])
+    rc = generate_command.main([str(film), "-o", str(out), "--model-dir", str(bundle_dir / PROFILE),
+                                "--profile", PROFILE, "--steps", "1", "--slices", "50", "--side", "right",
+                                "--reference-mri", str(mri), "--formats", "nifti,json", "--no-progress"])
     assert rc == 0
     image = nib.load(str(next(out.glob("*/pseudo_mri.nii.gz"))))
     centre = image.affine @ np.array([*(np.array(image.shape) - 1) / 2.0, 1.0])
@@ -511,7 +512,7 @@ def test_reference_mri_places_the_volume_in_the_real_mri_frame(bundle_dir: Path,
     assert np.hypot(*(centre[[0, 2]] - truth[[0, 2]])) < 5.0  # in-plane: the localised joint is the true one
     sidecar = json.loads(next(out.glob("*/generation.json")).read_text())
     assert sidecar["settings"]["reference_mri"] == str(mri) and len(sidecar["frame_centre_ras_mm"]) == 3
-    assert generate_cli.main([str(film), "-o", str(out), "--reference-mri", str(mri)]) == 2  # needs --side
+    assert generate_command.main([str(film), "-o", str(out), "--reference-mri", str(mri)]) == 2  # needs --side
 
 
 # ------------------------------------------------------------------------------- settings, names, output folder
@@ -524,8 +525,8 @@ def test_reference_mri_places_the_volume_in_the_real_mri_frame(bundle_dir: Path,
 def test_bad_settings_stop_before_the_model_loads(flags: list[str], tmp_path: Path,
                                                   capsys: pytest.CaptureFixture[str]) -> None:
     # the model folder does not exist: reaching the loader would give a different message
-    rc = generate_cli.main([str(tmp_path / "x.png"), "-o", str(tmp_path / "out"), "--model-dir",
-                            str(tmp_path / "no_models"), *flags])
+    rc = generate_command.main([str(tmp_path / "x.png"), "-o", str(tmp_path / "out"), "--model-dir",
+                                str(tmp_path / "no_models"), *flags])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and err[0].startswith("error: ")
     assert "no_models" not in err[0] and "object at 0x" not in err[0]
@@ -534,12 +535,12 @@ def test_bad_settings_stop_before_the_model_loads(flags: list[str], tmp_path: Pa
 def test_output_folder_that_is_a_file_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     target = tmp_path / "out"
     target.write_text("not a folder")
-    assert generate_cli.main([str(tmp_path / "x.png"), "-o", str(target)]) == 2
+    assert generate_command.main([str(tmp_path / "x.png"), "-o", str(target)]) == 2
     assert "is a file" in capsys.readouterr().err
 
 
 def test_output_names_are_unique_and_never_hidden_or_dots() -> None:
-    names = generate_cli.output_names(["coll/knee.png", "coll/knee.nii.gz", "a/.png", "a/..png", "a/...png"])
+    names = batch.output_names(["coll/knee.png", "coll/knee.nii.gz", "a/.png", "a/..png", "a/...png"])
     assert len(set(names.values())) == 5
     assert all(n and n not in (".", "..") and not n.startswith(".") for n in names.values())
     assert names["coll/knee.png"] != names["coll/knee.nii.gz"]
@@ -555,12 +556,12 @@ def test_two_inputs_with_one_stem_give_two_folders(bundle_dir: Path, tmp_path: P
     (out / "keep_me").mkdir(parents=True)
     args = ["-o", str(out), "--model-dir", str(bundle_dir / PROFILE), "--profile", PROFILE, "--steps", "1",
             "--slices", "2", "--side", "right", "--formats", "json", "--no-progress", "--overwrite"]
-    assert generate_cli.main([str(coll / "knee.dcm"), str(coll / "knee"), str(hidden), *args]) == 0
+    assert generate_command.main([str(coll / "knee.dcm"), str(coll / "knee"), str(hidden), *args]) == 0
     folders = sorted(p.name for p in out.iterdir())
     assert len(folders) == 4 and "keep_me" in folders and not any(f.startswith(".") for f in folders)
     assert all((out / f / "generation.json").is_file() for f in folders if f != "keep_me")
     # again with --overwrite: each knee replaces only its own folder
-    assert generate_cli.main([str(hidden), *args]) == 0
+    assert generate_command.main([str(hidden), *args]) == 0
     assert sorted(p.name for p in out.iterdir()) == folders
 
 
@@ -572,10 +573,10 @@ def test_a_folder_input_expands_to_its_files(bundle_dir: Path, tmp_path: Path,
     out = tmp_path / "out"
     args = ["-o", str(out), "--model-dir", str(bundle_dir / PROFILE), "--profile", PROFILE, "--steps", "1",
             "--slices", "2", "--side", "left", "--formats", "json", "--no-progress"]
-    assert generate_cli.main([str(series), *args]) == 0
+    assert generate_command.main([str(series), *args]) == 0
     assert "is a folder: generating from its 1 file(s)" in capsys.readouterr().err
     assert len(list(out.glob("*/generation.json"))) == 1
-    assert generate_cli.main([str(tmp_path / "empty"), *args]) == 2
+    assert generate_command.main([str(tmp_path / "empty"), *args]) == 2
     assert "no files in it" in capsys.readouterr().err
 
 
@@ -586,8 +587,9 @@ def test_outputs_get_one_mode_from_the_umask(bundle_dir: Path, tmp_path: Path) -
     try:
         film = write_film(tmp_path / "film.dcm")
         out = tmp_path / "out"
-        assert generate_cli.main([str(film), "-o", str(out), "--model-dir", str(bundle_dir / PROFILE), "--profile",
-                                  PROFILE, "--steps", "1", "--slices", "2", "--side", "right", "--no-progress"]) == 0
+        assert generate_command.main([str(film), "-o", str(out), "--model-dir", str(bundle_dir / PROFILE),
+                                      "--profile", PROFILE, "--steps", "1", "--slices", "2", "--side", "right",
+                                      "--no-progress"]) == 0
     finally:
         os.umask(mask)
     knee = next(out.iterdir())

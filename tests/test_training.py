@@ -412,7 +412,7 @@ def test_command_line_spellings_become_values():
 
 
 def test_train_cli_builds_the_bundle_command(tmp_path):
-    from xray2mri_bundle.engines.train_cli import bundle_arguments
+    from xray2mri_bundle.cli.train import bundle_arguments
 
     kwargs = bundle_arguments(["--profile", "small", "--dataset-dir", str(tmp_path), "--stages", "diffusion",
                                "--force-retrain", "--tracking", "mlflow", "--set", "diffusion_max_epochs=3",
@@ -425,7 +425,7 @@ def test_train_cli_builds_the_bundle_command(tmp_path):
 
 
 def test_cli_paths_are_literal_values_never_config_expressions(tmp_path, capsys):
-    from xray2mri_bundle.engines.train_cli import bundle_arguments
+    from xray2mri_bundle.cli.train import bundle_arguments
 
     hostile = {"dataset_dir": '$print("RAN") or "x"', "output_dir": "@model_dir", "model_dir": "%configs/x.json#a"}
     kwargs = bundle_arguments(["--dataset-dir", hostile["dataset_dir"], "--output-dir", hostile["output_dir"],

@@ -2,6 +2,6 @@
 
 import sys
 
-from .generate import main
+from xray2mri_bundle.cli.make_cohort import main
 
 sys.exit(main())

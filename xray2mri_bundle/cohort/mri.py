@@ -13,13 +13,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .render import Axis, Grid, Layer, Pose, render
+from xray2mri_bundle.constants import MRI_SLICE_MM as SLICE_MM
+from xray2mri_bundle.constants import MRI_SLICES as SLICES
+from xray2mri_bundle.constants import OAI_MRI_FOV_MM as FOV_MM
 
-SLICES = 80
-SLICE_MM = 1.5
-FOV_MM = 160.0
-#: 0-based slices that must show the condyles / plateau (the paper keeps 13..63).
-KEPT_SLICES = (13, 63)
+from .render import Axis, Grid, Layer, Pose, render
 
 #: Relative T1-weighted signal per tissue (fat = 1).
 T1_SIGNAL: dict[str, float] = {

@@ -17,10 +17,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from xray2mri_bundle.constants import FRAME_MM
+
 __all__ = ["FRAME_MM", "crop_frame", "frame_box"]
 
-#: Side of the joint-centred frame in the patient's plane (mm): the paper's 299 px X-ray crop at 0.468 mm.
-FRAME_MM: float = 140.0
 
 
 def frame_box(joint_rc: tuple[float, float], spacing_mm: tuple[float, float],

@@ -16,13 +16,11 @@ visit, film).
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
 import os
 import re
-import sys
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -41,7 +39,6 @@ __all__ = [
     "KneeKey",
     "index_manifest",
     "index_oai",
-    "main",
     "parse_side",
     "read_contents",
     "read_kl_tables",
@@ -419,41 +416,3 @@ def write_datalist(datalist: dict, path: str | os.PathLike) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(datalist, indent=2) + "\n")
     return path
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="xray2mri index", description=__doc__.split("\n\n")[0])
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--root", help="OAI-style tree (contents.csv, DICOM folders, kXR_SQ_BU*.txt)")
-    src.add_argument("--manifest", help="CSV with columns xray, mri, kl, side (optional subject, visit, film)")
-    p.add_argument("--out", required=True, help="datalist JSON to write")
-    p.add_argument("--report", help="ingestion report JSON (a .txt summary is written beside it); "
-                                    "default: <out stem>_report.json")
-    p.add_argument("--seed", type=int, default=0, help="split seed (default 0)")
-    p.add_argument("--val-fraction", type=float, default=0.3, help="validation share of subjects (default 0.3)")
-    p.add_argument("--readprj", type=int, default=15, help="KL reading project to keep (default 15; -1 = all)")
-    p.add_argument("--expected-slices", type=int, default=80, help="MRI slice count to require (0 = any)")
-    return p
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``index`` subcommand: write the datalist and the report, print the summary; exit 0 (1 if nothing paired)."""
-    args = _parser().parse_args(argv)
-    expected = args.expected_slices or None
-    try:
-        if args.root:
-            datalist, report = index_oai(args.root, seed=args.seed,
-                                         readprj=None if args.readprj < 0 else args.readprj,
-                                         expected_slices=expected, val_fraction=args.val_fraction)
-        else:
-            datalist, report = index_manifest(args.manifest, seed=args.seed, expected_slices=expected,
-                                              val_fraction=args.val_fraction)
-    except (ValueError, FileNotFoundError) as exc:  # a table that cannot be used at all: one line naming it
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    out = write_datalist(datalist, args.out)
-    report_path = Path(args.report) if args.report else out.with_name(out.stem + "_report.json")
-    json_path, txt_path = report.write(report_path)
-    print(report.summary())
-    print(f"datalist: {out}\nreport:   {json_path} (+ {txt_path.name})")
-    return 0 if report.paired else 1

@@ -7,7 +7,6 @@ Synthetic research images only, not for diagnosis.
 
 from __future__ import annotations
 
-import argparse
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -17,13 +16,12 @@ from matplotlib.figure import Figure  # object API: no pyplot, no GUI backend ne
 from matplotlib.patches import Rectangle
 from monai.transforms import Compose
 
-from .datasets import read_datalist
 from .intensity import percentile_scale
 from .localiser import JointLocaliser
 from .mri_transforms import mri_transforms
 from .xray_transforms import CROP_MM, CropJoint, InvertMonochrome1, LoadXray, LocaliseJoint, SelectKnee
 
-__all__ = ["find_record", "main", "preview_knee"]
+__all__ = ["find_record", "preview_knee"]
 
 
 def preview_knee(
@@ -90,23 +88,3 @@ def find_record(records: Sequence[Mapping], index: int | None = None, subject: s
         if str(rec["subject"]) == str(subject) and (side is None or rec["side"] == side.upper()):
             return rec
     raise KeyError(f"no record for subject {subject} side {side}")
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``preview`` subcommand."""
-    p = argparse.ArgumentParser(prog="xray2mri preview", description=__doc__.split("\n\n")[0])
-    p.add_argument("--datalist", required=True)
-    p.add_argument("--split", default="all", choices=["training", "validation", "all"])
-    p.add_argument("--index", type=int, help="position in the split (training first when --split all)")
-    p.add_argument("--subject")
-    p.add_argument("--side", choices=["RIGHT", "LEFT", "right", "left"])
-    p.add_argument("--out", required=True, help="PNG to write")
-    p.add_argument("--slices", type=int, default=8, help="MRI slices shown (default 8)")
-    p.add_argument("--size", type=int, default=256, help="crop / MRI size (default 256)")
-    args = p.parse_args(argv)
-    if args.index is None and args.subject is None:
-        p.error("give --index or --subject")
-    record = find_record(read_datalist(args.datalist, args.split), args.index, args.subject, args.side)
-    out = preview_knee(record, args.out, n_slices=args.slices, size=args.size)
-    print(f"preview: {out}")
-    return 0

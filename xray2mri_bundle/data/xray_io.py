@@ -28,6 +28,8 @@ import numpy as np
 import pydicom
 from PIL import Image, UnidentifiedImageError
 
+from xray2mri_bundle.constants import DEFAULT_PNG_SPACING_MM  # 140 mm / 299 px for PNG files
+
 from .dicom_utils import DataFileError, is_dicom_file, read_header
 
 __all__ = [
@@ -43,8 +45,6 @@ __all__ = [
     "read_xray",
 ]
 
-#: Default spacing for files without calibration (PNG): 140 mm / 299 px, the paper's crop.
-DEFAULT_PNG_SPACING_MM: float = 140.0 / 299.0
 #: Magnification assumed for a DICOM film without geometry tags: none (1.0), so the crop is as stated on the film.
 #: A knee PA film at SID 1 m is typically magnified 5-10 %; films without tags are reported (meta
 #: ``magnification_source`` 'default').

@@ -6,5 +6,5 @@ Submodules (import them directly; this package imports nothing heavy on its own)
 factor, final export), ``validation`` (sampled-slice PSNR/SSIM), ``schedules`` (LambdaLinear warm-up),
 ``denoiser`` (UNet + trainable X-ray encoder), ``checkpoints`` (file layout), ``datalist`` (dataset -> datalist
 with a clear error), ``stages`` (autoencoder -> classifier -> diffusion with skip/resume), ``tracking`` (MLflow),
-``distributed`` (torchrun/DDP), ``train_cli`` (the ``xray2mri train`` command).
+``distributed`` (torchrun/DDP), ``training_run`` (the bundle training as one call, behind ``xray2mri train``).
 """

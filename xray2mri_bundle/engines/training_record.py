@@ -1,13 +1,13 @@
 """Record how shipped weights were trained: command, commit, cohort, wall time and final validation per stage.
 
-``scripts/train_small_demo.sh`` calls this after the three stages. It reads the stage logs that MONAI's
-``StatsHandler`` wrote (``Epoch: e/E, Iter: i/n -- train_loss: x`` and ``Epoch[e] Metrics -- k: v ...``), writes
-``<models>/training_record.json`` and a loss-curve PNG, so a user can see what the demo weights are worth.
+``scripts/train_small_demo.sh`` calls it (``xray2mri training-record``) after the three stages. It reads the
+stage logs that MONAI's ``StatsHandler`` wrote (``Epoch: e/E, Iter: i/n -- train_loss: x`` and
+``Epoch[e] Metrics -- k: v ...``), writes ``<models>/training_record.json`` and a loss-curve PNG, so a
+user can see what the demo weights are worth.
 """
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import json
 import os
@@ -18,12 +18,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["parse_stage_log", "write_training_record", "main"]
+from xray2mri_bundle.constants import DEMO_WEIGHTS_DISCLAIMER
 
-DISCLAIMER = (
-    "DEMO weights trained on a synthetic phantom cohort only (no patient data). They show that the pipeline "
-    "works end to end; they are not a model of real knees and must not be used for any clinical purpose."
-)
+__all__ = ["parse_stage_log", "write_training_record"]
+
+DISCLAIMER = DEMO_WEIGHTS_DISCLAIMER
 _ITER = re.compile(r"Epoch: (\d+)/(\d+), Iter: (\d+)/(\d+) -- train_loss: ([-+0-9.eE]+|nan|inf)")
 _METRICS = re.compile(r"Epoch\[(\d+)\] Metrics -- (.*)$")
 _PAIR = re.compile(r"(\w+): ([-+0-9.eE]+|nan|inf)")
@@ -83,10 +82,11 @@ def _plot_losses(curves: dict[str, list[float]], out_png: Path) -> None:
 
 def write_training_record(
     models: Path, logs: Path, cohort: Path, wall_s: dict[str, float], command: str, loss_png: Path | None,
-    notes: Sequence[str] = (),
+    notes: Sequence[str] = (), bundle_root: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
-    """Write ``models/training_record.json`` (and the loss-curve PNG); return the record."""
-    root = Path(__file__).resolve().parents[2]
+    """Write ``models/training_record.json`` (and the loss-curve PNG); return the record. The commit recorded is
+    the one checked out in ``bundle_root`` (default: the current folder; None in the record outside a git tree)."""
+    root = Path(bundle_root) if bundle_root is not None else Path.cwd()
     cohort_meta = json.loads((cohort / "cohort.json").read_text()) if (cohort / "cohort.json").is_file() else {}
     stages: dict[str, Any] = {}
     for stage, seconds in wall_s.items():
@@ -120,24 +120,3 @@ def write_training_record(
     if loss_png is not None:
         _plot_losses({s: info["_curve"] for s, info in stages.items() if info["_curve"]}, loss_png)
     return record
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m xray2mri_bundle.engines.training_record", description=__doc__)
-    p.add_argument("--models", required=True, type=Path, help="folder of the final checkpoints (models/small)")
-    p.add_argument("--logs", required=True, type=Path, help="folder holding <stage>.log")
-    p.add_argument("--cohort", required=True, type=Path, help="cohort the weights were trained on")
-    p.add_argument("--wall", nargs="+", default=[], help="stage=seconds, one per stage")
-    p.add_argument("--command", default="", help="the command that trained the weights")
-    p.add_argument("--note", action="append", default=[], help="a remark on how the weights were trained")
-    p.add_argument("--loss-png", type=Path, default=Path("docs/images/loss_curves_small.png"))
-    args = p.parse_args(argv)
-    wall = {k: float(v) for k, v in (item.split("=", 1) for item in args.wall)}
-    record = write_training_record(args.models, args.logs, args.cohort, wall, args.command, args.loss_png,
-                                   args.note)
-    print(json.dumps(record["stages"], indent=2))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

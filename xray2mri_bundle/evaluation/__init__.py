@@ -4,7 +4,8 @@ the depth sweep and interpolation studies, figures, and the Markdown report. Out
 results, not for diagnosis.
 
 Modules: ``methods`` (registry), ``baselines``, ``evaluator`` (engine pieces), ``studies`` (Fig. 6, Table 2),
-``records`` (per-knee CSV, summary JSON), ``figures``, ``report``, ``evaluate_cli`` (``xray2mri evaluate``).
+``records`` (per-knee CSV, summary JSON), ``figures``, ``report``, ``run`` (``run_evaluation``, behind
+``xray2mri evaluate``).
 """
 
 from .methods import METHODS, build_method, parse_methods

@@ -43,6 +43,7 @@ from monai.metrics.regression import RegressionMetric
 from monai.utils import MetricReduction
 from torch import nn
 
+from xray2mri_bundle.constants import OAI_MRI_FOV_MM
 from xray2mri_bundle.metrics import (
     RegionSpecificSSIM,
     adjacent_slice_correlation,
@@ -61,7 +62,7 @@ logger = logging.getLogger(__name__)
 
 METRIC_NAMES: tuple[str, ...] = ("psnr", "ssim", "rssim", "adjacent_corr")
 """Metric handlers of the evaluator (``engine.state.metrics`` keys); psnr is the key metric."""
-FOV_MM = 160.0
+FOV_MM = OAI_MRI_FOV_MM
 """MRI field of view (cohort and OAI COR_T1_3D_FLASH): maps ground-truth columns of knees prepared without the
 joint-centred frame (no ``crop_box``) to the resized grid."""
 

@@ -20,11 +20,13 @@ import numpy as np
 from matplotlib.figure import Figure
 from skimage.filters import sobel
 
+from xray2mri_bundle.constants import FIGURE_DISCLAIMER
+
 __all__ = [
     "DISCLAIMER", "box_plots", "depth_sweep_plot", "difference_table", "interpolation_strip", "sobel_difference",
 ]
 
-DISCLAIMER = "Synthetic research images - not for diagnosis"
+DISCLAIMER = FIGURE_DISCLAIMER
 _DPI = 110
 
 

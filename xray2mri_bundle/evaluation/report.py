@@ -15,6 +15,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from xray2mri_bundle.constants import REPORT_DISCLAIMER
+
 from .methods import describe, is_oracle, method_kind
 
 __all__ = ["PAPER_VALUES", "failure_modes", "render_report", "write_report"]
@@ -30,8 +32,7 @@ _TABLE_METRICS: tuple[tuple[str, str, int], ...] = (
     ("jsw_medial_abs_err_mm", "JSW medial abs. error (mm)", 2),
     ("jsw_lateral_abs_err_mm", "JSW lateral abs. error (mm)", 2), ("seconds", "s / knee", 1),
 )
-DISCLAIMER = ("Synthetic research outputs, not for diagnosis: all images and numbers come from a research model; "
-              "they are not measurements of any patient and must not be used for clinical decisions.")
+DISCLAIMER = REPORT_DISCLAIMER
 
 
 def _fmt(stats: Mapping[str, Any] | None, digits: int) -> str:

@@ -1,4 +1,4 @@
-"""``xray2mri export``: the trained UNet as a ``torch.export`` program (``.pt2``), checked against eager.
+"""The trained UNet as a ``torch.export`` program (``.pt2``), checked against eager.
 
 What it is for: deployment without this package's Python code (the program holds the graph and the EMA
 weights; ``torch.export.load(path).module()`` runs it), ahead-of-time compilation (AOTInductor) and other
@@ -13,21 +13,31 @@ classifier and the X-ray encoder stay eager (they run once per X-ray).
 
 from __future__ import annotations
 
-import argparse
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from torch import nn
 
-__all__ = ["example_inputs", "export_unet", "main"]
+__all__ = ["example_inputs", "export_checkpoint", "export_unet", "random_conditions"]
+
+
+def random_conditions(batch: int, latent_shape: Sequence[int], device: torch.device | str = "cpu",
+                      dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+    """UNet condition kwargs of the right shapes: X-ray latent (B, *latent), context (B, 1, 768), depth (B,),
+    p (B, 5, 8, 8) and i (B, 16, 8, 8) (softmaxed like the real maps)."""
+    kw = {"device": device, "dtype": dtype}
+    return {
+        "xray_latent": torch.randn(batch, *latent_shape, **kw),
+        "context": torch.randn(batch, 1, 768, **kw),
+        "depth": torch.linspace(0, 1, batch, **kw),
+        "p_map": torch.softmax(torch.randn(batch, 5, 8, 8, **kw), dim=1),
+        "i_map": torch.softmax(torch.randn(batch, 16, 8, 8, **kw), dim=1),
+    }
 
 
 def example_inputs(unet: nn.Module, latent_shape: Sequence[int], batch: int = 2, seed: int = 0) -> dict:
     """Keyword inputs of ``unet`` for ``batch`` items (random conditions of the right shapes, half dropped)."""
-    from xray2mri_bundle.benchmark_tools import random_conditions
-
     gen = torch.Generator().manual_seed(seed)
     inputs = {"x": torch.randn(batch, *latent_shape, generator=gen),
               "timesteps": torch.randint(1, 1000, (batch,), generator=gen)}
@@ -65,27 +75,13 @@ def export_unet(unet: nn.Module, latent_shape: Sequence[int], path: str | Path, 
     return {"path": str(path), "max_abs_diff": diff, "batch_checked": 5}
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="xray2mri export", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model-dir", default="models", help="trained bundle (or its <profile> sub-folder)")
-    parser.add_argument("--profile", default="small")
-    parser.add_argument("--diffusion-checkpoint", default=None, help="another diffusion file (an ablation)")
-    parser.add_argument("-o", "--out", default="unet.pt2", help="exported program (default unet.pt2)")
-    args = parser.parse_args(argv)
+def export_checkpoint(model_dir: str | Path, profile: str, out: str | Path,
+                      diffusion_checkpoint: str | Path | None = None) -> dict:
+    """Load the trained bundle in ``model_dir`` (``profile``; ``diffusion_checkpoint``: another diffusion file,
+    e.g. an ablation) on the CPU and ``export_unet`` its UNet to ``out``. Raises what ``load_pipeline`` raises."""
     from xray2mri_bundle.inference.generator import load_pipeline
 
-    try:
-        generator = load_pipeline(args.model_dir, args.profile, "cpu", diffusion_checkpoint=args.diffusion_checkpoint)
-    except (FileNotFoundError, KeyError, ValueError, RuntimeError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    generator = load_pipeline(model_dir, profile, "cpu", diffusion_checkpoint=diffusion_checkpoint)
     size = int(generator.image_size)
     latent = list(generator.condition_encoder(torch.zeros(1, 1, size, size)).latent_shape)
-    result = export_unet(generator.unet, latent, args.out)
-    print(f"wrote {result['path']} (max |exported - eager| = {result['max_abs_diff']:.2e} at batch "
-          f"{result['batch_checked']}); load with torch.export.load(path).module()")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return export_unet(generator.unet, latent, out)

@@ -45,9 +45,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: The training volumes: 50 coronal slices (13..63 of 80) of 1.5 mm.
-REFERENCE_SLICES: int = 50
-REFERENCE_SPACING_MM: float = 1.5
+#: The training volumes: 50 coronal slices (13..63 of 80) of 1.5 mm (``xray2mri_bundle.constants``).
+from xray2mri_bundle.constants import REFERENCE_SLICES, REFERENCE_SPACING_MM  # noqa: E402
 
 ProgressFn = Callable[[int, int], None]
 """``progress(done, total)`` in denoising steps summed over all chunks (for a progress bar)."""

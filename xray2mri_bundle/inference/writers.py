@@ -46,6 +46,8 @@ from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
+from xray2mri_bundle.constants import DISCLAIMER as SERIES_DISCLAIMER
+from xray2mri_bundle.constants import VOLUME_CAPTION as DISCLAIMER
 from xray2mri_bundle.data.atomic import temp_dir, write_bytes_atomic
 from xray2mri_bundle.data.dicom_utils import save_dataset
 
@@ -59,8 +61,6 @@ __all__ = [
     "write_sidecar_json",
 ]
 
-DISCLAIMER = "SYNTHETIC pseudo-MRI - not for diagnosis"
-SERIES_DISCLAIMER = "synthetic - not for diagnosis"
 _PIXEL_MAX = 4095
 """Stored DICOM value of +1.0 (12 bits used of 16): stored = round((v + 1) / 2 * 4095), v clipped to [-1, 1]."""
 _LPS_FROM_RAS = np.diag([-1.0, -1.0, 1.0])

@@ -19,8 +19,8 @@ import torch
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 
+from xray2mri_bundle.constants import DISCLAIMER, MRI_FOV_MM
 from xray2mri_bundle.inference import writers
-from xray2mri_bundle.inference.generate_cli import DISCLAIMER, MRI_FOV_MM
 from xray2mri_bundle.inference.generator import (
     CHECKPOINT_FILES,
     VolumeGenerator,

@@ -19,11 +19,11 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from xray2mri_bundle.cli import evaluate as evaluate_command
+from xray2mri_bundle.cli import generate as generate_command
 from xray2mri_bundle.cohort.generate import make_cohort
 from xray2mri_bundle.diffusion import DEFAULT_SAMPLING
 from xray2mri_bundle.engines.datalist import load_datalist
-from xray2mri_bundle.evaluation import evaluate_cli
-from xray2mri_bundle.inference import generate_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 COHORT_SEED, COHORT_KNEES, COHORT_MATRIX = 0, 100, 256
@@ -107,7 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _say(f"generate: {len(knees)} held-out X-ray(s) -> {generated}")
     failed = 0
     for knee in knees:
-        failed += generate_cli.main([
+        failed += generate_command.main([
             knee["xray"], "-o", str(generated), "--model-dir", str(model_dir), "--profile", "small",
             "--side", knee["side"].lower(), "--sampler", args.sampler, "--steps", str(args.steps),
             "--device", args.device, "--overwrite",
@@ -116,7 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     evaluation = args.out / "eval"
     _say(f"evaluate: {args.eval_knees or 'all'} validation knees, {args.sampler} at {args.eval_steps} steps "
          f"-> {evaluation}")
-    eval_rc = evaluate_cli.main([
+    eval_rc = evaluate_command.main([
         "--model-dir", str(model_dir), "--dataset-dir", str(cohort), "--out", str(evaluation),
         "--max-knees", str(args.eval_knees), "--sampler", args.sampler, "--steps", str(args.eval_steps),
         "--device", args.device,

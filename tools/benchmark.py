@@ -1,9 +1,9 @@
-"""Performance benchmark: ``xray2mri benchmark`` (also ``python scripts/benchmark.py``).
+"""Performance benchmark: ``xray2mri benchmark`` (also ``python scripts/benchmark.py``), a tool of the checkout.
 
 Everything is measured in ONE process, so every ratio compares figures taken on the same machine under the
 same load. Per profile (``small`` on a CPU, ``paper`` on a GPU, ``tiny`` for ``--quick``):
 
-- the path users run (first): ``generate_cli.run_batch`` on an X-ray FILE with the pipeline ``load_pipeline`` +
+- the path users run (first): ``inference.batch.run_batch`` on an X-ray FILE with the pipeline ``load_pipeline`` +
   ``accelerate()`` give, at the defaults (``diffusion.DEFAULT_SAMPLING``) and at DDIM-50, timed in turns, every
   output format written to disk, with the breakdown (preprocessing, conditions, sampling, decoding, writing); and
   ``xray2mri generate`` as its own process (interpreter start, imports, model load), as the README demo runs it;
@@ -51,7 +51,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F  # noqa: N812
 
-from xray2mri_bundle.benchmark_tools import (
+from tools.benchmark_tools import (
     H100_BF16_DENSE_TFLOPS,
     amp_context,
     attention_sdpa,
@@ -229,12 +229,12 @@ def find_xray_file(datalist: Path | None, dataset_dir: Path | None, scratch: Pat
 
 def measure_user_path(generator: Any, xray_file: Path, slices: int, settings: dict[str, Any], repeats: int,
                       load_s: float | None, scratch: Path) -> dict:
-    """What ``xray2mri generate`` runs, in this process: ``generate_cli.run_batch`` on an X-ray FILE with the
+    """What ``xray2mri generate`` runs, in this process: ``inference.batch.run_batch`` on an X-ray FILE with the
     loaded + ``accelerate()``-d pipeline (the CLI's defaults: fp32, no compile), every output format written to
     disk. One entry per named ``SamplingSettings``, timed in turns (A B A B ...) after a warm-up, best of
     ``repeats``; the breakdown comes from the sidecar's timings, ``writing_s`` is the rest of the wall time.
     ``load_s``: the time of ``load_pipeline`` + ``accelerate`` (None for a random-init pipeline)."""
-    from xray2mri_bundle.inference.generate_cli import run_batch
+    from xray2mri_bundle.inference.batch import run_batch
 
     def once(value: Any, folder: Path) -> dict:
         start = time.perf_counter()
@@ -609,7 +609,7 @@ def training_batch(profile: str) -> int:
 
 # ------------------------------------------------------------------------------------------------ driver
 def _save(report: dict, out_dir: Path) -> None:
-    from xray2mri_bundle.benchmark_report import render_markdown
+    from tools.benchmark_report import render_markdown
 
     out_dir.mkdir(parents=True, exist_ok=True)
     text = json.dumps(_plain(report), indent=2, allow_nan=False)

@@ -1,6 +1,6 @@
 """docs/performance.md from the benchmark's JSON: targets (pass / fail), machines, per-run tables, cost model.
 
-Pure formatting: every number comes from ``performance.json`` (``xray2mri_bundle.benchmark``), so the page can be
+Pure formatting: every number comes from ``performance.json`` (``tools/benchmark.py``), so the page can be
 rewritten at any time with ``xray2mri benchmark --render-only``.
 """
 
@@ -339,7 +339,7 @@ def render_markdown(report: dict) -> str:
     """The whole docs/performance.md page."""
     out = ["# Performance", "",
            "Speed and memory of the X-ray -> pseudo-MRI pipeline, written by `xray2mri benchmark` "
-           "(`xray2mri_bundle/benchmark.py`) from `performance.json`; do not edit by hand. Each run measures "
+           "(`tools/benchmark.py`) from `performance.json`; do not edit by hand. Each run measures "
            "everything in one process on one machine, so the ratios inside a run compare like with like; "
            "figures from different runs (machines) are not compared. The volumes are synthetic research images, "
            "not for diagnosis.", "",
@@ -381,7 +381,7 @@ def render_markdown(report: dict) -> str:
                     f"{_num(run.get('peak_rss_mib_process_lifetime'))} MiB.{other}", ""]
     out += _cost_model(report)
     out += ["## Method", "",
-            "- The `xray2mri generate` path is `generate_cli.run_batch` on an X-ray file with the loaded pipeline "
+            "- The `xray2mri generate` path is `inference.batch.run_batch` on an X-ray file with the loaded pipeline "
             "(`load_pipeline` + `accelerate()` at the CLI's defaults), all four output formats written, the default "
             "sampler and DDIM-50 timed in turns (A B A B) after a warm-up, best of the repeats; its breakdown comes "
             "from the sidecar. The whole-process figure adds interpreter start, imports and model loading (one run "

@@ -13,11 +13,13 @@ import os
 import platform
 import resource
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from xray2mri_bundle.inference.export import random_conditions  # noqa: F401  (re-exported for the tools)
 
 __all__ = [
     "H100_BF16_DENSE_TFLOPS",
@@ -188,20 +190,6 @@ def attention_sdpa(module: nn.Module, enabled: bool) -> Iterator[int]:
     finally:
         for m, value in zip(blocks, before, strict=True):
             m.use_flash_attention = value
-
-
-def random_conditions(batch: int, latent_shape: Sequence[int], device: torch.device | str = "cpu",
-                      dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
-    """UNet condition kwargs of the right shapes: X-ray latent (B, *latent), context (B, 1, 768), depth (B,),
-    p (B, 5, 8, 8) and i (B, 16, 8, 8) (softmaxed like the real maps)."""
-    kw = {"device": device, "dtype": dtype}
-    return {
-        "xray_latent": torch.randn(batch, *latent_shape, **kw),
-        "context": torch.randn(batch, 1, 768, **kw),
-        "depth": torch.linspace(0, 1, batch, **kw),
-        "p_map": torch.softmax(torch.randn(batch, 5, 8, 8, **kw), dim=1),
-        "i_map": torch.softmax(torch.randn(batch, 16, 8, 8, **kw), dim=1),
-    }
 
 
 def count_flops(build: Callable[[], nn.Module], call: Callable[[nn.Module], object]) -> int:

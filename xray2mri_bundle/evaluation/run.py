@@ -1,4 +1,7 @@
-"""``xray2mri evaluate``: compare methods on the validation split and write tables, figures and a report.
+"""Compare methods on the validation split and write tables, figures and a report (``xray2mri evaluate``).
+
+``run_evaluation(options)`` does the work; ``options`` holds the settings of ``xray2mri evaluate`` (the
+namespace that ``xray2mri_bundle.cli.evaluate.build_parser`` parses; its defaults are the documented ones).
 
 Example (small profile, 2 CPU cores)::
 
@@ -21,7 +24,6 @@ import json
 import logging
 import shlex
 import shutil
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -30,8 +32,8 @@ from typing import Any
 
 import torch
 
+from xray2mri_bundle.constants import SUMMARY_DISCLAIMER
 from xray2mri_bundle.data.datasets import build_knee_dataset
-from xray2mri_bundle.diffusion import DEFAULT_SAMPLING, SAMPLERS
 from xray2mri_bundle.inference.generator import resolve_model_dir
 from xray2mri_bundle.networks.profiles import PROFILES
 
@@ -40,66 +42,13 @@ from .evaluator import KneeRecorder, build_evaluator, pick_examples, read_ground
 from .methods import METHODS, FirstSample, SampleMean, build_method, parse_methods
 from .records import bootstrap_differences, read_rows, summarise, write_rows, write_summary
 from .report import render_report, write_report
-from .studies import DEPTH_COUNTS, depth_sweep, interpolation, write_sweep
+from .studies import depth_sweep, interpolation, write_sweep
 
-__all__ = ["ABLATION_OVERRIDES", "EvaluationRun", "build_parser", "main", "reproduce", "run_evaluation"]
+__all__ = ["ABLATION_OVERRIDES", "DEFAULT_METHODS", "EvaluationRun", "reproduce", "run_evaluation"]
 
 logger = logging.getLogger("xray2mri.evaluate")
-ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_METHODS = "full,xray_no_guidance,ldm_depth_only,mean_volume,nearest_xray,knn_xray,oracle_knee"
 TABLE1_GRADES = (0, 2, 4)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="xray2mri evaluate", description=__doc__.split("\n\n")[0])
-    p.add_argument("--model-dir", default="models/small", help="checkpoints folder (default models/small)")
-    p.add_argument("--dataset-dir", help="cohort folder (OAI-style tree; ground_truth.csv gives the JSW truth)")
-    p.add_argument("--datalist", help="MONAI datalist JSON (default <dataset-dir>/datalist.json, else indexed)")
-    p.add_argument("--split-seed", type=int, default=0, help="split seed when indexing (as training; default 0)")
-    p.add_argument("--val-fraction", type=float, default=0.3, help="validation share when indexing (default 0.3)")
-    p.add_argument("--out", default="outputs/eval", help="output folder (default outputs/eval)")
-    p.add_argument("--methods", default=DEFAULT_METHODS, help=f"comma-separated (default {DEFAULT_METHODS})")
-    p.add_argument("--max-knees", type=int, default=0, help="validation knees, spread over KL grades (0 = all)")
-    p.add_argument("--max-train-knees", type=int, default=0, help="training knees for the baselines (0 = all)")
-    p.add_argument("--sampler", default=DEFAULT_SAMPLING.sampler, choices=sorted(SAMPLERS),
-                   help=f"solver of the diffusion methods (default {DEFAULT_SAMPLING.sampler})")
-    p.add_argument("--steps", type=int, default=DEFAULT_SAMPLING.steps,
-                   help=f"solver steps (default {DEFAULT_SAMPLING.steps})")
-    p.add_argument("--slices", type=int, default=0,
-                   help="compare this many evenly spaced real slices of the 50 (0 = all 50)")
-    p.add_argument("--guidance-scale", type=float, default=1.0, help="classifier-free guidance (1 = none)")
-    p.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0 = deterministic)")
-    p.add_argument("--chunk-size", type=int, default=16, help="depths denoised together")
-    p.add_argument("--seed", type=int, default=0, help="base seed (each knee: CRC32 of its key + seed)")
-    p.add_argument("--profile", choices=sorted(PROFILES), help="network profile (default: from --model-dir name)")
-    p.add_argument("--image-size", type=int, help="slice / crop size (default: the profile's)")
-    p.add_argument("--cache-dir", help="knee cache (default <out>/cache)")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default)")
-    p.add_argument("--nearest-metric", choices=("l2", "cosine"), default="l2",
-                   help="nearest_xray / knn_xray distance on the 32 x 32 crop (default l2)")
-    p.add_argument("--knn", type=int, default=5, help="neighbours averaged by knn_xray (default 5)")
-    p.add_argument("--samples", type=int, default=4,
-                   help="diffusion methods are scored on one sample AND on the mean of this many (default 4; "
-                        "1 = single sample only)")
-    p.add_argument("--sweep-method", help="method of the depth sweep and interpolation (default: first diffusion)")
-    p.add_argument("--sweep-depths", default=",".join(map(str, DEPTH_COUNTS)),
-                   help="numbers of depths for Fig. 6 ('' = skip; default 30,...,500)")
-    p.add_argument("--sweep-knees", type=int, default=1, help="knees in the depth sweep (default 1)")
-    p.add_argument("--sweep-steps", type=int, help="DDIM steps in the sweep and interpolation (default --steps)")
-    p.add_argument("--interp-frames", type=int, default=4, help="generated frames between two real slices (0 = skip)")
-    p.add_argument("--no-jsw", action="store_true", help="skip joint-space width measurements")
-    p.add_argument("--strict", action="store_true", help="fail when a method cannot be built (default: skip it)")
-    p.add_argument("--write-docs", action="store_true", help="also write docs/results.md (+ docs/results/*.png)")
-    p.add_argument("--docs-dir", default=str(ROOT / "docs"), help="docs folder for --write-docs")
-    p.add_argument("--docs-page", default="results.md",
-                   help="page --write-docs writes in --docs-dir (default results.md; figures go to <stem>/)")
-    p.add_argument("--title", default="Evaluation results", help="report title")
-    p.add_argument("--preface", type=Path, help="Markdown file placed after the disclaimer (e.g. what changed "
-                                                "since the previous report and why)")
-    p.add_argument("--train-command", action="append", default=None,
-                   help="training command to show in the report's Reproduce block (repeatable; default: the "
-                        "standard recipe for the evaluated diffusion methods)")
-    return p
 
 
 @dataclass
@@ -327,7 +276,7 @@ def _write_outputs(
     }
     write_summary(run.summary, out / "summary.json", settings={k: str(v) for k, v in settings.items()},
                   engine_metrics=run.metrics, skipped=run.skipped, bootstrap=run.bootstrap,
-                  disclaimer="synthetic research outputs, not for diagnosis")
+                  disclaimer=SUMMARY_DISCLAIMER)
     if rows:
         run.figures.update(figures.box_plots(rows, out / "figures", evaluated))
     table = {g: (example_slices.get(k) if k else None) for g, k in examples.items()}
@@ -361,20 +310,3 @@ def _write_outputs(
         run.docs = write_report(docs / page.name, render_report(
             run.summary, rows, settings, doc_links, commands, run.notes, missing, args.title, record,
             run.bootstrap, preface))
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``xray2mri evaluate``; returns 0 when at least one method was evaluated."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    run = run_evaluation(args, argv)
-    print(f"per-knee table: {run.out / 'per_knee.csv'}\nsummary:        {run.out / 'summary.json'}\n"
-          f"report:         {run.report}" + (f"\ndocs:           {run.docs}" if run.docs else ""))
-    for name, reason in run.skipped.items():
-        print(f"skipped {name}: {reason}")
-    return 0 if run.metrics else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,20 @@
+"""``xray2mri benchmark``: runs ``tools/benchmark.py`` of the bundle checkout (``--bundle-root``, default: the
+current folder).
+
+The tool is not part of the installed package: ``--help`` works anywhere; running needs the checkout (outside
+one: one error line naming what is missing, exit code 2).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from ._common import tool_command
+
+__all__ = ["main"]
+
+SUMMARY = "Measure speed and memory of the pipeline (writes docs/performance.md in the checkout)."
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return tool_command("benchmark", "tools.benchmark", SUMMARY, argv)
