@@ -106,6 +106,39 @@ def test_unknown_format_versions_and_foreign_files_are_refused(tmp_path: Path) -
 
 
 # ------------------------------------------------------------------------------------------- the old layout
+def _state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def _v1_export(stage: str, profile: str = "tiny", **flags: bool) -> dict:
+    """A format_version 1 export as the previous writer laid it out (weights at the top, sizes in
+    ``config["network"]``, condition flags in ``config["flags"]``, the X-ray encoder in ``config["xray_encoder"]``);
+    written literally here because that writer no longer exists."""
+    sizes = networks.get_profile(profile)
+    base = {"scale_factor": None, "profile": profile, "stage": stage, "iteration": 7, "epoch": 1, "format_version": 1}
+    if stage == "autoencoder":
+        net = _wake(networks.build_autoencoder(profile), 1)
+        return {**base, "model": _state(net), "ema": None,
+                "config": {"network": sizes["autoencoder"], "image_size": sizes["image_size"], "kl_weight": 1e-6}}
+    if stage == "classifier":
+        net = _wake(networks.build_classifier(profile), 2)
+        return {**base, "model": _state(net), "ema": None,
+                "config": {"network": sizes["classifier"], "image_size": sizes["image_size"], "num_classes": 5}}
+    flags = {"use_depth": True, "use_xray_latent": True, "use_context": True, "use_guidance": True,
+             "use_intensity": True, **flags}
+    unet_flags = {k: v for k, v in flags.items() if k != "use_intensity"}
+    raw, ema = (_wake(networks.build_unet(profile, **unet_flags), seed) for seed in (3, 4))
+    encoder, encoder_ema = (_wake(networks.build_xray_encoder(profile), seed) for seed in (5, 6))
+    return {**base, "scale_factor": 0.7, "model": _state(raw), "ema": _state(ema),
+            "xray_encoder": _state(encoder) if flags["use_context"] else None,
+            "xray_encoder_ema": _state(encoder_ema) if flags["use_context"] else None,
+            "config": {"network": sizes["unet"], "image_size": sizes["image_size"],
+                       "latent_shape": sizes["latent_shape"], "flags": flags,
+                       "xray_encoder": {"kind": "trainable", "network": sizes["xray_encoder"]},
+                       "num_train_timesteps": 1000, "noise_schedule": "scaled_linear_beta",
+                       "prediction_type": "epsilon", "ema_decay": 0.99, "p_uncond": 0.05}}
+
+
 def _legacy_unet(raw: dict) -> torch.nn.Module:
     """How format_version 1 was loaded before this module: the profile's UNet with the stored sizes and flags."""
     config = raw["config"]
@@ -115,17 +148,17 @@ def _legacy_unet(raw: dict) -> torch.nn.Module:
     return unet.eval()
 
 
-@pytest.mark.parametrize("name", ["diffusion.pt", "diffusion_xray_no_guidance.pt", "diffusion_ldm_depth_only.pt"])
-def test_shipped_diffusion_files_load_bit_identically(name: str) -> None:
-    path = SHIPPED / name
+@pytest.mark.parametrize("flags", [{}, {"use_guidance": False, "use_intensity": False},
+                                   {"use_xray_latent": False, "use_context": False, "use_guidance": False,
+                                    "use_intensity": False}], ids=["full", "xray_no_guidance", "ldm_depth_only"])
+def test_format_version_1_diffusion_files_load_bit_identically(tmp_path: Path, flags: dict) -> None:
+    path = tmp_path / "diffusion.pt"
+    torch.save(_v1_export("diffusion", **flags), path)
     raw = torch.load(path, weights_only=True)
-    assert raw["format_version"] == 1  # the shipped files are the old layout and stay untouched
     upgraded = ckpt.read_checkpoint(path)
-    assert upgraded["format_version"] == 2 and upgraded["inference_only"] and upgraded["weights_dtype"] == "float16"
-    assert upgraded["settings"]["noise_schedule"] == raw["config"]["noise_schedule"]
+    assert upgraded["format_version"] == 2 and upgraded["settings"]["noise_schedule"] == "scaled_linear_beta"
     assert upgraded["settings"]["use_intensity"] == raw["config"]["flags"]["use_intensity"]
-    assert upgraded["networks"]["unet"]["ema"] is raw["ema"] or all(
-        torch.equal(v, raw["ema"][k]) for k, v in upgraded["networks"]["unet"]["ema"].items())
+    assert upgraded["scale_factor"] == 0.7 and upgraded["iteration"] == 7
     new = ckpt.load_networks(upgraded)
     assert ("xray_encoder" in new) == raw["config"]["flags"]["use_context"]
     inputs = _unet_inputs(raw["config"]["latent_shape"])
@@ -134,37 +167,56 @@ def test_shipped_diffusion_files_load_bit_identically(name: str) -> None:
     if "xray_encoder" in new:
         legacy = networks.XrayEncoder(**raw["config"]["xray_encoder"]["network"])
         legacy.load_state_dict(raw["xray_encoder_ema"])
-        crop = torch.rand(1, 1, 128, 128)
+        crop = torch.rand(1, 1, 64, 64)
         with torch.no_grad():
             assert torch.equal(new["xray_encoder"](crop), legacy.eval()(crop))
 
 
-def test_shipped_autoencoder_and_classifier_load_bit_identically() -> None:
-    raw = torch.load(SHIPPED / "autoencoder.pt", weights_only=True)
-    legacy = networks.build_autoencoder("small", **raw["config"]["network"])
+def test_format_version_1_autoencoder_and_classifier_load_bit_identically(tmp_path: Path) -> None:
+    torch.save(_v1_export("autoencoder"), tmp_path / "autoencoder.pt")
+    raw = torch.load(tmp_path / "autoencoder.pt", weights_only=True)
+    legacy = networks.build_autoencoder("tiny", **raw["config"]["network"])
     legacy.load_state_dict(raw["model"])
-    new = ckpt.load_network(SHIPPED / "autoencoder.pt")
-    image = torch.rand(1, 3, 128, 128) * 2 - 1
+    new = ckpt.load_network(tmp_path / "autoencoder.pt")
+    image = torch.rand(1, 3, 64, 64) * 2 - 1
     with torch.no_grad():
         mu, _ = new.encode(image)  # the posterior mean (encode_stage_2_inputs would sample)
         assert torch.equal(mu, legacy.eval().encode(image)[0])
         assert torch.equal(new.decode(mu), legacy.decode(mu))
-    raw = torch.load(SHIPPED / "classifier.pt", weights_only=True)
-    legacy = networks.build_classifier("small", **raw["config"]["network"])
+    torch.save(_v1_export("classifier"), tmp_path / "classifier.pt")
+    raw = torch.load(tmp_path / "classifier.pt", weights_only=True)
+    legacy = networks.build_classifier("tiny", **raw["config"]["network"])
     legacy.load_state_dict(raw["model"])
-    new = ckpt.load_network(SHIPPED / "classifier.pt")
-    crop = torch.rand(2, 1, 128, 128) * 2 - 1
+    new = ckpt.load_network(tmp_path / "classifier.pt")
+    crop = torch.rand(2, 1, 64, 64) * 2 - 1
     with torch.no_grad():
         assert torch.equal(new(crop), legacy.eval()(crop))
     # the upgraded config is what a fresh build records: a re-export of these weights writes the same sizes
-    assert new.config == networks.build_classifier("small").config
-
-
-def test_inference_checkpoint_of_an_upgraded_file_is_the_current_layout(tmp_path: Path) -> None:
-    slim = ckpt.inference_checkpoint(ckpt.read_checkpoint(SHIPPED / "classifier.pt"))
+    assert new.config == networks.build_classifier("tiny").config
+    slim = ckpt.inference_checkpoint(ckpt.read_checkpoint(tmp_path / "classifier.pt"))
     assert slim["format_version"] == 2 and slim["networks"]["classifier"]["ema"] is None
     assert {v.dtype for v in slim["networks"]["classifier"]["model"].values() if v.is_floating_point()} == {
         torch.float16}
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in SHIPPED.glob("*.pt")))
+def test_shipped_files_are_inference_only_current_format(name: str) -> None:
+    """The shipped weights: format_version 2, one float16 weight set per network, sizes of a fresh small build."""
+    raw = torch.load(SHIPPED / name, weights_only=True)
+    assert raw["format_version"] == ckpt.FORMAT_VERSION == 2 and raw["inference_only"] and raw["profile"] == "small"
+    for part in raw["networks"].values():
+        kept = [w for w in (part["model"], part["ema"]) if w is not None]
+        assert len(kept) == 1
+        assert {v.dtype for v in kept[0].values() if v.is_floating_point()} == {torch.float16}
+    built = ckpt.load_networks(ckpt.read_checkpoint(SHIPPED / name))
+    fresh = {"autoencoder": networks.build_autoencoder, "classifier": networks.build_classifier,
+             "xray_encoder": networks.build_xray_encoder}
+    for part, network in built.items():
+        if part in fresh:
+            assert network.config == fresh[part]("small").config
+        else:
+            flags = {k: v for k, v in network.config.items() if k.startswith("use_")}
+            assert network.config == networks.build_unet("small", **flags).config
 
 
 # ------------------------------------------------------------------------------- JSON network definitions
