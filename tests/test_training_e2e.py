@@ -139,8 +139,9 @@ def test_mlflow_sqlite_store_has_one_run_per_stage(trained):
         assert expected_metrics[stage] in run.data.metrics
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
         assert "executed_config.json" in artifacts
-        assert {a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")} == {f"checkpoints/{stage}.pt"}
-    assert float(runs["diffusion"].data.params["scale_factor"]) > 0
+        assert f"{stage}.pt" in artifacts  # MLFlowHandler(artifacts=...): the final checkpoint
+    assert runs["diffusion"].data.metrics["scale_factor"] > 0  # the trainer metric set by ComputeScaleFactor
+    assert any(path.startswith("samples_epoch=") for path in artifacts)
 
 
 def test_rerun_skips_finished_stages(trained, cohort):

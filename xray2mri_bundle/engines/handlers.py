@@ -304,13 +304,14 @@ class ComputeScaleFactor:
     def __call__(self, engine: Engine) -> None:
         if self.scale_factor.value is not None:
             logger.info("latent scale factor %.5f (restored)", self.scale_factor.value)
-            return
-        if self.override is not None:
+        elif self.override is not None:
             self.scale_factor.value = self.override
             logger.info("latent scale factor %.5f (fixed by the config)", self.override)
-            return
-        self.scale_factor.value = self.compute(getattr(engine.state, "device", None))
-        logger.info("latent scale factor %.5f = 1 / std of the training latents", self.scale_factor.value)
+        else:
+            self.scale_factor.value = self.compute(getattr(engine.state, "device", None))
+            logger.info("latent scale factor %.5f = 1 / std of the training latents", self.scale_factor.value)
+        # a trainer metric, so MLFlowHandler / StatsHandler log it with the epoch's metrics
+        engine.state.metrics["scale_factor"] = self.scale_factor.value
 
     @torch.no_grad()
     def compute(self, device: torch.device | str | None = None) -> float:
