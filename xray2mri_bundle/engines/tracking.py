@@ -7,8 +7,9 @@ a tracking server instead (``MLFLOW_TRACKING_URI`` wins over both, as in MONAI).
 
 When ``configs/train.json`` runs the stages one after another, ``stage_tracking_settings`` gives MONAI's
 ``MLFlowHandler`` of each stage the options MONAI's default leaves unset: one MLflow run per stage, named after
-the stage, in one experiment (a resumed stage continues its unfinished run); ``experiment_param`` = the stage's
-``train#tracking_params`` (profile, learning rate, batch, ...); ``artifacts`` = the executed config plus
+the stage, in one experiment (a resumed stage continues its unfinished run); ``experiment_param`` = the shared
+``tracking_params`` of ``configs/common.json`` (stage, profile, data, seed, ...) with the stage's
+``train#tracking_params`` (learning rate, batch, ...); ``artifacts`` = the executed config plus
 ``train#tracking_artifacts`` (the final checkpoint, the validation samples), logged at completion. The latent
 scale factor, known only once training has started, reaches MLflow as the trainer metric ``scale_factor``
 (``handlers.ComputeScaleFactor`` puts it in ``engine.state.metrics``; the handler logs metrics per epoch).
@@ -56,7 +57,7 @@ def stage_tracking_settings(
 
     Same handlers as MONAI's ``DEFAULT_MLFLOW_SETTINGS``, with a run per stage (``run_name=stage``), the
     stage's executed config written to ``executed_config``, and the trainer's handler given the stage config's
-    ``train#tracking_params`` and ``train#tracking_artifacts`` (module docstring).
+    ``tracking_params`` + ``train#tracking_params`` and ``train#tracking_artifacts`` (module docstring).
     """
     settings = copy.deepcopy(DEFAULT_MLFLOW_SETTINGS)
     configs = settings["configs"]
@@ -65,7 +66,7 @@ def stage_tracking_settings(
     configs["run_name"] = stage
     configs["save_execute_config"] = str(executed_config)
     configs["trainer"].update(
-        experiment_param="@train#tracking_params",
+        experiment_param="$dict(@tracking_params, **@train#tracking_params)",
         artifacts="$[@save_execute_config] + @train#tracking_artifacts",
     )
     return settings
