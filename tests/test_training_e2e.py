@@ -141,7 +141,8 @@ def test_mlflow_sqlite_store_has_one_run_per_stage(trained):
         assert "executed_config.json" in artifacts
         assert f"{stage}.pt" in artifacts  # MLFlowHandler(artifacts=...): the final checkpoint
     assert runs["diffusion"].data.metrics["scale_factor"] > 0  # the trainer metric set by ComputeScaleFactor
-    assert any(path.startswith("samples_epoch=") for path in artifacts)
+    samples = {a.path for a in client.list_artifacts(runs["diffusion"].info.run_id)}
+    assert any(path.startswith("samples_epoch=") for path in samples)  # the validation sample images
 
 
 def test_rerun_skips_finished_stages(trained, cohort):
@@ -247,8 +248,7 @@ def test_mlflow_tracking_server(trained, cohort, logging_conf, tmp_path, mlflow_
     assert {"train_loss", "val_accuracy", "val_loss"} <= set(run.data.metrics)
     history = client.get_metric_history(run.info.run_id, "train_loss")
     assert len(history) == TINY_ITERATIONS
-    assert "executed_config.json" in {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert [a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")] == ["checkpoints/classifier.pt"]
+    assert {"executed_config.json", "classifier.pt"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
     assert not (out / "mlruns.db").exists()  # nothing went to the local store
 
 
