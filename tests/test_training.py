@@ -22,7 +22,6 @@ from xray2mri_bundle.engines.checkpoints import interval_checkpoints
 from xray2mri_bundle.engines.datalist import DatasetNotFoundError, load_datalist
 from xray2mri_bundle.engines.handlers import (
     ComputeScaleFactor,
-    EMAHandler,
     ExportFinalCheckpoint,
     ResumeFromLatest,
     ScaleFactor,
@@ -152,15 +151,64 @@ def test_lambda_linear_warm_up_then_constant():
     assert accumulated(19) == accumulated(16) == pytest.approx(LambdaLinear(warm_up_steps=10)(4))
 
 
-def test_ema_handler_moves_towards_the_weights():
-    model = torch.nn.Linear(2, 2)
-    ema = EMAHandler(model, decay=0.9)
-    start = ema.ema_model.weight.detach().clone()
-    with torch.no_grad():
-        model.weight.add_(1.0)
-    ema.update()
-    assert torch.allclose(ema.ema_model.weight, start + 0.1)
+def _ema_run(model: torch.nn.Module, ema, iterations: int, accumulation: int = 1, start: int = 0) -> None:
+    """``iterations`` fake iterations (weights += 1 each), ``ema`` attached as train_diffusion.json does."""
+    engine = Engine(lambda e, b: model.weight.data.add_(1.0))
+    ema.attach(engine, event=Events.ITERATION_COMPLETED(every=accumulation))
+    engine.add_event_handler(Events.STARTED, lambda e: setattr(e.state, "iteration", start))
+    engine.run(range(start + iterations), max_epochs=1)
+
+
+def test_ema_is_ignites_handler_with_the_paper_decay_per_optimiser_step():
+    """train_diffusion.json builds ignite's EMAHandler with momentum = 1 - ema_decay (ignite's convention) and
+    attaches it every ``diffusion_accumulation_steps`` iterations: ema = 0.99 ema + 0.01 w per optimiser step."""
+    from ignite.handlers import EMAHandler
+
+    parser = ConfigParser()
+    parser.read_config([str(CONFIGS / "common.json"), str(CONFIGS / "train_diffusion.json")])
+    assert parser["ema"]["_target_"] == "ignite.handlers.EMAHandler"
+    parser["network_raw"] = "$torch.nn.Linear(2, 2)"
+    ema = parser.get_parsed_content("ema")
+    assert isinstance(ema, EMAHandler) and ema.momentum == pytest.approx(1.0 - parser["ema_decay"])
     assert not any(p.requires_grad for p in ema.ema_model.parameters())
+    assert any("@ema.attach(" in expr and "every=@diffusion_accumulation_steps" in expr for expr in parser["run"])
+
+    model = ema.model
+    start = ema.ema_model.weight.detach().clone()
+    _ema_run(model, ema, iterations=4, accumulation=2)  # optimiser steps at iterations 2 and 4
+    expected = start.clone()
+    for weights in (start + 2, start + 4):
+        expected = 0.99 * expected + 0.01 * weights
+    assert torch.allclose(ema.ema_model.weight, expected, atol=1e-6)
+
+
+def test_resumed_ema_equals_the_uninterrupted_one(tmp_path: Path):
+    """The EMA copy saved in a checkpoint dict and loaded back continues exactly as without the interruption."""
+    from ignite.handlers import EMAHandler
+
+    torch.manual_seed(0)
+    base = torch.nn.Linear(3, 3)
+    whole = EMAHandler(copy_module(base), momentum=0.01)
+    _ema_run(whole.model, whole, iterations=6)
+
+    first = EMAHandler(copy_module(base), momentum=0.01)
+    _ema_run(first.model, first, iterations=3)
+    path = tmp_path / "ckpt.pt"
+    torch.save({"network": first.model.state_dict(), "ema": first.ema_model.state_dict()}, path)
+    saved = torch.load(path)
+    resumed_model = copy_module(base)
+    resumed_model.load_state_dict(saved["network"])
+    second = EMAHandler(resumed_model, momentum=0.01)
+    second.ema_model.load_state_dict(saved["ema"])
+    _ema_run(second.model, second, iterations=3, start=3)
+    assert torch.equal(second.ema_model.weight, whole.ema_model.weight)
+    assert torch.equal(second.model.weight, whole.model.weight)
+
+
+def copy_module(module: torch.nn.Module) -> torch.nn.Module:
+    import copy
+
+    return copy.deepcopy(module)
 
 
 # ---------------------------------------------------------------------------------------------- scale factor

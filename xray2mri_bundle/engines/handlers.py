@@ -1,6 +1,5 @@
 """Ignite handlers the training stages need beyond MONAI's own (CheckpointSaver, ValidationHandler, ...).
 
-- ``EMAHandler``: exponential moving average of the trained weights (0.99 in the paper), used for sampling.
 - ``StopOnDivergence``: stop with a clear error on a NaN/inf or exploding loss, before anything is saved, so
   the newest interval checkpoint stays the last good one.
 - ``ResumeFromLatest``: at start, load the newest readable interval checkpoint (weights, optimiser, scheduler,
@@ -10,12 +9,14 @@
 - ``ExportFinalCheckpoint``: the per-stage file inference reads (``models/<profile>/<stage>.pt``).
 - ``SaveRankDigest``: a hash of each rank's weights at the end (checks that DDP kept ranks identical).
 
+The EMA of the diffusion weights is ignite's ``ignite.handlers.EMAHandler`` (``configs/train_diffusion.json``:
+``momentum = 1 - ema_decay``, attached every ``diffusion_accumulation_steps`` iterations).
+
 Handlers that write files do so on rank 0 only; handlers that decide to stop agree across ranks.
 """
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import logging
@@ -37,7 +38,6 @@ from xray2mri_bundle.engines.checkpoints import interval_checkpoints
 
 __all__ = [
     "ComputeScaleFactor",
-    "EMAHandler",
     "ExportFinalCheckpoint",
     "ResumeFromLatest",
     "SaveRankDigest",
@@ -57,45 +57,6 @@ def loss_from_output(output: Any) -> torch.Tensor | float | None:
     if isinstance(output, Mapping):
         return output.get("loss")
     return output if isinstance(output, (torch.Tensor, float)) else None
-
-
-class EMAHandler:
-    """Keep ``ema_model``, an exponential moving average of ``model``'s weights.
-
-    ``ema = decay * ema + (1 - decay) * w`` after every optimiser step (every ``update_every`` iterations when
-    gradients are accumulated); buffers are copied. ``ema_model`` is an ``nn.Module`` (a frozen deep copy made
-    at construction), so it goes straight into CheckpointSaver/CheckpointLoader dicts and resumes with them.
-
-    Args:
-        model: the trained network (DDP wrappers are unwrapped).
-        decay: EMA decay (0.99 in the paper).
-        update_every: iterations per optimiser step (the trainer's ``accumulation_steps``).
-    """
-
-    def __init__(self, model: nn.Module, decay: float = 0.99, update_every: int = 1) -> None:
-        if not 0.0 <= decay <= 1.0:
-            raise ValueError(f"decay must be in [0, 1], got {decay}")
-        self.model = model
-        self.decay = float(decay)
-        self.update_every = max(1, int(update_every))
-        self.ema_model = copy.deepcopy(dist_utils.unwrap(model)).eval().requires_grad_(False)
-
-    def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.ITERATION_COMPLETED(every=self.update_every), self)
-
-    @torch.no_grad()
-    def update(self) -> None:
-        """One EMA step from the current weights."""
-        source = dist_utils.unwrap(self.model)
-        ema_params = dict(self.ema_model.named_parameters())
-        for name, param in source.named_parameters():
-            ema_params[name].lerp_(param.detach().to(ema_params[name].dtype), 1.0 - self.decay)
-        ema_buffers = dict(self.ema_model.named_buffers())
-        for name, buffer in source.named_buffers():
-            ema_buffers[name].copy_(buffer)
-
-    def __call__(self, engine: Engine) -> None:
-        self.update()
 
 
 class TrainingDivergedError(RuntimeError):
@@ -344,13 +305,14 @@ class ComputeScaleFactor:
     def __call__(self, engine: Engine) -> None:
         if self.scale_factor.value is not None:
             logger.info("latent scale factor %.5f (restored)", self.scale_factor.value)
-            return
-        if self.override is not None:
+        elif self.override is not None:
             self.scale_factor.value = self.override
             logger.info("latent scale factor %.5f (fixed by the config)", self.override)
-            return
-        self.scale_factor.value = self.compute(getattr(engine.state, "device", None))
-        logger.info("latent scale factor %.5f = 1 / std of the training latents", self.scale_factor.value)
+        else:
+            self.scale_factor.value = self.compute(getattr(engine.state, "device", None))
+            logger.info("latent scale factor %.5f = 1 / std of the training latents", self.scale_factor.value)
+        # a trainer metric, so MLFlowHandler / StatsHandler log it with the epoch's metrics
+        engine.state.metrics["scale_factor"] = self.scale_factor.value
 
     @torch.no_grad()
     def compute(self, device: torch.device | str | None = None) -> float:

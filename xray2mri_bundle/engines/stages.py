@@ -1,6 +1,7 @@
 """Run the three training stages in order (paper Algorithm 1): autoencoder -> KOA classifier -> diffusion.
 
-``configs/train.json`` (run id ``training``) calls :func:`run_training`. Each stage is its own MONAI bundle
+``configs/train.json`` (run ids ``training`` and ``run``) runs ``train#trainer``, a :class:`StagePipeline`,
+whose ``run()`` calls :func:`run_training`. Each stage is its own MONAI bundle
 config (``configs/common.json`` + ``configs/train_<stage>.json``) run by its own ``ConfigWorkflow``, so a stage
 can also be run alone, and MONAI's ``--tracking mlflow`` patch finds the usual ``train#trainer`` /
 ``validate#evaluator``. Every top-level key of the ``train.json`` run (its own, those merged from other config
@@ -40,6 +41,7 @@ __all__ = [
     "DEPENDENCIES",
     "STAGES",
     "StageDecision",
+    "StagePipeline",
     "as_bool",
     "command_line_value",
     "decide",
@@ -60,6 +62,7 @@ DEPENDENCIES: dict[str, tuple[str, ...]] = {
 #: keys of the pipeline config that are not settings for the stages
 PIPELINE_KEYS = frozenset({
     "_meta_", "imports", "initialize", "run", "finalize", "training", "stages", "save_execute_config", "run_name",
+    "train", "validate",
 })
 
 
@@ -280,3 +283,66 @@ def run_training(
             raise RuntimeError(f"stage {stage} ended without writing {final_path}")
     return decisions
 
+
+
+class StagePipeline:
+    """The three stages as one trainer-like object: ``train#trainer`` of ``configs/train.json``.
+
+    ``run()`` is :func:`run_training`; the MONAI training properties of ``train.json`` (``train#dataset``,
+    ``max_epochs``) come from the stage workflows (:meth:`stage_workflow`), so a program that reads a bundle's
+    properties (``ConfigWorkflow(..., workflow_type="train")``) sees the real dataset of the pipeline.
+
+    Args:
+        stages: subset of ``STAGES`` to run (always in the canonical order); None = all three.
+        force_retrain: retrain every selected stage from scratch.
+        max_epochs: per-stage epoch limits (``{"diffusion": 10}``) that win over ``<stage>_max_epochs``; empty =
+            each stage's own setting.
+        config, config_dir, meta_file: as for :func:`run_training`.
+    """
+
+    def __init__(
+        self,
+        stages: Sequence[str] | None = None,
+        force_retrain: Any = False,
+        max_epochs: Mapping[str, int] | None = None,
+        config: Mapping[str, Any] | None = None,
+        config_dir: str | os.PathLike | None = None,
+        meta_file: str | Sequence[str] | None = None,
+    ) -> None:
+        self.stages = None if stages is None else list(stages)
+        self.force_retrain = force_retrain
+        self.max_epochs = {str(k): int(v) for k, v in dict(max_epochs or {}).items()}
+        unknown = set(self.max_epochs) - set(STAGES)
+        if unknown:
+            raise ValueError(f"max_epochs for unknown stage(s) {sorted(unknown)}; choose from {STAGES}")
+        self.config, self.config_dir, self.meta_file = config, config_dir, meta_file
+        self._workflows: dict[str, ConfigWorkflow] = {}
+
+    def _settings(self) -> tuple[dict[str, Any], Path, Any]:
+        workflow = _active_workflow() if self.config is None or self.config_dir is None else None
+        config = self.config if self.config is not None else (workflow.parser.get() if workflow else None)
+        if config is None:
+            raise RuntimeError("StagePipeline needs `config` when it is not built by a monai.bundle workflow")
+        config = dict(config, **{f"{stage}_max_epochs": n for stage, n in self.max_epochs.items()})
+        config_dir = Path(self.config_dir if self.config_dir is not None else
+                          (workflow.config_root_path if workflow is not None else "configs"))
+        meta_file = self.meta_file if self.meta_file is not None or workflow is None else workflow.meta_file
+        return config, config_dir, meta_file
+
+    def stage_workflow(self, stage: str) -> ConfigWorkflow:
+        """The initialised (not run) training workflow of ``stage`` with the pipeline's settings."""
+        if stage not in self._workflows:
+            config, config_dir, meta_file = self._settings()
+            workflow = ConfigWorkflow(
+                config_file=stage_config_files(config_dir, stage), meta_file=meta_file, logging_file=False,
+                workflow_type="train", **_stage_overrides(config),
+            )
+            workflow.initialize()
+            self._workflows[stage] = workflow
+        return self._workflows[stage]
+
+    def run(self) -> list[StageDecision]:
+        """Skip, resume, train or retrain each stage (see the module docstring); the decisions, in order."""
+        config, config_dir, meta_file = self._settings()
+        return run_training(self.stages, self.force_retrain, config=config, config_dir=config_dir,
+                            meta_file=meta_file)
