@@ -474,6 +474,23 @@ def test_bundle_config_and_cli_write_the_same_volume(bundle_dir: Path, tmp_path:
         assert sa["crop_box_px"] == sb["crop_box_px"] and sa["settings"] == sb["settings"]
 
 
+def test_bundle_run_reports_a_bad_xray_and_writes_the_others(bundle_dir: Path, tmp_path: Path) -> None:
+    """The config's evaluator keeps the per-file failure report: the bad file is named, the good one written."""
+    from monai.bundle import run
+
+    film = write_film(tmp_path / "film.dcm")
+    (tmp_path / "notes.txt").write_text("not an image")
+    out = tmp_path / "out"
+    with pytest.raises(RuntimeError) as info:
+        run(config_file=str(ROOT / "configs" / "inference.json"), meta_file=str(ROOT / "configs" / "metadata.json"),
+            logging_file=None, bundle_root=str(ROOT), xray=[str(tmp_path / "notes.txt"), str(film)],
+            output_dir=str(out), model_dir=str(bundle_dir / PROFILE), profile=PROFILE, device="cpu", slices=2,
+            num_inference_steps=1, side="left", formats=["nifti"], progress=False)
+    causes = [info.value, info.value.__cause__]
+    assert any("1 input(s) failed" in str(e) and "notes.txt" in str(e) for e in causes)
+    assert nib.load(out / "film_left" / "pseudo_mri.nii.gz").shape == (SIZE, SIZE, 2)
+
+
 def test_inference_json_preprocessing_is_the_library_chain() -> None:
     """configs/inference.json spells out ``knees.knee_preprocessing``: the same transforms with the same settings."""
     from monai.bundle import ConfigParser
