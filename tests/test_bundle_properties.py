@@ -56,7 +56,11 @@ def test_inference_json_has_the_infer_properties_and_takes_xrays_from_the_datase
     assert flow.check_properties() == []
     films = [item["xray"] for item in flow.dataset.data]
     assert films and all(Path(f).exists() and str(f).startswith(str(cohort)) for f in films)
-    assert flow.inferer is flow.evaluator.keywords["generator"]  # the volume generator, built once
+    assert flow.inferer is flow.evaluator.inferer  # dataset -> inferer -> postprocessing, each built once
+    assert flow.evaluator.dataset is flow.dataset
+    assert flow.evaluator.postprocessing is flow.parser.get_parsed_content("postprocessing")
+    assert flow.dataset.transform is flow.parser.get_parsed_content("preprocessing")
+    assert flow.inferer.generator is flow.parser.get_parsed_content("generator")
 
     given = workflow(["inference.json"], "infer", xray=films[:1], output_dir=str(tmp_path), model_dir=str(SHIPPED),
                      device="cpu")

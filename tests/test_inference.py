@@ -450,6 +450,73 @@ def test_bundle_config_runs(bundle_dir: Path, tmp_path: Path) -> None:
         batch.require_inputs([])
 
 
+def test_bundle_config_and_cli_write_the_same_volume(bundle_dir: Path, tmp_path: Path) -> None:
+    """``xray2mri generate`` and ``monai.bundle run`` share preprocessing, inferer and writers: same X-ray, same
+    seed -> the same NIfTI arrays, knee for knee (a bilateral film: both knees)."""
+    from monai.bundle import run
+
+    film = write_film(tmp_path / "film.dcm")
+    settings = {"slices": 3, "steps": 2, "seed": 3}
+    assert generate_command.main([str(film), "-o", str(tmp_path / "cli"), "--model-dir", str(bundle_dir / PROFILE),
+                                  "--profile", PROFILE, "--slices", "3", "--steps", "2", "--seed", "3",
+                                  "--device", "cpu", "--formats", "nifti,json", "--no-progress"]) == 0
+    run(config_file=str(ROOT / "configs" / "inference.json"), meta_file=str(ROOT / "configs" / "metadata.json"),
+        logging_file=None, bundle_root=str(ROOT), xray=str(film), output_dir=str(tmp_path / "bundle"),
+        model_dir=str(bundle_dir / PROFILE), profile=PROFILE, device="cpu", slices=settings["slices"],
+        num_inference_steps=settings["steps"], seed=settings["seed"], formats=["nifti", "json"], progress=False)
+    cli = sorted(p.name for p in (tmp_path / "cli").iterdir())
+    assert cli == ["film_left", "film_right"] and sorted(p.name for p in (tmp_path / "bundle").iterdir()) == cli
+    for knee in cli:
+        a = np.asarray(nib.load(tmp_path / "cli" / knee / "pseudo_mri.nii.gz").dataobj)
+        b = np.asarray(nib.load(tmp_path / "bundle" / knee / "pseudo_mri.nii.gz").dataobj)
+        assert a.shape == (SIZE, SIZE, 3) and np.array_equal(a, b)
+        sa, sb = (json.loads((tmp_path / d / knee / "generation.json").read_text()) for d in ("cli", "bundle"))
+        assert sa["crop_box_px"] == sb["crop_box_px"] and sa["settings"] == sb["settings"]
+
+
+def test_bundle_run_reports_a_bad_xray_and_writes_the_others(bundle_dir: Path, tmp_path: Path) -> None:
+    """The config's evaluator keeps the per-file failure report: the bad file is named, the good one written."""
+    from monai.bundle import run
+
+    film = write_film(tmp_path / "film.dcm")
+    (tmp_path / "notes.txt").write_text("not an image")
+    out = tmp_path / "out"
+    with pytest.raises(RuntimeError) as info:
+        run(config_file=str(ROOT / "configs" / "inference.json"), meta_file=str(ROOT / "configs" / "metadata.json"),
+            logging_file=None, bundle_root=str(ROOT), xray=[str(tmp_path / "notes.txt"), str(film)],
+            output_dir=str(out), model_dir=str(bundle_dir / PROFILE), profile=PROFILE, device="cpu", slices=2,
+            num_inference_steps=1, side="left", formats=["nifti"], progress=False)
+    causes = [info.value, info.value.__cause__]
+    assert any("1 input(s) failed" in str(e) and "notes.txt" in str(e) for e in causes)
+    assert nib.load(out / "film_left" / "pseudo_mri.nii.gz").shape == (SIZE, SIZE, 2)
+
+
+def test_inference_json_preprocessing_is_the_library_chain() -> None:
+    """configs/inference.json spells out ``knees.knee_preprocessing``: the same transforms with the same settings."""
+    from monai.bundle import ConfigParser
+
+    from xray2mri_bundle.inference.knees import knee_preprocessing
+
+    parser = ConfigParser()
+    parser.read_config(str(ROOT / "configs" / "inference.json"))
+    parser["image_size"] = 256
+    config = parser.get_parsed_content("preprocessing").transforms
+    library = knee_preprocessing("xray", parser["side"], 256, parser["png_spacing_mm"])
+    assert [type(t) for t in config] == [type(t) for t in library]
+
+    def state(obj: object) -> object:  # settings, recursively: plain values, and objects by type and settings
+        if isinstance(obj, (int, float, str, bool, type(None))):
+            return obj
+        if isinstance(obj, (list, tuple)):
+            return [state(v) for v in obj]
+        if isinstance(obj, dict):
+            return {k: state(v) for k, v in obj.items()}
+        return (type(obj).__name__, state(vars(obj)) if hasattr(obj, "__dict__") else repr(obj))
+
+    for a, b in zip(config, library, strict=True):
+        assert state(a) == state(b), type(a).__name__
+
+
 def test_condition_encoder_batches_crops_and_rejects_colour(pipeline: VolumeGenerator) -> None:
     """B crops give B conditions, each the one crop's own (validation samples several knees at once)."""
     crops = torch.rand(2, 1, SIZE, SIZE, generator=torch.Generator().manual_seed(5)) * 2 - 1

@@ -67,11 +67,12 @@ class LoadXray(Transform):
     """Path -> MetaTensor (1, H, W) float32 film as stored (rescale applied, not inverted).
 
     DICOM (DX / CR), PNG (or another Pillow raster) and 2-D NIfTI. ``png_spacing_mm``: spacing assumed for
-    uncalibrated files (default 140/299 mm). Raises :class:`~.xray_io.InvalidXrayError` naming the file.
+    uncalibrated files (None or default: 140/299 mm). Raises :class:`~.xray_io.InvalidXrayError` naming the file.
     """
 
-    def __init__(self, png_spacing_mm: float = DEFAULT_PNG_SPACING_MM, nifti_axes: str = "xy") -> None:
-        self.png_spacing_mm, self.nifti_axes = png_spacing_mm, nifti_axes
+    def __init__(self, png_spacing_mm: float | None = DEFAULT_PNG_SPACING_MM, nifti_axes: str = "xy") -> None:
+        spacing = DEFAULT_PNG_SPACING_MM if png_spacing_mm is None else float(png_spacing_mm)
+        self.png_spacing_mm, self.nifti_axes = spacing, nifti_axes
 
     def __call__(self, path: str) -> MetaTensor:
         film = read_xray(path, self.png_spacing_mm, self.nifti_axes)
@@ -177,7 +178,7 @@ class CropJoint(Transform):
 class LoadXrayd(MapTransform):
     """Dictionary wrapper of :class:`LoadXray` (default key ``xray``)."""
 
-    def __init__(self, keys: KeysCollection = "xray", png_spacing_mm: float = DEFAULT_PNG_SPACING_MM,
+    def __init__(self, keys: KeysCollection = "xray", png_spacing_mm: float | None = DEFAULT_PNG_SPACING_MM,
                  nifti_axes: str = "xy", allow_missing_keys: bool = False) -> None:
         super().__init__(keys, allow_missing_keys)
         self.loader = LoadXray(png_spacing_mm, nifti_axes)

@@ -3,9 +3,12 @@
 The library behind ``xray2mri generate`` (``xray2mri_bundle.cli.generate`` parses the options and calls
 ``run_batch``) and the bundle's ``configs/inference.json``.
 
-Each input (DICOM DX/CR, PNG, 2-D NIfTI) is validated, the knee is cropped the way training data were
-(``xray2mri_bundle.data.xray_transforms``), a volume is generated (``VolumeGenerator``) and written by
-``xray2mri_bundle.inference.writers``. A bilateral film gives both knees unless ``--side`` picks one. A bad
+``run_batch`` wires the pieces ``configs/inference.json`` lists: a ``Dataset`` of the films with the
+preprocessing (``knees.knee_preprocessing``: each input, DICOM DX/CR, PNG or 2-D NIfTI, is validated and the
+knee cropped the way training data were), the inferer (``inferer.VolumeInferer`` around ``VolumeGenerator``),
+the postprocessing (``postprocessing.KneeWriters``: the writers of ``xray2mri_bundle.inference.writers``) and
+the loop over them (``evaluator.KneeBatchEvaluator``). A bilateral film gives both knees unless ``--side``
+picks one. A bad
 file is reported by name and the batch goes on; the exit code is 1 when any input failed. Every knee's
 outputs are written to a hidden temporary folder that is renamed into place, so a knee folder is complete or
 absent. Outputs are SYNTHETIC research images, not for diagnosis.
@@ -13,39 +16,39 @@ absent. Outputs are SYNTHETIC research images, not for diagnosis.
 
 from __future__ import annotations
 
-import math
 import os
-import shutil
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from xray2mri_bundle.constants import DISCLAIMER, MRI_FOV_MM
-from xray2mri_bundle.data.atomic import temp_dir
+from xray2mri_bundle.constants import MRI_FOV_MM
 from xray2mri_bundle.diffusion import DEFAULT_SAMPLING
 
+from .evaluator import BatchReport, KneeBatchEvaluator
 from .generator import (
     REFERENCE_SLICES,
     GenerationResult,
     VolumeGenerator,
-    slice_spacing_mm,
 )
-from .knees import KneeInput, prepare_knees
-from .settings import FORMATS, check_formats, check_sampler
+from .inferer import VolumeInferer
+from .knees import SIDES, KneeInput, knee_preprocessing, prepare_knees
+from .naming import knee_label, output_names
+from .postprocessing import KneeWriters
+from .settings import FORMATS, check_formats
 
 __all__ = [
     "FORMATS",
+    "KneeBatchEvaluator",
+    "KneeWriters",
+    "VolumeInferer",
     "MRI_FOV_MM",
     "BatchReport",
     "SIDES",
     "KneeInput",
     "expand_inputs",
+    "knee_label",
     "output_names",
     "prepare_output_dir",
     "prepare_knees",
@@ -54,105 +57,8 @@ __all__ = [
     "write_knee_outputs",
 ]
 
-SIDES = {"left": "LEFT", "right": "RIGHT", "both": None}
-
-
-@dataclass
-class BatchReport:
-    """What a batch produced: one entry per written knee, and ``(input, error message)`` per failure."""
-
-    outputs: list[dict[str, Any]] = field(default_factory=list)
-    failures: list[tuple[str, str]] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return not self.failures
-
-
-def _safe_name(text: str) -> str:
-    """``text`` with every character other than letters, digits, '.', '_' and '-' replaced by '_'."""
-    return "".join(c if c.isalnum() or c in "._-" else "_" for c in text)
-
-
-def _folder_name(text: str, fallback: str = "xray") -> str:
-    """A knee folder name: safe characters, never empty, '.', '..' or hidden (leading dots dropped)."""
-    return _safe_name(text).lstrip(".") or fallback
-
-
-def output_names(paths: Sequence[str | os.PathLike]) -> dict[str, str]:
-    """A distinct, filesystem-safe name per input path (the file stem, plus parent folders when stems clash,
-    e.g. OAI files are all called ``001``)."""
-
-    def stem(p: Path) -> str:
-        name = p.name
-        for suffix in (".nii.gz", ".nii", ".dcm", ".png", ".jpg", ".tif", ".tiff"):
-            if name.lower().endswith(suffix):
-                return name[: -len(suffix)]
-        return name
-
-    resolved = [Path(p) for p in paths]
-    depth = {str(p): 1 for p in resolved}
-    while True:
-        names = {}
-        for p in resolved:
-            parts = [*p.parent.parts, stem(p)][-depth[str(p)]:]
-            names[str(p)] = _folder_name("_".join(x for x in parts if x not in ("/", "")).replace(os.sep, "_"))
-        clashes = {n for n in names.values() if list(names.values()).count(n) > 1}
-        grow = [k for k, n in names.items() if n in clashes and depth[k] <= len(Path(k).parts)]
-        if not grow:
-            break
-        for k in grow:
-            depth[k] += 1
-    # still equal (same folder, same stem: knee.png and knee.nii.gz): keep the file type in the name
-    clashing = {key for key, name in names.items() if list(names.values()).count(name) > 1}
-    for key in clashing:
-        names[key] = _folder_name(f"{names[key]}_{Path(key).name[len(stem(Path(key))):].lstrip('.')}")
-    return unique_names(list(names.values()), list(names))
-
-
-def unused_name(name: str, used: set[str]) -> str:
-    """``name``, or ``name_2``, ``name_3``... : the first that is not in ``used``."""
-    candidate, k = name, 2
-    while candidate in used:
-        candidate, k = f"{name}_{k}", k + 1
-    return candidate
-
-
-def unique_names(names: Sequence[str], keys: Sequence[str]) -> dict[str, str]:
-    """``keys`` -> ``names`` made unique in order (the first of equal names unchanged, then ``_2``, ...)."""
-    used: set[str] = set()
-    out = {}
-    for key, name in zip(keys, names, strict=True):
-        out[key] = unused_name(name, used)
-        used.add(out[key])
-    return out
-
 
 # ---------------------------------------------------------------------------------------------------- writing
-def knee_label(name: str, knee: KneeInput) -> str:
-    """Output folder of one knee: the input's name, prefixed by the DICOM PatientID when the name is only
-    numbers (OAI files are called ``001``), plus the side: ``9000099_001_left``."""
-    patient_id = knee.source_info.get("PatientID", "")
-    patient = _folder_name("_".join(patient_id) if isinstance(patient_id, list) else str(patient_id), fallback="")
-    if patient and name.replace("_", "").isdigit() and not name.startswith(patient):
-        name = f"{patient}_{name}"
-    return name + (f"_{knee.side.lower()}" if knee.side else "")
-
-
-def _replace_dir(tmp: Path, final: Path, overwrite: bool) -> None:
-    """Move the finished temporary knee folder into place (the old one is removed only after success)."""
-    if final.exists():
-        if not overwrite:
-            raise FileExistsError(f"{final} exists (pass --overwrite to replace it)")
-        old = temp_dir(final.parent, prefix=f".{final.name}.", suffix=".old")
-        os.replace(final, old / "previous")
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
-
-
 def write_knee_outputs(
     result: GenerationResult,
     knee: KneeInput,
@@ -164,85 +70,10 @@ def write_knee_outputs(
     settings: dict[str, Any] | None = None,
     centre_ras: Sequence[float] | None = None,
 ) -> dict[str, Any]:
-    """Write one knee's volume to ``folder`` (NIfTI, DICOM series, montage PNG, JSON sidecar), atomically.
-
-    Geometry: in-plane spacing ``fov_mm / H`` (the MRI field of view the model was trained on), slice spacing
-    ``slice_spacing_mm(S)`` (1.5 mm at 50 slices). Returns the sidecar dictionary.
-    """
-    from xray2mri_bundle.inference import writers
-
-    formats = check_formats(formats)
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    if folder.exists() and not overwrite:
-        raise FileExistsError(f"{folder} exists (pass --overwrite to replace it)")
-    volume = result.volume
-    height, width, slices = volume.shape
-    spacing = (float(fov_mm) / height, float(fov_mm) / width)
-    thickness = slice_spacing_mm(slices)
-    side = (knee.side or "unknown side").lower()
-    title = f"Pseudo-MRI from {knee.path.name} ({side}) - {DISCLAIMER}"
-    start = time.perf_counter()
-    outputs: dict[str, str] = {}
-    tmp = temp_dir(folder.parent, prefix=f".{folder.name}.")
-    try:
-        if "nifti" in formats:
-            writers.write_nifti(volume, spacing, thickness, tmp / "pseudo_mri.nii.gz", description=knee.path.name,
-                                centre_ras=centre_ras)
-            outputs["nifti"] = "pseudo_mri.nii.gz"
-        if "dicom" in formats:
-            writers.write_dicom_series(volume, spacing, thickness, tmp / "dicom", source_info=knee.source_info,
-                                       series_description=f"Pseudo-MRI COR T1 {side}", centre_ras=centre_ras)
-            outputs["dicom"] = "dicom"
-        if "png" in formats:
-            writers.write_montage_png(volume, tmp / "montage.png", slice_spacing_mm=thickness, title=title)
-            outputs["png"] = "montage.png"
-        sidecar = {
-            "disclaimer": DISCLAIMER,
-            "input": str(knee.path.resolve()),
-            "side": knee.side,
-            **knee.info,
-            "profile": generator.profile,
-            "weights": generator.weights,
-            "checkpoints_sha256": dict(generator.checkpoints),
-            "seed": result.seed,
-            "sampler": result.sampler,
-            "steps": result.num_inference_steps,
-            "eta": result.eta,
-            "guidance_scale": result.guidance_scale,
-            "slices": slices,
-            "depths": [round(float(d), 6) for d in result.depths],
-            "shared_noise": result.shared_noise,
-            "per_slice_conditions": result.per_slice_conditions,
-            "pixel_spacing_mm": list(spacing),
-            "slice_spacing_mm": thickness,
-            "field_of_view_mm": float(fov_mm),
-            "frame": "joint-centred: the in-plane centre of every slice is the knee joint found on the X-ray",
-            "frame_centre_ras_mm": [0.0, 0.0, 0.0] if centre_ras is None else [float(v) for v in centre_ras],
-            "volume_layout": "(H, W, S): rows superior->inferior, columns to patient left, slices anterior->posterior",
-            "classifier_kl_probabilities": result.kl_probs,  # the KOA classifier's output (not a grading)
-            "timings_s": {**result.timings, "writing": time.perf_counter() - start},
-            "device": str(generator.device),
-            "versions": _versions(),
-            "settings": dict(settings or {}),
-            "outputs": outputs,
-        }
-        if "json" in formats:
-            outputs["json"] = "generation.json"
-            writers.write_sidecar_json(tmp / "generation.json", sidecar)
-        _replace_dir(tmp, folder, overwrite)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return sidecar
-
-
-def _versions() -> dict[str, str]:
-    import monai
-
-    import xray2mri_bundle
-
-    return {"xray2mri_bundle": xray2mri_bundle.__version__, "torch": torch.__version__, "monai": monai.__version__}
+    """Write one knee's volume to ``folder`` (NIfTI, DICOM series, montage PNG, JSON sidecar), atomically, with
+    the default :class:`~.postprocessing.KneeWriters`. Returns the sidecar dictionary."""
+    return KneeWriters(formats=formats, fov_mm=fov_mm, overwrite=overwrite)(result, knee, folder, generator,
+                                                                           settings, centre_ras)
 
 
 # ------------------------------------------------------------------------------------------------------ batch
@@ -291,16 +122,17 @@ def run_batch(
     ``raise_on_failure`` raises ``RuntimeError`` listing the failures at the end (bundle runs). Every knee uses
     the same ``seed``, so its volume does not depend on the other inputs.
     """
-    from tqdm.auto import tqdm
+    from monai.data import Dataset
+    from monai.transforms import Compose
 
     side_key = str(side).lower()
     if side_key not in SIDES:
         raise ValueError(f"side must be left, right or both, got {side!r}")
     formats = check_formats(formats)
-    sampler = check_sampler(sampler, eta)
+    inferer = VolumeInferer(generator, slices=slices, sampler=sampler, num_inference_steps=num_inference_steps,
+                            eta=eta, guidance_scale=guidance_scale, seed=seed, chunk_size=chunk_size,
+                            shared_noise=shared_noise, per_slice_conditions=per_slice_conditions)
     paths = require_inputs(xrays)
-    names = output_names(paths)
-    used_labels: set[str] = set()  # knee folders written in this run: two knees never share one
     centre = None
     if reference_mri is not None:
         from xray2mri_bundle.data.mri_transforms import frame_centre_ras
@@ -310,59 +142,13 @@ def run_batch(
         centre = frame_centre_ras(str(reference_mri), SIDES[side_key])
         (log or (lambda _m: None))(f"placing the volume in the frame of {reference_mri} (joint centre at RAS "
                                    f"{centre.round(1).tolist()} mm)")
-    output_dir = Path(output_dir)
-    report = BatchReport()
-    settings = {"chunk_size": chunk_size, "formats": list(formats), "requested_side": side_key,
-                **getattr(generator, "acceleration", {})}
-    say = log or (lambda _msg: None)
-    for path in paths:
-        try:
-            start = time.perf_counter()
-            knees = prepare_knees(path, SIDES[side_key], generator.image_size or 256, png_spacing_mm)
-            preprocessing = time.perf_counter() - start
-            if len(knees) > 1:
-                note = f"{path}: bilateral film, generating both knees (use --side left|right for one)"
-                report.notes.append(note)
-                say(note)
-            chunks = slices if per_slice_conditions else math.ceil(slices / max(1, chunk_size))
-            for knee in knees:
-                label = unused_name(knee_label(names[str(path)], knee), used_labels)
-                used_labels.add(label)
-                bar = tqdm(total=chunks * num_inference_steps, desc=label, unit="step", disable=not progress,
-                           leave=False)
-
-                def update(done: int, total: int, bar: Any = bar) -> None:
-                    bar.total, bar.n = total, done
-                    bar.refresh()
-
-                try:
-                    result = generator(
-                        knee.crop, slices=slices, num_inference_steps=num_inference_steps, eta=eta,
-                        guidance_scale=guidance_scale, seed=seed, chunk_size=chunk_size, shared_noise=shared_noise,
-                        per_slice_conditions=per_slice_conditions, progress=update, sampler=sampler,
-                    )
-                finally:
-                    bar.close()
-                result.timings["preprocessing"] = preprocessing
-                sidecar = write_knee_outputs(result, knee, output_dir / label, generator, fov_mm, formats,
-                                             overwrite, {**settings, "reference_mri": None if reference_mri is None
-                                                         else str(reference_mri)}, centre)
-                report.outputs.append({"input": str(path), "side": knee.side, "folder": str(output_dir / label),
-                                       "sidecar": sidecar})
-                say(f"{path} ({(knee.side or 'knee').lower()}): wrote {output_dir / label} "
-                    f"({result.slices} slices, {result.timings['total']:.1f} s)")
-        except Exception as exc:  # noqa: BLE001 - a batch reports every failure by file name and goes on
-            message = str(exc) if str(path) in str(exc) else f"{path}: {exc}"
-            report.failures.append((str(path), message))
-            print(f"error: {message}", file=sys.stderr)
-    if report.failures:
-        print(f"{len(report.failures)} of {len(paths)} input(s) failed:", file=sys.stderr)
-        for _, message in report.failures:
-            print(f"  - {message}", file=sys.stderr)
-        if raise_on_failure:
-            raise RuntimeError(f"{len(report.failures)} input(s) failed: " +
-                               "; ".join(message for _, message in report.failures))
-    return report
+    preprocessing = Compose(knee_preprocessing("xray", side_key, generator.image_size or 256, png_spacing_mm))
+    dataset = Dataset([{"xray": str(path)} for path in paths], transform=preprocessing)
+    postprocessing = KneeWriters(formats=formats, fov_mm=fov_mm, overwrite=overwrite)
+    evaluator = KneeBatchEvaluator(dataset, inferer, postprocessing, output_dir, side=side_key,
+                                   reference_mri=reference_mri, centre_ras=centre, progress=progress,
+                                   raise_on_failure=raise_on_failure, log=log)
+    return evaluator.run()
 
 
 # ------------------------------------------------------------------------------------------------- inputs

@@ -1,20 +1,29 @@
 """One X-ray file -> the knee crop(s) the model is conditioned on, with the training preprocessing.
 
-Shared by ``xray2mri generate`` and the MONAI Label app: the file is loaded and validated (a clear
-``InvalidXrayError`` naming it otherwise), a bilateral film is split by side, the joint is located and the
-140 mm crop is taken exactly as for training (``xray2mri_bundle.data.xray_transforms``).
+Shared by ``xray2mri generate``, ``configs/inference.json`` (its ``preprocessing`` spells out the same chain)
+and the MONAI Label app: the file is loaded and validated (a clear ``InvalidXrayError`` naming it otherwise),
+a bilateral film is split into one item per knee (:class:`SplitKneesd`), the joint is located and the 140 mm
+crop is taken exactly as for training (``xray2mri_bundle.data.xray_transforms``).
+:func:`knee_preprocessing` is that chain as a list of dictionary transforms; :func:`knee_input` turns one
+of its output items into a :class:`KneeInput`.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from monai.config import KeysCollection
+from monai.transforms import MapTransform
 
-__all__ = ["KneeInput", "prepare_knees"]
+__all__ = ["SIDES", "KneeInput", "SplitKneesd", "knee_input", "knee_preprocessing", "prepare_knees", "root_cause"]
+
+#: ``--side`` values -> the side handed to the transforms (None: both knees of a bilateral film / the film's own)
+SIDES = {"left": "LEFT", "right": "RIGHT", "both": None}
 
 
 @dataclass
@@ -63,49 +72,133 @@ def _dicom_source_info(path: Path) -> dict[str, Any]:
     return info
 
 
+def _requested_side(side: str | None) -> str | None:
+    """"left" / "right" / "both" (the CLI's) or "LEFT" / "RIGHT" / None -> "LEFT", "RIGHT" or None."""
+    if side is None:
+        return None
+    key = str(side).lower()
+    if key not in SIDES:
+        raise ValueError(f"side must be left, right or both, got {side!r}")
+    return SIDES[key]
+
+
+class SplitKneesd(MapTransform):
+    """A loaded film (``LoadXrayd``) -> a list of items, one per knee to generate.
+
+    ``side``: "left", "right", "both" (or "LEFT" / "RIGHT" / None): a bilateral film gives both knees unless
+    one is asked for, a unilateral film its own knee. Each item holds the film under ``keys`` (a copy), ``side``
+    (RIGHT / LEFT, RIGHT when a unilateral film does not say) and ``film`` (BILATERAL or the side) for
+    ``SelectKneed``, ``knee_side`` (None when the film does not say), ``film_info`` (the film's reading, for
+    the sidecar) and ``source_info`` (DICOM keywords carried to the generated series). The transforms after
+    it in a ``Compose`` run on every item.
+    """
+
+    def __init__(self, keys: KeysCollection = "xray", side: str | None = "both",
+                 allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        if len(self.keys) != 1:
+            raise ValueError(f"SplitKneesd splits one film, got keys {self.keys}")
+        self.side = _requested_side(side)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> list[dict[Hashable, Any]]:
+        d = dict(data)
+        key = self.keys[0]
+        film = d[key]
+        kind, sides = _film_sides(film, self.side)
+        meta = film.meta
+        film_info = {
+            "film": kind,
+            "film_laterality": meta.get("laterality") or None,
+            "modality": meta.get("modality") or None,
+            "photometric": meta.get("photometric"),
+            "film_spacing_mm": list(meta.get("film_spacing", ())),
+            "film_spacing_source": meta.get("spacing_source"),
+            "film_magnification": meta.get("magnification"),
+            "film_magnification_source": meta.get("magnification_source"),
+        }
+        source_info = _dicom_source_info(Path(str(meta.get("filename_or_obj", ""))))
+        items = []
+        for knee_side in sides:
+            extra = dict(source_info)
+            if knee_side:
+                extra["Laterality"] = knee_side[0]
+            film_key = "BILATERAL" if kind == "bilateral" else (knee_side or "RIGHT")
+            items.append({**d, key: film.clone(), "side": knee_side or "RIGHT", "film": film_key,
+                          "knee_side": knee_side, "film_info": dict(film_info), "source_info": extra})
+        return items
+
+
+def knee_preprocessing(
+    keys: KeysCollection = "xray", side: str | None = "both", image_size: int = 256,
+    png_spacing_mm: float | None = None,
+) -> list:
+    """The inference X-ray chain, ``{keys: path}`` -> one item per knee (wrap in ``monai.transforms.Compose``):
+    load -> split knees -> invert MONOCHROME1 -> select knee -> locate joint -> 140 mm crop resized to
+    ``image_size`` -> percentiles (0.5, 99.5) to [-1, 1]: the training chain
+    (``data.xray_transforms.xray_transforms``) without the intensity code. ``configs/inference.json``'s
+    ``preprocessing`` lists the same transforms (a test keeps the two equal)."""
+    from xray2mri_bundle.data.intensity import DEFAULT_PERCENTILES, ScalePercentilesd
+    from xray2mri_bundle.data.xray_transforms import (
+        CROP_MM,
+        CropJointd,
+        InvertMonochrome1d,
+        LoadXrayd,
+        LocaliseJointd,
+        SelectKneed,
+    )
+
+    return [
+        LoadXrayd(keys, png_spacing_mm=png_spacing_mm),
+        SplitKneesd(keys, side=side),
+        InvertMonochrome1d(keys),
+        SelectKneed(keys, side_key="side", film_key="film"),
+        LocaliseJointd(keys),
+        CropJointd(keys, size_mm=CROP_MM, spatial_size=int(image_size)),
+        ScalePercentilesd(keys, lower=DEFAULT_PERCENTILES[0], upper=DEFAULT_PERCENTILES[1], b_min=-1.0, b_max=1.0,
+                          clip=True),
+    ]
+
+
+def knee_input(item: Mapping[Hashable, Any], key: str = "xray") -> KneeInput:
+    """One output item of :func:`knee_preprocessing` -> :class:`KneeInput` (the crop as a plain float tensor)."""
+    crop = item[key]
+    meta = dict(getattr(crop, "meta", {}))
+    info = {
+        **item["film_info"],
+        "joint_rc_px": list(meta.get("joint_rc", ())),
+        "crop_box_px": list(meta.get("crop_box", ())),
+        "crop_mm": meta.get("frame_mm"),
+        "crop_size_px": int(crop.shape[-1]),
+    }
+    path = Path(str(meta.get("filename_or_obj", "")))
+    return KneeInput(path, item["knee_side"], torch.as_tensor(crop).as_subclass(torch.Tensor).float(), info,
+                     dict(item["source_info"]))
+
+
+def root_cause(exc: BaseException) -> BaseException:
+    """The exception a MONAI transform raised, without ``Compose``'s "applying transform ..." wrappers."""
+    while isinstance(exc, RuntimeError) and str(exc).startswith("applying transform") and exc.__cause__:
+        exc = exc.__cause__
+    return exc
+
+
 def prepare_knees(
     path: str | os.PathLike, side: str | None = None, image_size: int = 256, png_spacing_mm: float | None = None
 ) -> list[KneeInput]:
-    """Load, validate and crop the knee(s) of one X-ray file with the training preprocessing.
+    """Load, validate and crop the knee(s) of one X-ray file with the training preprocessing
+    (:func:`knee_preprocessing`).
 
     side: "RIGHT", "LEFT" or None (a bilateral film gives both knees, a unilateral film its own knee).
     Raises ``InvalidXrayError`` (naming the file) for unusable input.
     """
     from monai.transforms import Compose
 
-    from xray2mri_bundle.data.xray_io import DEFAULT_PNG_SPACING_MM
-    from xray2mri_bundle.data.xray_transforms import CROP_MM, LoadXray, LoadXrayd, xray_transforms
-
-    path = Path(path)
-    spacing = DEFAULT_PNG_SPACING_MM if png_spacing_mm is None else float(png_spacing_mm)
-    film = LoadXray(png_spacing_mm=spacing)(str(path))
-    kind, sides = _film_sides(film, side)
-    chain = xray_transforms("xray", size=int(image_size), intensity_key=None, png_spacing_mm=spacing)
-    chain = [t for t in chain if not isinstance(t, LoadXrayd)]  # the film is already loaded (and validated)
-    source_info = _dicom_source_info(path)
-    knees = []
-    for knee_side in sides:
-        film_key = "BILATERAL" if kind == "bilateral" else (knee_side or "RIGHT")
-        out = Compose(chain)({"xray": film.clone(), "side": knee_side or "RIGHT", "film": film_key})
-        crop = out["xray"]
-        meta = dict(crop.meta)
-        info = {
-            "film": kind,
-            "film_laterality": film.meta.get("laterality") or None,
-            "modality": film.meta.get("modality") or None,
-            "photometric": film.meta.get("photometric"),
-            "film_spacing_mm": list(film.meta.get("film_spacing", ())),
-            "film_spacing_source": film.meta.get("spacing_source"),
-            "film_magnification": film.meta.get("magnification"),
-            "film_magnification_source": film.meta.get("magnification_source"),
-            "joint_rc_px": list(meta.get("joint_rc", ())),
-            "crop_box_px": list(meta.get("crop_box", ())),
-            "crop_mm": CROP_MM,
-            "crop_size_px": int(image_size),
-        }
-        extra = dict(source_info)
-        if knee_side:
-            extra["Laterality"] = knee_side[0]
-        knees.append(KneeInput(path, knee_side, torch.as_tensor(crop).as_subclass(torch.Tensor).float(), info,
-                               extra))
-    return knees
+    chain = Compose(knee_preprocessing("xray", side, image_size, png_spacing_mm))
+    try:
+        items = chain({"xray": str(Path(path))})
+    except RuntimeError as exc:
+        cause = root_cause(exc)
+        if cause is exc:
+            raise
+        raise cause from None
+    return [knee_input(item) for item in items]
