@@ -201,13 +201,19 @@ def test_format_version_1_autoencoder_and_classifier_load_bit_identically(tmp_pa
 
 @pytest.mark.parametrize("name", sorted(p.name for p in SHIPPED.glob("*.pt")))
 def test_shipped_files_are_inference_only_current_format(name: str) -> None:
-    """The shipped weights: format_version 2, one float16 weight set per network, sizes of a fresh small build."""
+    """The shipped weights: format_version 2, one weight set per network in weight-only int8 (float16 scales and
+    small tensors), sizes of a fresh small build."""
     raw = torch.load(SHIPPED / name, weights_only=True)
     assert raw["format_version"] == ckpt.FORMAT_VERSION == 2 and raw["inference_only"] and raw["profile"] == "small"
+    assert raw["weights_dtype"] == "int8" and raw["int8_group_size"] == ckpt.INT8_GROUP_SIZE
     for part in raw["networks"].values():
         kept = [w for w in (part["model"], part["ema"]) if w is not None]
         assert len(kept) == 1
         assert {v.dtype for v in kept[0].values() if v.is_floating_point()} == {torch.float16}
+        quantized = {k for k, v in kept[0].items() if v.dtype == torch.int8}
+        assert quantized and quantized == set(part["scales"])
+        int8_bytes = sum(kept[0][k].numel() for k in quantized)
+        assert int8_bytes > 0.8 * sum(v.numel() for v in kept[0].values())  # most of the weights are int8
     built = ckpt.load_networks(ckpt.read_checkpoint(SHIPPED / name))
     fresh = {"autoencoder": networks.build_autoencoder, "classifier": networks.build_classifier,
              "xray_encoder": networks.build_xray_encoder}
@@ -250,3 +256,51 @@ def test_json_network_defs_build_the_profile_networks() -> None:
     for key, (_, build) in PARTS.items():
         assert parser.get_parsed_content(key).config == build("tiny").config, key
     assert parser.get_parsed_content("network_def").unet.config == networks.build_unet("tiny").config
+
+
+# ------------------------------------------------------------------------------------------ weight-only int8
+def test_int8_groups_quantize_a_hand_computed_weight() -> None:
+    """Two output channels, 5 entries each, groups of 4: each group scaled by its own |max| / 127 (float16)."""
+    w = torch.tensor([[1.27, -0.64, 0.0, 0.3175, 2.54], [0.0, 0.0, 0.0, 0.0, -0.127]])
+    q, scale = ckpt.quantize_int8(w, group_size=4)
+    assert q.dtype == torch.int8 and scale.dtype == torch.float16 and scale.shape == (2, 2)
+    assert scale[:, 0].float().tolist() == pytest.approx([0.01, 1.0], rel=1e-3)  # an all-zero group keeps scale 1
+    assert q[0].tolist() == [127, -64, 0, 32, 127] and q[1].tolist() == [0, 0, 0, 0, -127]
+    back = ckpt.dequantize_int8(q, scale, group_size=4)
+    assert float((back - w).abs().max()) <= float(scale.float().max()) / 2 + 1e-3
+    with pytest.raises(ValueError, match="do not fit"):
+        ckpt.dequantize_int8(q, scale, group_size=2)
+
+
+def test_int8_inference_checkpoint_loads_close_to_float32(tmp_path: Path) -> None:
+    """A tiny diffusion export in int8: int8 tensors + scales on disk (1-d tensors float16), float32 weights
+    after reading, each within the 3 % RMS bound of groups of 64 -- also rows with one large entry, whose
+    small entries one scale per row rounds to 0 (over 4 % error)."""
+    unet = networks.build_unet("tiny")
+    with torch.no_grad():
+        for param in unet.parameters():
+            param.add_(torch.randn_like(param) * 0.05)
+    spiky = 0.002 * torch.randn(4, 768)
+    spiky[:, 0] = 1.0  # like a near-identity projection: one large entry per row
+    exported = ckpt.make_checkpoint("diffusion", {"unet": unet}, {"unet": unet})
+    exported["networks"]["unet"]["ema"]["extra.spiky"] = spiky
+    ckpt.atomic_save(ckpt.inference_checkpoint(exported, "int8"), tmp_path / "diffusion.pt")
+    raw = torch.load(tmp_path / "diffusion.pt", weights_only=True)
+    stored, scales = raw["networks"]["unet"]["ema"], raw["networks"]["unet"]["scales"]
+    assert raw["weights_dtype"] == "int8" and set(scales) == {k for k, v in stored.items() if v.dim() >= 2}
+    assert all(stored[k].dtype == torch.int8 for k in scales)
+    assert {v.dtype for k, v in stored.items() if k not in scales and v.is_floating_point()} == {torch.float16}
+    parsed = ckpt.read_checkpoint(tmp_path / "diffusion.pt")["networks"]["unet"]
+    assert "scales" not in parsed
+    reference = exported["networks"]["unet"]["ema"]
+    for key, value in parsed["ema"].items():
+        assert value.dtype == (torch.float32 if key in scales else torch.float16)
+        assert value.shape == reference[key].shape
+        rms = float(reference[key].pow(2).mean().sqrt())
+        assert float((value - reference[key]).pow(2).mean().sqrt()) <= 0.031 * rms + 1e-3 * (key not in scales), key
+    per_row = spiky.abs().amax(dim=1, keepdim=True) / 127  # one scale per row: the small entries vanish
+    spiky_rms = float(spiky.pow(2).mean().sqrt())
+    assert float(((spiky / per_row).round() * per_row - spiky).pow(2).mean().sqrt()) > 0.04 * spiky_rms
+    assert float((parsed["ema"]["extra.spiky"] - spiky).pow(2).mean().sqrt()) < 0.025 * spiky_rms
+    with pytest.raises(ValueError, match="inference precision"):
+        ckpt.inference_checkpoint(exported, "int4")
