@@ -20,10 +20,12 @@ One file per training stage, ``<model_dir>/autoencoder.pt | classifier.pt | diff
       "inference_only": bool, "weights_dtype": "float32" | "float16" | "int8" | ...,
     }
 
-``weights_dtype == "int8"`` (weight-only int8, ``inference_checkpoint(..., "int8")``): every floating weight
-of two or more dimensions is stored as int8 with one float16 scale per group of ``INT8_GROUP_SIZE``
-consecutive entries of an output channel, in the network entry's ``"scales"`` (``{key: tensor (out_channels, groups)}``, symmetric:
-``w = q * scale``; the group size is stored as ``"int8_group_size"``); every other floating tensor is float16. Reading dequantizes (:func:`parse_checkpoint`), so loaders see float tensors as in any export.
+``weights_dtype == "int8"`` (weight-only int8, ``inference_checkpoint(..., "int8")``, the shipped files): every
+floating weight of two or more dimensions is stored as int8 with one float16 scale per group of
+``INT8_GROUP_SIZE`` consecutive entries of an output channel, in the network entry's ``"scales"``
+(``{key: tensor (out_channels, groups)}``, symmetric: ``w = q * scale``; the group size is stored as
+``"int8_group_size"``); every other floating tensor is float16. Reading dequantizes (:func:`parse_checkpoint`),
+so loaders see float tensors as in any export.
 
 ``config`` is what the network recorded when it was built (``networks.config.register_to_config``): the writer
 reads it from the module, the reader rebuilds the network from it (``build_network``), so no config or test
