@@ -23,6 +23,7 @@ from monai.networks.schedulers import DDPMScheduler
 
 from xray2mri_bundle.checkpoint import read_checkpoint
 from xray2mri_bundle.data import KneeSliceDataset, build_knee_dataset
+from xray2mri_bundle.diffusion import ConditionalDiffusionInferer
 from xray2mri_bundle.engines.datalist import load_datalist
 from xray2mri_bundle.engines.denoiser import XrayDenoiser
 from xray2mri_bundle.engines.prepare_batch import LatentDiffusionPrepareBatch
@@ -54,11 +55,12 @@ def measure(model_dir: Path, dataset_dir: Path, knees: int, slices_per_knee: int
         checkpoint = read_checkpoint(model_dir / filename)  # the noise schedule and flags it was trained with
         settings, unet = checkpoint["settings"], checkpoint["networks"]["unet"]["config"]
         scheduler = DDPMScheduler(int(settings.get("num_train_timesteps", 1000)), **dict(settings["noise_schedule"]))
-        prepare = LatentDiffusionPrepareBatch(gen.autoencoder, scheduler, gen.scale_factor,
+        prepare = LatentDiffusionPrepareBatch(gen.autoencoder, gen.scale_factor,
                                               encoder.classifier if unet["use_guidance"] else None, p_uncond=0.0,
                                               use_intensity=bool(settings.get("use_intensity", True)), seed=0)
         network = XrayDenoiser(gen.unet, encoder.xray_encoder if unet["use_context"] else None)
-        mse = ConditioningCheck(subset, prepare, network, batch_size=16).measure("cpu")
+        inferer = ConditionalDiffusionInferer(scheduler)
+        mse = ConditioningCheck(subset, prepare, inferer, network, batch_size=16).measure("cpu")
         mse["gap_other"] = mse["other"] / mse["real"] - 1.0
         mse["gap_null"] = mse["null"] / mse["real"] - 1.0
         mse["slices"] = len(subset)

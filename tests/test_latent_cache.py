@@ -6,7 +6,6 @@ from __future__ import annotations
 import pytest
 import torch
 from ignite.engine import Engine
-from monai.networks.schedulers import DDPMScheduler
 from torch.utils.data import DataLoader
 
 from xray2mri_bundle.data import KneeSliceDataset
@@ -38,10 +37,6 @@ def encoders() -> tuple[torch.nn.Module, torch.nn.Module]:
     return build_autoencoder("tiny").eval(), build_classifier("tiny").eval()
 
 
-def _scheduler() -> DDPMScheduler:
-    return DDPMScheduler(1000, schedule="scaled_linear_beta", beta_start=0.00085, beta_end=0.012)
-
-
 def test_cached_knee_holds_the_encoder_outputs_and_drops_the_mri(encoders):
     autoencoder, classifier = encoders
     knees = _knees(2)
@@ -70,12 +65,12 @@ def test_cached_batches_give_the_same_training_inputs_as_encoding_on_the_fly(enc
     batch_cached = next(iter(DataLoader(cached, batch_size=8, shuffle=False)))
     batch_plain = next(iter(DataLoader(plain, batch_size=8, shuffle=False)))
     assert "image" not in batch_cached and batch_cached["latent_mu"].shape == (8, 4, 8, 8)
-    prepare = LatentDiffusionPrepareBatch(autoencoder, _scheduler(), ScaleFactor(0.7), classifier, seed=5)
-    noisy_c, target_c, _, kwargs_c = prepare(batch_cached, "cpu")
+    prepare = LatentDiffusionPrepareBatch(autoencoder, ScaleFactor(0.7), classifier, seed=5)
+    z0_c, target_c, _, kwargs_c = prepare(batch_cached, "cpu")
     prepare.reset()
-    noisy_p, target_p, _, kwargs_p = prepare(batch_plain, "cpu")
+    z0_p, target_p, _, kwargs_p = prepare(batch_plain, "cpu")
     assert torch.equal(target_c, target_p)
-    assert torch.allclose(noisy_c, noisy_p, atol=1e-5)
+    assert torch.allclose(z0_c, z0_p, atol=1e-5)
     for key in ("timesteps", "depth", "drop_context", "drop_latent", "i_map", "xray"):
         assert torch.equal(kwargs_c[key], kwargs_p[key]), key
     for key in ("xray_latent", "p_map"):
@@ -87,7 +82,7 @@ def test_a_cache_without_p_maps_is_refused_by_a_guided_prepare_batch(encoders):
     dataset = KneeSliceDataset(LatentKneeCache(_knees(1), autoencoder, None, progress=False), slices=SLICES)
     batch = next(iter(DataLoader(dataset, batch_size=2)))
     with pytest.raises(KeyError, match="p_map"):
-        LatentDiffusionPrepareBatch(autoencoder, _scheduler(), ScaleFactor(1.0), classifier)(batch, "cpu")
+        LatentDiffusionPrepareBatch(autoencoder, ScaleFactor(1.0), classifier)(batch, "cpu")
 
 
 def test_disk_cache_is_reused_for_the_same_weights_and_not_for_new_ones(encoders, tmp_path, monkeypatch):

@@ -107,14 +107,14 @@ def _slice_batch(b: int = 4) -> dict:
     }
 
 
-def test_latent_diffusion_prepare_batch_builds_noisy_latents_and_conditions():
-    scheduler = DDPMScheduler(1000, schedule="scaled_linear_beta", beta_start=0.00085, beta_end=0.012)
-    prepare = LatentDiffusionPrepareBatch(_TinyAE(), scheduler, ScaleFactor(0.5), _TinyClassifier(), seed=3)
+def test_latent_diffusion_prepare_batch_builds_latents_noise_and_conditions():
+    prepare = LatentDiffusionPrepareBatch(_TinyAE(), ScaleFactor(0.5), _TinyClassifier(), seed=3)
     batch = _slice_batch()
-    noisy, target, args, kwargs = prepare(batch, "cpu")
-    assert noisy.shape == target.shape == (4, 4, 2, 2) and args == ()
-    assert set(kwargs) == {"timesteps", "xray", "xray_latent", "depth", "p_map", "i_map", "drop_context",
-                           "drop_latent"}
+    z0, target, args, kwargs = prepare(batch, "cpu")
+    assert z0.shape == target.shape == (4, 4, 2, 2) and args == ()
+    assert set(kwargs) == {"noise", "timesteps", "xray", "xray_latent", "depth", "p_map", "i_map",
+                           "drop_context", "drop_latent"}
+    assert kwargs["noise"] is target  # MONAI's DiffusionPrepareBatch layout: the noise is target and keyword
     assert kwargs["timesteps"].dtype == torch.long and kwargs["timesteps"].max() < 1000
     assert kwargs["p_map"].shape == (4, 5, 8, 8) and kwargs["i_map"].shape == (4, 16, 8, 8)
     # the X-ray latent is the unscaled posterior mean of the grey crop repeated to 3 channels
@@ -128,17 +128,33 @@ def test_latent_diffusion_prepare_batch_builds_noisy_latents_and_conditions():
     assert torch.equal(first[0], second[0]) and torch.equal(first[3]["timesteps"], second[3]["timesteps"])
 
 
-def test_latent_diffusion_prepare_batch_noise_matches_the_ddpm_forward_process():
+class _InputEcho(torch.nn.Module):
+    """Returns the noisy latents it is given and records its keyword arguments."""
+
+    def forward(self, x, **kwargs):
+        self.kwargs = kwargs
+        return x
+
+
+def test_the_inferer_noises_the_latents_by_the_ddpm_forward_process_and_passes_the_conditions():
+    from xray2mri_bundle.diffusion import ConditionalDiffusionInferer
+
     scheduler = DDPMScheduler(1000)
-    prepare = LatentDiffusionPrepareBatch(_TinyAE(), scheduler, ScaleFactor(1.0), None, seed=0, p_uncond=0.0)
+    prepare = LatentDiffusionPrepareBatch(_TinyAE(), ScaleFactor(1.0), None, seed=0, p_uncond=0.0)
     batch = _slice_batch()
-    noisy, noise, _, kwargs = prepare(batch, "cpu")
-    t = kwargs["timesteps"]
-    alpha = scheduler.alphas_cumprod[t].reshape(-1, 1, 1, 1)
-    z0 = (noisy - (1 - alpha).sqrt() * noise) / alpha.sqrt()
+    z0, noise, args, kwargs = prepare(batch, "cpu")
     mu, _ = _TinyAE().encode(batch["image"])
     assert torch.allclose(z0, mu, atol=0.6)  # a posterior sample around the mean (sigma 0.1)
     assert kwargs["p_map"] is None and not kwargs["drop_context"].any()
+    echo = _InputEcho()
+    noisy = ConditionalDiffusionInferer(scheduler)(z0, echo, *args, **kwargs)
+    t = kwargs["timesteps"]
+    alpha = scheduler.alphas_cumprod[t].reshape(-1, 1, 1, 1)  # z_t = sqrt(a) z0 + sqrt(1 - a) eps, by hand
+    assert torch.allclose(noisy, alpha.sqrt() * z0 + (1 - alpha).sqrt() * noise, atol=1e-6)
+    assert not torch.allclose(noisy, z0)
+    assert set(echo.kwargs) == set(kwargs) - {"noise"} and echo.kwargs["timesteps"] is t
+    with pytest.raises(NotImplementedError, match="DiffusionSampler"):
+        ConditionalDiffusionInferer(scheduler).sample(noise, echo)
 
 
 # ---------------------------------------------------------------------------------------------- schedules, EMA
@@ -505,16 +521,17 @@ class _ConditionEcho(torch.nn.Module):
 
 
 def test_conditioning_check_separates_real_other_and_null() -> None:
+    from xray2mri_bundle.diffusion import ConditionalDiffusionInferer
     from xray2mri_bundle.engines.validation import ConditioningCheck
 
     scheduler = DDPMScheduler(1000, schedule="scaled_linear_beta", beta_start=0.00085, beta_end=0.012)
-    prepare = LatentDiffusionPrepareBatch(_TinyAE(), scheduler, ScaleFactor(0.5), None, seed=1)
+    prepare = LatentDiffusionPrepareBatch(_TinyAE(), ScaleFactor(0.5), None, seed=1)
     items = []
     for k in range(4):  # two knees, two slices each; the cached "X-ray latent" of a knee is its target noise
         items.append({"latent_mu": torch.zeros(4, 2, 2), "latent_sigma": torch.zeros(4, 2, 2),
                       "xray": torch.zeros(1, 8, 8), "xray_latent": torch.full((4, 2, 2), float(k // 2)),
                       "depth": torch.tensor(0.5), "subject": str(k // 2), "side": "RIGHT"})
-    check = ConditioningCheck(items, prepare, _ConditionEcho(), batch_size=4)
+    check = ConditioningCheck(items, prepare, ConditionalDiffusionInferer(scheduler), _ConditionEcho(), batch_size=4)
     mse = check.measure("cpu")
     assert set(mse) == {"real", "other", "null"}
     # same noise in every variant: the swapped X-ray latents (0 <-> 1) and the dropped one change the error

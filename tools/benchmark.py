@@ -486,6 +486,7 @@ def measure_training(generator: Any, batch: int, repeats: int, dtype: torch.dtyp
     measurements)."""
     from monai.networks.schedulers import DDPMScheduler
 
+    from xray2mri_bundle.diffusion import ConditionalDiffusionInferer
     from xray2mri_bundle.diffusion.solvers import DEFAULT_SCHEDULE
     from xray2mri_bundle.engines.denoiser import XrayDenoiser
     from xray2mri_bundle.engines.latent_cache import encode_knee
@@ -514,17 +515,16 @@ def measure_training(generator: Any, batch: int, repeats: int, dtype: torch.dtyp
                         xray_latent=latents["xray_latent"].expand(batch, -1, -1, -1))
     if "p_map" in latents:
         cached_batch["p_map"] = latents["p_map"].expand(batch, *latents["p_map"].shape)
-    prepare = LatentDiffusionPrepareBatch(
-        encoders.autoencoder, DDPMScheduler(num_train_timesteps=1000, **DEFAULT_SCHEDULE), generator.scale_factor,
-        classifier=encoders.classifier, amp=device.type == "cuda" and dtype is not None,
-    )
+    prepare = LatentDiffusionPrepareBatch(encoders.autoencoder, generator.scale_factor, classifier=encoders.classifier,
+                                          amp=device.type == "cuda" and dtype is not None)
+    inferer = ConditionalDiffusionInferer(DDPMScheduler(num_train_timesteps=1000, **DEFAULT_SCHEDULE))
     denoiser = XrayDenoiser(generator.unet, encoders.xray_encoder).train().requires_grad_(True)
     optimizer = torch.optim.AdamW(denoiser.parameters(), lr=1e-6)
 
     def step(inputs: tuple) -> None:
-        noisy, noise, _, kwargs = inputs
+        z0, noise, _, kwargs = inputs
         with amp_context(device, dtype):
-            prediction = denoiser(noisy, **kwargs)
+            prediction = inferer(z0, denoiser, **kwargs)
         loss = F.mse_loss(prediction.float(), noise)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

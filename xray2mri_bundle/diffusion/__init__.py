@@ -3,10 +3,12 @@
 - ``conditions``: ``ConditionEncoder`` (X-ray crop -> E1 latent, E2 context, p map, i map), ``XrayConditions``;
 - ``solvers``: DDIM (MONAI) and DPM-Solver++ 2M / UniPC (diffusers) behind one ``Solver`` interface;
 - ``sampler``: ``DiffusionSampler``, the one reverse-process loop with classifier-free guidance;
-- ``latents``: ``decode_slices`` (D(z / scale)).
+- ``latents``: ``decode_slices`` (D(z / scale));
+- ``inferer``: ``ConditionalDiffusionInferer``, MONAI's ``DiffusionInferer`` for training: noise, then denoise.
 """
 
 from .conditions import ConditionEncoder, XrayConditions
+from .inferer import ConditionalDiffusionInferer
 from .latents import decode_slices
 from .sampler import DEFAULT_SAMPLING, DiffusionSampler, SamplingSettings
 from .solvers import SAMPLERS, build_ddim_scheduler, build_solver, uniform_ddim_timesteps
@@ -15,6 +17,7 @@ __all__ = [
     "DEFAULT_SAMPLING",
     "SAMPLERS",
     "ConditionEncoder",
+    "ConditionalDiffusionInferer",
     "DiffusionSampler",
     "SamplingSettings",
     "XrayConditions",

@@ -82,17 +82,17 @@ def cfg_drop_masks(
 
 
 class LatentDiffusionPrepareBatch(DiffusionPrepareBatch):
-    """Build the diffusion stage's noisy latents, targets and conditions from a slice batch.
+    """Build the diffusion stage's clean latents, noise, timesteps and conditions from a slice batch.
 
     Batch keys (after collation): ``image`` (B, 3, H, W) MRI slice in [-1, 1], ``xray`` (B, 1, H, W) knee crop
     in [-1, 1], ``depth`` (B,) in [0, 1], ``intensity`` (B, 16, 8, 8); with cached latents ``latent_mu`` /
-    ``latent_sigma`` (B, 4, h, w), ``xray_latent`` and ``p_map`` replace ``image`` and the encoders. Returns
-    ``(z_t, eps, (), kwargs)`` with kwargs ``timesteps, xray, xray_latent, depth, p_map, i_map, drop_context,
-    drop_latent`` for the denoiser (``XrayDenoiser``) called as ``network(z_t, **kwargs)``.
+    ``latent_sigma`` (B, 4, h, w), ``xray_latent`` and ``p_map`` replace ``image`` and the encoders. Returns,
+    as MONAI's ``DiffusionPrepareBatch`` does, ``(z0, eps, (), kwargs)`` with kwargs ``noise, timesteps, xray,
+    xray_latent, depth, p_map, i_map, drop_context, drop_latent`` for ``ConditionalDiffusionInferer``, which
+    noises z0 and calls the denoiser (``XrayDenoiser``).
 
     Args:
         autoencoder: frozen stage-1 ``AutoencoderKL`` (E1); put in eval mode without gradients here.
-        scheduler: MONAI ``DDPMScheduler`` that defines the forward (noising) process.
         scale_factor: the latent scale (a ``ScaleFactor``, filled at start, or a float).
         classifier: frozen KOA classifier with ``forward_maps``; None gives the null p (``p_map=None``).
         num_train_timesteps: T (1000).
@@ -107,7 +107,6 @@ class LatentDiffusionPrepareBatch(DiffusionPrepareBatch):
     def __init__(
         self,
         autoencoder: nn.Module,
-        scheduler: nn.Module,
         scale_factor: Any,
         classifier: nn.Module | None = None,
         num_train_timesteps: int = 1000,
@@ -125,7 +124,6 @@ class LatentDiffusionPrepareBatch(DiffusionPrepareBatch):
             raise ValueError(f"p_uncond must be in [0, 1/3], got {p_uncond}")
         self.autoencoder = autoencoder.eval().requires_grad_(False)
         self.classifier = None if classifier is None else classifier.eval().requires_grad_(False)
-        self.scheduler = scheduler
         self.scale_factor = scale_factor
         self.p_uncond = float(p_uncond)
         self.use_intensity = use_intensity
@@ -214,9 +212,9 @@ class LatentDiffusionPrepareBatch(DiffusionPrepareBatch):
             i_map = _tensor(batchdata[self.intensity_key], device, non_blocking).float()
         noise = self.get_noise(z0)
         timesteps = self.get_timesteps(z0)
-        noisy = self.scheduler.add_noise(original_samples=z0, noise=noise, timesteps=timesteps)
         drop_context, drop_latent = cfg_drop_masks(z0.shape[0], self.p_uncond, self.generator, z0.device)
-        network_kwargs = {
+        infer_kwargs = {
+            "noise": noise,
             "timesteps": timesteps,
             "xray": xray,
             "xray_latent": xray_latent,
@@ -226,4 +224,4 @@ class LatentDiffusionPrepareBatch(DiffusionPrepareBatch):
             "drop_context": drop_context,
             "drop_latent": drop_latent,
         }
-        return noisy, noise, (), network_kwargs
+        return z0, noise, (), infer_kwargs

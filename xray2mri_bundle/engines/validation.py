@@ -178,7 +178,8 @@ def other_knee_permutation(knee_ids: Sequence[str]) -> list[int] | None:
 class ConditioningCheck:
     """Does the model use the X-ray? Epsilon-MSE on validation slices with the real X-ray conditions, with
     another knee's (X-ray, its latent, p map and intensity) and with none (context and latent dropped, as
-    classifier-free training drops them), at the same noise and timesteps (a seeded ``prepare_batch``).
+    classifier-free training drops them), at the same noise and timesteps (a seeded ``prepare_batch``), each
+    through the stage's ``inferer`` (``ConditionalDiffusionInferer``: noise z0, then denoise) as the loss is.
 
     Logs ``cond_mse_real``, ``cond_mse_other``, ``cond_mse_null`` and the relative gaps
     ``cond_gap_other = other / real - 1`` and ``cond_gap_null = null / real - 1`` in the evaluator's metrics
@@ -187,9 +188,9 @@ class ConditioningCheck:
     Attach to the validation evaluator (runs at its EPOCH_COMPLETED).
     """
 
-    def __init__(self, dataset: Sequence, prepare_batch, network: nn.Module, batch_size: int = 16,
+    def __init__(self, dataset: Sequence, prepare_batch, inferer, network: nn.Module, batch_size: int = 16,
                  prefix: str = "cond_") -> None:
-        self.dataset, self.prepare_batch, self.network = dataset, prepare_batch, network
+        self.dataset, self.prepare_batch, self.inferer, self.network = dataset, prepare_batch, inferer, network
         self.batch_size, self.prefix = int(batch_size), prefix
 
     def attach(self, engine: Engine) -> None:
@@ -213,12 +214,14 @@ class ConditioningCheck:
                 self.prepare_batch.reset()  # same noise, timesteps and posterior draws in every variant
                 for start in range(0, len(variant), self.batch_size):
                     chunk = variant[start:start + self.batch_size]
-                    noisy, noise, _, kwargs = self.prepare_batch(list_data_collate(chunk), device)
-                    totals[name] += float(((self.network(noisy, **kwargs) - noise) ** 2).mean()) * len(chunk)
+                    z0, noise, _, kwargs = self.prepare_batch(list_data_collate(chunk), device)
+                    prediction = self.inferer(z0, self.network, **kwargs)
+                    totals[name] += float(((prediction - noise) ** 2).mean()) * len(chunk)
                     if name == "real":  # the same inputs with the X-ray dropped as classifier-free training does
-                        drop = torch.ones(noisy.shape[0], dtype=torch.bool, device=noisy.device)
+                        drop = torch.ones(z0.shape[0], dtype=torch.bool, device=z0.device)
                         null = {**kwargs, "drop_context": drop, "drop_latent": drop}
-                        totals["null"] += float(((self.network(noisy, **null) - noise) ** 2).mean()) * len(chunk)
+                        prediction = self.inferer(z0, self.network, **null)
+                        totals["null"] += float(((prediction - noise) ** 2).mean()) * len(chunk)
         finally:
             self.network.train(was_training)
         n = max(len(items), 1)
