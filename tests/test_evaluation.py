@@ -407,3 +407,25 @@ def test_bootstrap_differences_hand_case() -> None:
     ci = bootstrap_differences(rows, ["full"], metrics=("psnr",), n_boot=500)["full"]["mean_volume"]["psnr"]
     assert ci["n"] == 4 and ci["median"] == pytest.approx(1.5)  # differences 1, 2, 3, -0.5
     assert -0.5 <= ci["low"] <= 1.5 <= ci["high"] <= 3.0
+
+
+def test_reproduce_trains_on_the_datalist_cohort_and_names_the_recorded_recipe(tmp_path: Path) -> None:
+    """A page evaluated on another cohort through a datalist must not claim the weights were trained on it."""
+    import argparse
+
+    from xray2mri_bundle.evaluation.run import reproduce
+
+    model_dir = tmp_path / "models"
+    model_dir.mkdir()
+    (model_dir / "training_record.json").write_text(json.dumps({"command": "scripts/train_small_demo.sh",
+                                                                "cohort": {"seed": 1, "knees": 400}}))
+    args = argparse.Namespace(dataset_dir=str(tmp_path / "cohort_new"), model_dir=str(model_dir),
+                              datalist="data/datalist_new.json", train_command=None)
+    lines = reproduce(args, ["--max-knees", "3"], ["full", "ldm_depth_only", "mean_volume"], "small")
+    training = [line for line in lines if line.startswith("python -m monai.bundle run")]
+    assert len(training) == 2 and all("--dataset_dir TRAINING_COHORT" in line for line in training)
+    assert not any("cohort_new" in line for line in training)
+    assert any("scripts/train_small_demo.sh" in line and "'seed': 1" in line for line in lines)
+    args.datalist = None  # evaluated on the training cohort itself: the training lines name it
+    lines = reproduce(args, [], ["full"], "small")
+    assert any(f"--dataset_dir {tmp_path / 'cohort_new'}" in line for line in lines)

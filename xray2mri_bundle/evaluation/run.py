@@ -119,6 +119,14 @@ def reproduce(args: argparse.Namespace, argv: Sequence[str], methods: Sequence[s
         lines += ["# synthetic cohort", f"xray2mri make-cohort --out {data} --knees {cohort.get('knees_requested')} "
                   f"--seed {cohort.get('seed')} --mri-matrix {cohort.get('mri_matrix')}"]
     diffusion = [m for m in methods if METHODS[m].kind == "diffusion"]
+    record_file = Path(args.model_dir) / "training_record.json"
+    record = json.loads(record_file.read_text()) if record_file.is_file() else {}
+    if diffusion and record.get("command") and not args.train_command:
+        lines.append(f"# the evaluated weights were trained by ({record_file}, cohort {record.get('cohort')}): "
+                     f"{record['command']}")
+    if args.datalist:  # the training knees come from the datalist, not from --dataset-dir
+        data = "TRAINING_COHORT"
+        lines.append(f"# TRAINING_COHORT: the cohort of the training knees of {args.datalist}")
     if args.train_command:
         lines += ["# training", *args.train_command]
     elif diffusion:
