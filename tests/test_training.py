@@ -157,6 +157,59 @@ def test_the_inferer_noises_the_latents_by_the_ddpm_forward_process_and_passes_t
         ConditionalDiffusionInferer(scheduler).sample(noise, echo)
 
 
+def test_v_prediction_targets_the_velocity_and_mean_latents_are_the_posterior_mean():
+    scheduler = DDPMScheduler(1000, prediction_type="v_prediction")
+    batch = _slice_batch()
+    prepare = LatentDiffusionPrepareBatch(_TinyAE(), ScaleFactor(2.0), None, seed=1, p_uncond=0.0,
+                                          prediction_type="v_prediction", scheduler=scheduler, latent_target="mean")
+    z0, target, _, kwargs = prepare(batch, "cpu")
+    mu, _ = _TinyAE().encode(batch["image"])
+    assert torch.allclose(z0, 2.0 * mu)  # the posterior mean, scaled: no draw
+    alpha = scheduler.alphas_cumprod[kwargs["timesteps"]].reshape(-1, 1, 1, 1)
+    noise = kwargs["noise"]  # v = sqrt(a) eps - sqrt(1 - a) z0, by hand
+    assert torch.allclose(target, alpha.sqrt() * noise - (1 - alpha).sqrt() * z0, atol=1e-6)
+    # the same seed draws the same noise and timesteps whatever the target
+    eps_prepare = LatentDiffusionPrepareBatch(_TinyAE(), ScaleFactor(2.0), None, seed=1, p_uncond=0.0,
+                                              latent_target="mean")
+    _, eps_target, _, eps_kwargs = eps_prepare(batch, "cpu")
+    assert torch.equal(eps_target, noise) and torch.equal(eps_kwargs["timesteps"], kwargs["timesteps"])
+    with pytest.raises(ValueError, match="scheduler"):
+        LatentDiffusionPrepareBatch(_TinyAE(), 1.0, prediction_type="v_prediction")
+    with pytest.raises(ValueError, match="prediction_type"):
+        LatentDiffusionPrepareBatch(_TinyAE(), 1.0, prediction_type="sample")
+    with pytest.raises(ValueError, match="latent_target"):
+        LatentDiffusionPrepareBatch(_TinyAE(), 1.0, latent_target="median")
+
+
+def test_a_v_prediction_sampler_walks_the_same_path_as_an_epsilon_sampler_of_the_same_model():
+    """An exact velocity model of a fixed clean latent, sampled as v-prediction, gives what the matching exact
+    noise model gives as epsilon-prediction (DDIM and DPM-Solver++), and ends near that latent: the prediction
+    type stored with a checkpoint reaches the solvers."""
+    from xray2mri_bundle.diffusion import DiffusionSampler, SamplingSettings
+
+    scheduler = DDPMScheduler(1000, schedule="scaled_linear_beta", beta_start=0.00085, beta_end=0.012)
+    clean = torch.linspace(-1, 1, 16).reshape(1, 1, 4, 4)
+
+    def noise_of(x, timesteps):
+        alpha = scheduler.alphas_cumprod[timesteps].reshape(-1, 1, 1, 1)
+        return alpha, (x - alpha.sqrt() * clean) / (1 - alpha).sqrt()
+
+    def velocity(x, timesteps):
+        alpha, eps = noise_of(x, timesteps)
+        return alpha.sqrt() * eps - (1 - alpha).sqrt() * clean
+
+    start = torch.randn(1, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    for name in ("ddim", "dpmpp_2m"):
+        settings = SamplingSettings(name, 10)
+        by_v = DiffusionSampler.from_settings(settings, 1000, None, "v_prediction")(velocity, start)
+        by_eps = DiffusionSampler.from_settings(settings, 1000, None, "epsilon")(
+            lambda x, timesteps: noise_of(x, timesteps)[1], start)
+        assert torch.allclose(by_v, by_eps, atol=1e-4), name
+        assert torch.allclose(by_v, clean, atol=0.1), name  # DDIM stops at t = 1: sqrt(1 - a_1) eps is left
+    with pytest.raises(ValueError, match="prediction_type"):
+        DiffusionSampler.from_settings(SamplingSettings("ddim", 10), 1000, None, "x0")
+
+
 # ---------------------------------------------------------------------------------------------- schedules, EMA
 def test_lambda_linear_warm_up_then_constant():
     schedule = LambdaLinear(warm_up_steps=100, f_start=1e-6)

@@ -3,18 +3,20 @@
 - ``conditions``: ``ConditionEncoder`` (X-ray crop -> E1 latent, E2 context, p map, i map), ``XrayConditions``;
 - ``solvers``: DDIM (MONAI) and DPM-Solver++ 2M / UniPC (diffusers) behind one ``Solver`` interface;
 - ``sampler``: ``DiffusionSampler``, the one reverse-process loop with classifier-free guidance;
-- ``latents``: ``decode_slices`` (D(z / scale));
+- ``latents``: ``training_latents`` (E1's posterior -> what the model learns), ``decode_slices`` (D(z / scale));
 - ``inferer``: ``ConditionalDiffusionInferer``, MONAI's ``DiffusionInferer`` for training: noise, then denoise.
 """
 
 from .conditions import ConditionEncoder, XrayConditions
 from .inferer import ConditionalDiffusionInferer
-from .latents import decode_slices
+from .latents import LATENT_TARGETS, decode_slices, training_latents
 from .sampler import DEFAULT_SAMPLING, DiffusionSampler, SamplingSettings
-from .solvers import SAMPLERS, build_ddim_scheduler, build_solver, uniform_ddim_timesteps
+from .solvers import PREDICTION_TYPES, SAMPLERS, build_ddim_scheduler, build_solver, uniform_ddim_timesteps
 
 __all__ = [
     "DEFAULT_SAMPLING",
+    "LATENT_TARGETS",
+    "PREDICTION_TYPES",
     "SAMPLERS",
     "ConditionEncoder",
     "ConditionalDiffusionInferer",
@@ -24,5 +26,6 @@ __all__ = [
     "build_ddim_scheduler",
     "build_solver",
     "decode_slices",
+    "training_latents",
     "uniform_ddim_timesteps",
 ]

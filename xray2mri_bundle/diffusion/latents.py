@@ -2,10 +2,31 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
-__all__ = ["decode_slices"]
+__all__ = ["LATENT_TARGETS", "decode_slices", "training_latents"]
+
+#: what the diffusion model learns to generate from E1's posterior N(mu, sigma^2) of a slice: a fresh draw
+#: ``mu + sigma * eps`` at every step (the LDM recipe) or the posterior mean ``mu`` (docs/training.md compares them)
+LATENT_TARGETS = ("sample", "mean")
+
+
+def training_latents(
+    mu: torch.Tensor, sigma: torch.Tensor, latent_target: str = "sample",
+    noise: Callable[[torch.Tensor], torch.Tensor] = torch.randn_like,
+) -> torch.Tensor:
+    """Unscaled training latents (B, 4, h, w) from E1's posterior: ``mu + sigma * noise(mu)`` or ``mu``.
+
+    ``noise`` draws a standard normal tensor like its argument (a seeded generator in validation).
+    """
+    if latent_target == "mean":
+        return mu
+    if latent_target != "sample":
+        raise ValueError(f"latent_target must be one of {LATENT_TARGETS}, got {latent_target!r}")
+    return mu + sigma * noise(mu)
 
 
 def decode_slices(

@@ -1,5 +1,5 @@
 """Reverse-process solvers behind one interface: DDIM (MONAI) and the multistep DPM-Solver++ 2M and UniPC
-(diffusers), all for the epsilon-prediction weights the bundle trains.
+(diffusers), for epsilon- or v-prediction weights (``PREDICTION_TYPES``, stored with the checkpoint).
 
 A solver is built for the noise schedule a model was trained with (``noise_schedule`` in its checkpoint) and
 answers two calls: ``timesteps(n)`` (the descending grid of one sampling run; resets any multistep history)
@@ -25,6 +25,7 @@ from monai.networks.schedulers import DDIMScheduler
 
 __all__ = [
     "DEFAULT_SCHEDULE",
+    "PREDICTION_TYPES",
     "SAMPLERS",
     "DDIMSolver",
     "DiffusersSolver",
@@ -36,6 +37,9 @@ __all__ = [
 ]
 
 #: Zero-1-to-3 / Stable Diffusion noise schedule (the paper initialises the UNet from Zero-123).
+#: what a UNet predicts, in the spelling of MONAI's and diffusers' schedulers
+PREDICTION_TYPES = ("epsilon", "v_prediction")
+
 DEFAULT_SCHEDULE: dict = {"schedule": "scaled_linear_beta", "beta_start": 0.00085, "beta_end": 0.012}
 
 #: Selectable samplers (``--sampler``): name -> one-line description.
@@ -169,6 +173,8 @@ def build_solver(
 ) -> Solver:
     """The solver ``name`` (one of ``SAMPLERS``) for a model trained with this schedule and parametrisation."""
     name = check_sampler(name, eta)
+    if prediction_type not in PREDICTION_TYPES:
+        raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
     noise_schedule = dict(noise_schedule or {})
     if name == "ddim":
         scheduler = build_ddim_scheduler(num_train_timesteps, **noise_schedule, prediction_type=prediction_type)

@@ -33,6 +33,7 @@ from monai.handlers import CheckpointLoader
 from torch import nn
 
 from xray2mri_bundle.checkpoint import write_checkpoint
+from xray2mri_bundle.diffusion.latents import training_latents
 from xray2mri_bundle.engines import distributed as dist_utils
 from xray2mri_bundle.engines.checkpoints import interval_checkpoints
 
@@ -269,8 +270,9 @@ class ScaleFactor:
 class ComputeScaleFactor:
     """At ``STARTED``, set the scale factor to 1 / std of the training latents (or to ``override``).
 
-    The latents are posterior samples ``E1(x)`` of up to ``num_batches`` training batches (the LDM recipe,
-    which draws training latents the same way). Under DDP the moments are summed over ranks, so every rank
+    The latents are those the diffusion model is trained on (``latent_target``: posterior samples ``E1(x)``,
+    the LDM recipe, or posterior means) of up to ``num_batches`` training batches. Under DDP the moments are
+    summed over ranks, so every rank
     gets the same value. A value restored from a checkpoint is kept (a resumed run keeps its latent scale).
 
     Args:
@@ -281,6 +283,7 @@ class ComputeScaleFactor:
         override: a fixed value (e.g. the paper's 0.2) instead of the data-driven one; None or 0 = compute.
         num_batches: batches to average over.
         image_key: key of the MRI slices in a batch.
+        latent_target: ``"sample"`` or ``"mean"``, as the PrepareBatch draws the training latents.
     """
 
     def __init__(
@@ -291,8 +294,10 @@ class ComputeScaleFactor:
         override: float | None = None,
         num_batches: int = 8,
         image_key: str = "image",
+        latent_target: str = "sample",
     ) -> None:
         self.scale_factor = scale_factor
+        self.latent_target = latent_target
         self.autoencoder = autoencoder
         self.data_loader = data_loader
         self.override = float(override) if override else None
@@ -322,12 +327,11 @@ class ComputeScaleFactor:
         for index, batch in enumerate(self.data_loader):
             if index >= self.num_batches:
                 break
-            if "latent_mu" in batch:  # cached posteriors (LatentKneeCache): sample them like E1 would
-                mu = torch.as_tensor(batch["latent_mu"]).to(device)
-                z = (mu + torch.as_tensor(batch["latent_sigma"]).to(device) * torch.randn_like(mu)).double()
+            if "latent_mu" in batch:  # cached posteriors (LatentKneeCache)
+                mu, sigma = (torch.as_tensor(batch[k]).to(device) for k in ("latent_mu", "latent_sigma"))
             else:
-                images = torch.as_tensor(batch[self.image_key]).to(device)
-                z = self.autoencoder.encode_stage_2_inputs(images).double()
+                mu, sigma = self.autoencoder.encode(torch.as_tensor(batch[self.image_key]).to(device))
+            z = training_latents(mu, sigma, self.latent_target).double()
             count = torch.tensor(z.numel(), dtype=torch.float64, device=device)
             moments += torch.stack([count, z.sum(), z.pow(2).sum()])
         if dist_utils.is_distributed():

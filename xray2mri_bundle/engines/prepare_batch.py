@@ -3,12 +3,13 @@
 - ``KeyedPrepareBatch``: ``(batch[image_key], batch[label_key])``; the autoencoder reconstructs its input
   (label = image), the KOA classifier predicts ``kl`` from ``xray``.
 - ``LatentDiffusionPrepareBatch``: the diffusion stage's inputs (paper Algorithm 1, Zero-1-to-3 conditioning):
-  ``z0 = scale * E1(x_d)`` (a posterior sample), noise ``eps``, timesteps ``t`` ~ U{0..T-1},
-  ``z_t = sqrt(a_t) z0 + sqrt(1 - a_t) eps`` (MONAI ``DDPMScheduler.add_noise``); the conditions: X-ray latent
-  ``E1(x_c)`` (posterior mean, unscaled), the crop ``x_c`` itself (E2 is trained, so it runs inside the
-  network), depth ``d``, KOA probability map ``p = C.forward_maps(x_c)`` (frozen C) and intensity map ``i``;
-  and the classifier-free-guidance masks (5% drop embedding, 5% drop both, 5% drop latent).
-  The target is ``eps`` (epsilon prediction), so the loss is ``MSE(U(z_t, t, ...), eps)``.
+  ``z0 = scale * E1(x_d)`` (a posterior sample, or its mean: ``latent_target``), noise ``eps``, timesteps
+  ``t`` ~ U{0..T-1}, ``z_t = sqrt(a_t) z0 + sqrt(1 - a_t) eps`` (MONAI ``DDPMScheduler.add_noise``); the
+  conditions: X-ray latent ``E1(x_c)`` (posterior mean, unscaled), the crop ``x_c`` itself (E2 is trained, so
+  it runs inside the network), depth ``d``, KOA probability map ``p = C.forward_maps(x_c)`` (frozen C) and
+  intensity map ``i``; and the classifier-free-guidance masks (5% drop embedding, 5% drop both, 5% drop latent).
+  The target is ``eps`` (epsilon prediction: the loss is ``MSE(U(z_t, t, ...), eps)``) or the velocity
+  ``v = sqrt(a_t) eps - sqrt(1 - a_t) z0`` (``prediction_type="v_prediction"``, MONAI's ``VPredictionPrepareBatch``).
   Batches from ``engines.latent_cache.LatentKneeCache`` carry E1's posterior and C's map already, so only the
   posterior sample, the noising and the masks happen here (no frozen network runs per step).
 """
@@ -24,6 +25,9 @@ from ignite.engine import Engine, Events
 from monai.data import MetaTensor
 from monai.engines.utils import DiffusionPrepareBatch, PrepareBatch
 from torch import nn
+
+from xray2mri_bundle.diffusion.latents import training_latents
+from xray2mri_bundle.diffusion.solvers import PREDICTION_TYPES
 
 __all__ = ["KeyedPrepareBatch", "LatentDiffusionPrepareBatch", "cfg_drop_masks"]
 
@@ -87,8 +91,9 @@ class LatentDiffusionPrepareBatch(DiffusionPrepareBatch):
     Batch keys (after collation): ``image`` (B, 3, H, W) MRI slice in [-1, 1], ``xray`` (B, 1, H, W) knee crop
     in [-1, 1], ``depth`` (B,) in [0, 1], ``intensity`` (B, 16, 8, 8); with cached latents ``latent_mu`` /
     ``latent_sigma`` (B, 4, h, w), ``xray_latent`` and ``p_map`` replace ``image`` and the encoders. Returns,
-    as MONAI's ``DiffusionPrepareBatch`` does, ``(z0, eps, (), kwargs)`` with kwargs ``noise, timesteps, xray,
-    xray_latent, depth, p_map, i_map, drop_context, drop_latent`` for ``ConditionalDiffusionInferer``, which
+    as MONAI's ``DiffusionPrepareBatch`` does, ``(z0, target, (), kwargs)`` (target ``eps`` or ``v``) with
+    kwargs ``noise, timesteps, xray, xray_latent, depth, p_map, i_map, drop_context, drop_latent`` for
+    ``ConditionalDiffusionInferer``, which
     noises z0 and calls the denoiser (``XrayDenoiser``).
 
     Args:
@@ -101,6 +106,9 @@ class LatentDiffusionPrepareBatch(DiffusionPrepareBatch):
         seed: when given, noise, timesteps and masks come from a generator reset at every engine start
             (attach this object to the evaluator), so validation losses are comparable across epochs.
         amp: run the frozen encoders under ``torch.autocast`` on CUDA.
+        prediction_type: ``"epsilon"`` (target eps) or ``"v_prediction"`` (target v; needs ``scheduler``).
+        scheduler: the training noise scheduler (``DDPMScheduler``), for ``get_velocity``.
+        latent_target: ``"sample"`` (a fresh posterior draw per step) or ``"mean"`` (E1's posterior mean).
         image_key, xray_key, depth_key, intensity_key: batch keys.
     """
 
@@ -114,6 +122,9 @@ class LatentDiffusionPrepareBatch(DiffusionPrepareBatch):
         use_intensity: bool = True,
         seed: int | None = None,
         amp: bool = False,
+        prediction_type: str = "epsilon",
+        scheduler: Any = None,
+        latent_target: str = "sample",
         image_key: str = "image",
         xray_key: str = "xray",
         depth_key: str = "depth",
@@ -129,6 +140,12 @@ class LatentDiffusionPrepareBatch(DiffusionPrepareBatch):
         self.use_intensity = use_intensity
         self.seed = seed
         self.amp = amp
+        if prediction_type not in PREDICTION_TYPES:
+            raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
+        if prediction_type == "v_prediction" and scheduler is None:
+            raise ValueError("prediction_type='v_prediction' needs the noise scheduler (for get_velocity)")
+        training_latents(torch.zeros(1), torch.zeros(1), latent_target)  # rejects an unknown latent_target
+        self.prediction_type, self.scheduler, self.latent_target = prediction_type, scheduler, latent_target
         self.image_key, self.xray_key = image_key, xray_key
         self.depth_key, self.intensity_key = depth_key, intensity_key
         self.generator: torch.Generator | None = None
@@ -152,6 +169,12 @@ class LatentDiffusionPrepareBatch(DiffusionPrepareBatch):
         t = torch.randint(0, self.num_train_timesteps, shape, generator=self.generator)
         return t.to(images.device).long()
 
+    def get_target(self, images: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """The loss target for clean latents ``images``: ``noise`` (epsilon) or the velocity (v-prediction)."""
+        if self.prediction_type == "v_prediction":
+            return self.scheduler.get_velocity(images, noise, timesteps)
+        return noise
+
     def _autocast(self, device: torch.device):
         return torch.autocast("cuda") if self.amp and device.type == "cuda" else nullcontext()
 
@@ -159,15 +182,12 @@ class LatentDiffusionPrepareBatch(DiffusionPrepareBatch):
     def encode(
         self, images: torch.Tensor, xray: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """``(z0, xray_latent, p_map)``: scaled posterior sample of the slices, unscaled posterior mean of the
-        crop (grey repeated to the autoencoder's channels) and the classifier's probability map."""
+        """``(z0, xray_latent, p_map)``: scaled training latents of the slices (``latent_target``), unscaled
+        posterior mean of the crop (grey repeated to the autoencoder's channels) and the classifier's map."""
         with self._autocast(images.device):
             z_mu, z_sigma = self.autoencoder.encode(images)
-            if self.generator is None:
-                eps = torch.randn_like(z_sigma)
-            else:
-                eps = torch.randn(z_sigma.shape, generator=self.generator).to(z_sigma)
-            z0 = (z_mu + z_sigma * eps).float() * float(self.scale_factor)
+            z0 = training_latents(z_mu.float(), z_sigma.float(), self.latent_target, self.get_noise)
+            z0 = z0 * float(self.scale_factor)
             xray_latent, _ = self.autoencoder.encode(xray.expand(-1, images.shape[1], -1, -1))
             p_map = None
             if self.classifier is not None:
@@ -178,11 +198,11 @@ class LatentDiffusionPrepareBatch(DiffusionPrepareBatch):
     def from_cache(
         self, batchdata: Mapping[str, Any], device: torch.device | str | None, non_blocking: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """``(z0, xray_latent, p_map)`` from a batch of ``LatentKneeCache`` slices: a fresh posterior sample
-        ``scale * (mu + sigma * eps)`` (as :meth:`encode` draws it) and the cached crop latent and p map."""
+        """``(z0, xray_latent, p_map)`` from a batch of ``LatentKneeCache`` slices: the scaled training latents
+        (as :meth:`encode` draws them) and the cached crop latent and p map."""
         mu = _tensor(batchdata["latent_mu"], device, non_blocking).float()
         sigma = _tensor(batchdata["latent_sigma"], device, non_blocking).float()
-        z0 = (mu + sigma * self.get_noise(mu)) * float(self.scale_factor)
+        z0 = training_latents(mu, sigma, self.latent_target, self.get_noise) * float(self.scale_factor)
         xray_latent = _tensor(batchdata["xray_latent"], device, non_blocking).float()
         p_map = None
         if self.classifier is not None:
@@ -224,4 +244,4 @@ class LatentDiffusionPrepareBatch(DiffusionPrepareBatch):
             "drop_context": drop_context,
             "drop_latent": drop_latent,
         }
-        return z0, noise, (), infer_kwargs
+        return z0, self.get_target(z0, noise, timesteps), (), infer_kwargs

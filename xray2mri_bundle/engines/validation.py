@@ -54,6 +54,7 @@ class SampleValidation:
         output_dir: folder for the montage PNGs (None: no images).
         prefix: metric name prefix (``val_sample_psnr``, ``val_sample_ssim``).
         use_intensity: pass the intensity map (False for the ablation without it).
+        prediction_type: what the UNet predicts (``"epsilon"`` or ``"v_prediction"``).
     """
 
     def __init__(
@@ -74,7 +75,9 @@ class SampleValidation:
         output_dir: str | os.PathLike | None = None,
         prefix: str = "val_sample_",
         use_intensity: bool = True,
+        prediction_type: str = "epsilon",
     ) -> None:
+        self.prediction_type = prediction_type
         self.dataset = dataset
         self.autoencoder = autoencoder
         self.denoiser = denoiser
@@ -142,7 +145,7 @@ class SampleValidation:
             noise = torch.randn(conditions.xray_latent.shape, generator=generator).to(device)
             sampler = DiffusionSampler.from_settings(
                 SamplingSettings("ddim", self.num_inference_steps, 0.0, self.guidance_scale),
-                self.num_train_timesteps, self.schedule)
+                self.num_train_timesteps, self.schedule, self.prediction_type)
             latents = sampler(self.denoiser, noise, conditions.model_kwargs(depth))
             scale = self.scale_factor.value if isinstance(self.scale_factor, ScaleFactor) else self.scale_factor
             generated = decode_slices(self.autoencoder, latents, float(scale or 1.0), grey=False)
@@ -198,7 +201,7 @@ class ConditioningCheck:
 
     @torch.no_grad()
     def measure(self, device: torch.device | str) -> dict[str, float]:
-        """``{'real', 'other', 'null'}`` -> mean epsilon-MSE over the dataset."""
+        """``{'real', 'other', 'null'}`` -> mean loss (epsilon- or v-MSE, the training target) over the dataset."""
         items = [self.dataset[i] for i in range(len(self.dataset))]
         ids = [f"{it.get('subject')}_{it.get('side')}" for it in items]
         perm = other_knee_permutation(ids)
@@ -214,14 +217,14 @@ class ConditioningCheck:
                 self.prepare_batch.reset()  # same noise, timesteps and posterior draws in every variant
                 for start in range(0, len(variant), self.batch_size):
                     chunk = variant[start:start + self.batch_size]
-                    z0, noise, _, kwargs = self.prepare_batch(list_data_collate(chunk), device)
+                    z0, target, _, kwargs = self.prepare_batch(list_data_collate(chunk), device)
                     prediction = self.inferer(z0, self.network, **kwargs)
-                    totals[name] += float(((prediction - noise) ** 2).mean()) * len(chunk)
+                    totals[name] += float(((prediction - target) ** 2).mean()) * len(chunk)
                     if name == "real":  # the same inputs with the X-ray dropped as classifier-free training does
                         drop = torch.ones(z0.shape[0], dtype=torch.bool, device=z0.device)
                         null = {**kwargs, "drop_context": drop, "drop_latent": drop}
                         prediction = self.inferer(z0, self.network, **null)
-                        totals["null"] += float(((prediction - noise) ** 2).mean()) * len(chunk)
+                        totals["null"] += float(((prediction - target) ** 2).mean()) * len(chunk)
         finally:
             self.network.train(was_training)
         n = max(len(items), 1)
