@@ -93,6 +93,15 @@ def test_every_subcommand_module_exists() -> None:
     assert not missing, f"subcommands point at missing modules: {missing}"
 
 
+def test_the_package_top_holds_only_its_init_and_subpackages() -> None:
+    """Each step of the data flow lives in a subpackage (docs/architecture.md, "Modules")."""
+    package = ROOT / "xray2mri_bundle"
+    modules = sorted(p.name for p in package.glob("*.py"))
+    assert modules == ["__init__.py"], f"modules at the package top: {modules}"
+    subpackages = {p.name for p in package.iterdir() if (p / "__init__.py").is_file()}
+    assert {"checkpoint", "constants", "diffusion", "engines", "inference", "cli"} <= subpackages
+
+
 def test_large_files_are_listed_with_their_hashes(tmp_path: Path) -> None:
     """large_files.yml lists every shipped weight file; the check fails naming a changed or missing file."""
     import shutil
