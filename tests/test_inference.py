@@ -62,7 +62,9 @@ def _randomise_zero_layers(module: torch.nn.Module, seed: int) -> torch.nn.Modul
     return module
 
 
-def save_tiny_bundle(folder: Path, ema_offset: float = 0.0) -> dict[str, torch.nn.Module]:
+def save_tiny_bundle(
+    folder: Path, ema_offset: float = 0.0, prediction_type: str = "epsilon"
+) -> dict[str, torch.nn.Module]:
     """Tiny untrained networks saved by the training's writer (autoencoder/classifier/diffusion.pt)."""
     torch.manual_seed(0)
     autoencoder = networks.build_autoencoder(PROFILE)
@@ -79,7 +81,7 @@ def save_tiny_bundle(folder: Path, ema_offset: float = 0.0) -> dict[str, torch.n
                      settings={"image_size": SIZE})
     settings = {"image_size": SIZE, "use_intensity": True, "num_train_timesteps": 1000,
                 "noise_schedule": {"schedule": "scaled_linear_beta", "beta_start": 0.00085, "beta_end": 0.012},
-                "prediction_type": "epsilon"}
+                "prediction_type": prediction_type}
     write_checkpoint(folder / "diffusion.pt", "diffusion", {"unet": unet, "xray_encoder": encoder},
                      {"unet": ema, "xray_encoder": encoder}, profile=PROFILE, scale_factor=0.8, settings=settings)
     return {"unet": unet, "ema": ema, "autoencoder": autoencoder}
@@ -304,6 +306,17 @@ def test_loader_uses_ema_and_records_provenance(tmp_path: Path) -> None:
     assert set(generator.checkpoints) == {"autoencoder.pt", "classifier.pt", "diffusion.pt"}
     assert all(len(h) == 64 for h in generator.checkpoints.values())
     assert not any(p.requires_grad for p in generator.unet.parameters()) and not generator.unet.training
+
+
+def test_a_v_prediction_export_gives_v_prediction_solvers(tmp_path: Path) -> None:
+    save_tiny_bundle(tmp_path, prediction_type="v_prediction")
+    from xray2mri_bundle.diffusion import SamplingSettings
+
+    generator = load_pipeline(tmp_path, PROFILE)
+    assert generator.prediction_type == "v_prediction"
+    ddim = generator.sampler(SamplingSettings("ddim", 4)).solver.scheduler
+    dpm = generator.sampler(SamplingSettings("dpmpp_2m", 4)).solver.scheduler
+    assert ddim.prediction_type == "v_prediction" and dpm.config.prediction_type == "v_prediction"
 
 
 @pytest.mark.parametrize("precision", ["int8", "float16"])
