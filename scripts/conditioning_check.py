@@ -1,8 +1,9 @@
 """Does a trained diffusion model use the X-ray? The training-time conditioning check on exported weights.
 
-Runs ``engines.validation.ConditioningCheck`` (epsilon-MSE with the knee's own X-ray, another knee's, none; same
-noise and timesteps) with the exported EMA weights on evenly spaced slices of the validation knees, for each
-diffusion checkpoint in ``--model-dir``, and replaces the marked block of docs/training.md.
+Runs ``engines.validation.ConditioningCheck`` (the training loss, epsilon- or v-MSE, with the knee's own X-ray,
+another knee's, none; same noise and timesteps) with the exported EMA weights on evenly spaced slices of the
+validation knees, for each diffusion checkpoint in ``--model-dir``, and replaces the marked block of
+docs/training.md.
 
     python scripts/conditioning_check.py --model-dir models/small --dataset-dir data/cohort_train --knees 30
 
@@ -57,7 +58,10 @@ def measure(model_dir: Path, dataset_dir: Path, knees: int, slices_per_knee: int
         scheduler = DDPMScheduler(int(settings.get("num_train_timesteps", 1000)), **dict(settings["noise_schedule"]))
         prepare = LatentDiffusionPrepareBatch(gen.autoencoder, gen.scale_factor,
                                               encoder.classifier if unet["use_guidance"] else None, p_uncond=0.0,
-                                              use_intensity=bool(settings.get("use_intensity", True)), seed=0)
+                                              use_intensity=bool(settings.get("use_intensity", True)), seed=0,
+                                              prediction_type=str(settings.get("prediction_type", "epsilon")),
+                                              scheduler=scheduler,
+                                              latent_target=str(settings.get("latent_target", "sample")))
         network = XrayDenoiser(gen.unet, encoder.xray_encoder if unet["use_context"] else None)
         inferer = ConditionalDiffusionInferer(scheduler)
         mse = ConditioningCheck(subset, prepare, inferer, network, batch_size=16).measure("cpu")
@@ -72,7 +76,8 @@ def measure(model_dir: Path, dataset_dir: Path, knees: int, slices_per_knee: int
 def markdown(results: dict[str, dict[str, float]], knees: int, dataset_dir: Path) -> str:
     lines = [START, f"Measured by `scripts/conditioning_check.py` with the shipped weights on {knees} validation "
              f"knees of `{dataset_dir}` (evenly spaced slices; same noise and timesteps in every column):", "",
-             "| model | slices | eps-MSE own X-ray | another knee's X-ray | no X-ray | gap other | gap none |",
+             "| model | slices | loss (eps- or v-MSE) own X-ray | another knee's X-ray | no X-ray | gap other "
+             "| gap none |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for name, r in results.items():
         lines.append(f"| `{name}` | {int(r['slices'])} | {r['real']:.4f} | {r['other']:.4f} | {r['null']:.4f} | "

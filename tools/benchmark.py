@@ -515,9 +515,11 @@ def measure_training(generator: Any, batch: int, repeats: int, dtype: torch.dtyp
                         xray_latent=latents["xray_latent"].expand(batch, -1, -1, -1))
     if "p_map" in latents:
         cached_batch["p_map"] = latents["p_map"].expand(batch, *latents["p_map"].shape)
+    scheduler = DDPMScheduler(num_train_timesteps=1000, **DEFAULT_SCHEDULE)
     prepare = LatentDiffusionPrepareBatch(encoders.autoencoder, generator.scale_factor, classifier=encoders.classifier,
-                                          amp=device.type == "cuda" and dtype is not None)
-    inferer = ConditionalDiffusionInferer(DDPMScheduler(num_train_timesteps=1000, **DEFAULT_SCHEDULE))
+                                          amp=device.type == "cuda" and dtype is not None,
+                                          prediction_type=generator.prediction_type, scheduler=scheduler)
+    inferer = ConditionalDiffusionInferer(scheduler)
     denoiser = XrayDenoiser(generator.unet, encoders.xray_encoder).train().requires_grad_(True)
     optimizer = torch.optim.AdamW(denoiser.parameters(), lr=1e-6)
 
