@@ -59,7 +59,7 @@ def measure(model_dir: Path, dataset_dir: Path, knees: int, slices_per_knee: int
         prepare = LatentDiffusionPrepareBatch(gen.autoencoder, gen.scale_factor,
                                               encoder.classifier if unet["use_guidance"] else None, p_uncond=0.0,
                                               use_intensity=bool(settings.get("use_intensity", True)), seed=0,
-                                              prediction_type=str(settings.get("prediction_type", "epsilon")),
+                                              prediction_type=gen.prediction_type,
                                               scheduler=scheduler,
                                               latent_target=str(settings.get("latent_target", "sample")))
         network = XrayDenoiser(gen.unet, encoder.xray_encoder if unet["use_context"] else None)

@@ -5,7 +5,8 @@
 # cohort (data/cohort, seed 0) is never trained on: every one of its knees is held out. A stage whose final
 # checkpoint is already in $MODELS is kept (the shipped autoencoder was reused this way, see
 # models/small/training_record.json). Diffusion (v-prediction, 6480 iterations): ~30 min per model alone on 2
-# cores (the three side by side, one thread each: ~65 min); an autoencoder from scratch adds about an hour. Run it in the background with a log:
+# cores (the three side by side, one thread each: ~65 min); an autoencoder from scratch adds about an hour.
+# Run it in the background with a log:
 #   nohup scripts/train_small_demo.sh > outputs/train_small.log 2>&1 &
 # Writes models/small/{autoencoder,classifier,diffusion}.pt, the ablations
 # models/small/diffusion_{xray_no_guidance,ldm_depth_only}.pt and models/small/training_record.json.

@@ -8,44 +8,8 @@ wordings, ``geometry`` the frame and field of view.
 
 from __future__ import annotations
 
-from .disclaimers import (
-    COHORT_DISCLAIMER,
-    DEMO_WEIGHTS_DISCLAIMER,
-    DISCLAIMER,
-    FIGURE_DISCLAIMER,
-    REPORT_DISCLAIMER,
-    RESEARCH_USE,
-    SUMMARY_DISCLAIMER,
-    VOLUME_CAPTION,
-)
-from .geometry import (
-    DEFAULT_PNG_SPACING_MM,
-    FRAME_MM,
-    MRI_FOV_MM,
-    MRI_KEPT_SLICES,
-    MRI_SLICE_MM,
-    MRI_SLICES,
-    OAI_MRI_FOV_MM,
-    REFERENCE_SLICES,
-    REFERENCE_SPACING_MM,
-)
+from . import disclaimers, geometry
+from .disclaimers import *  # noqa: F403 - the names are disclaimers.__all__
+from .geometry import *  # noqa: F403 - the names are geometry.__all__
 
-__all__ = [
-    "COHORT_DISCLAIMER",
-    "DEFAULT_PNG_SPACING_MM",
-    "DEMO_WEIGHTS_DISCLAIMER",
-    "DISCLAIMER",
-    "FIGURE_DISCLAIMER",
-    "FRAME_MM",
-    "MRI_FOV_MM",
-    "MRI_KEPT_SLICES",
-    "MRI_SLICES",
-    "MRI_SLICE_MM",
-    "OAI_MRI_FOV_MM",
-    "REFERENCE_SLICES",
-    "REFERENCE_SPACING_MM",
-    "REPORT_DISCLAIMER",
-    "RESEARCH_USE",
-    "SUMMARY_DISCLAIMER",
-    "VOLUME_CAPTION",
-]
+__all__ = [*disclaimers.__all__, *geometry.__all__]

@@ -7,11 +7,18 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-__all__ = ["LATENT_TARGETS", "decode_slices", "training_latents"]
+__all__ = ["LATENT_TARGETS", "check_latent_target", "decode_slices", "training_latents"]
 
 #: what the diffusion model learns to generate from E1's posterior N(mu, sigma^2) of a slice: a fresh draw
 #: ``mu + sigma * eps`` at every step (the LDM recipe) or the posterior mean ``mu`` (docs/training.md compares them)
 LATENT_TARGETS = ("sample", "mean")
+
+
+def check_latent_target(latent_target: object) -> str:
+    """``latent_target`` if it is one of ``LATENT_TARGETS``; ``ValueError`` otherwise."""
+    if latent_target not in LATENT_TARGETS:
+        raise ValueError(f"latent_target must be one of {LATENT_TARGETS}, got {latent_target!r}")
+    return str(latent_target)
 
 
 def training_latents(
@@ -22,10 +29,8 @@ def training_latents(
 
     ``noise`` draws a standard normal tensor like its argument (a seeded generator in validation).
     """
-    if latent_target == "mean":
+    if check_latent_target(latent_target) == "mean":
         return mu
-    if latent_target != "sample":
-        raise ValueError(f"latent_target must be one of {LATENT_TARGETS}, got {latent_target!r}")
     return mu + sigma * noise(mu)
 
 

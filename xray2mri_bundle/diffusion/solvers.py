@@ -26,6 +26,7 @@ from monai.networks.schedulers import DDIMScheduler
 __all__ = [
     "DEFAULT_SCHEDULE",
     "PREDICTION_TYPES",
+    "check_prediction_type",
     "SAMPLERS",
     "DDIMSolver",
     "DiffusersSolver",
@@ -153,6 +154,13 @@ def _diffusers_kwargs(num_train_timesteps: int, noise_schedule: Mapping, predict
     return kwargs
 
 
+def check_prediction_type(prediction_type: object) -> str:
+    """``prediction_type`` if it is one of ``PREDICTION_TYPES``; ``ValueError`` otherwise."""
+    if prediction_type not in PREDICTION_TYPES:
+        raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
+    return str(prediction_type)
+
+
 def check_sampler(name: object, eta: float = 0.0) -> str:
     """``name`` as a key of ``SAMPLERS`` (case and spaces ignored); ``ValueError`` for an unknown name, or for
     eta != 0 with a multistep solver (they are deterministic; eta is a DDIM setting)."""
@@ -173,8 +181,7 @@ def build_solver(
 ) -> Solver:
     """The solver ``name`` (one of ``SAMPLERS``) for a model trained with this schedule and parametrisation."""
     name = check_sampler(name, eta)
-    if prediction_type not in PREDICTION_TYPES:
-        raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
+    check_prediction_type(prediction_type)
     noise_schedule = dict(noise_schedule or {})
     if name == "ddim":
         scheduler = build_ddim_scheduler(num_train_timesteps, **noise_schedule, prediction_type=prediction_type)

@@ -26,8 +26,8 @@ from monai.data import MetaTensor
 from monai.engines.utils import DiffusionPrepareBatch, PrepareBatch
 from torch import nn
 
-from xray2mri_bundle.diffusion.latents import training_latents
-from xray2mri_bundle.diffusion.solvers import PREDICTION_TYPES
+from xray2mri_bundle.diffusion.latents import check_latent_target, training_latents
+from xray2mri_bundle.diffusion.solvers import check_prediction_type
 
 __all__ = ["KeyedPrepareBatch", "LatentDiffusionPrepareBatch", "cfg_drop_masks"]
 
@@ -140,12 +140,10 @@ class LatentDiffusionPrepareBatch(DiffusionPrepareBatch):
         self.use_intensity = use_intensity
         self.seed = seed
         self.amp = amp
-        if prediction_type not in PREDICTION_TYPES:
-            raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
-        if prediction_type == "v_prediction" and scheduler is None:
+        self.prediction_type = check_prediction_type(prediction_type)
+        if self.prediction_type == "v_prediction" and scheduler is None:
             raise ValueError("prediction_type='v_prediction' needs the noise scheduler (for get_velocity)")
-        training_latents(torch.zeros(1), torch.zeros(1), latent_target)  # rejects an unknown latent_target
-        self.prediction_type, self.scheduler, self.latent_target = prediction_type, scheduler, latent_target
+        self.scheduler, self.latent_target = scheduler, check_latent_target(latent_target)
         self.image_key, self.xray_key = image_key, xray_key
         self.depth_key, self.intensity_key = depth_key, intensity_key
         self.generator: torch.Generator | None = None
