@@ -136,7 +136,7 @@ def test_baselines(knees: dict[str, list[dict]]) -> None:
 
 def test_method_registry() -> None:
     assert set(METHODS) == {"full", "xray_no_guidance", "ldm_depth_only", "mean_volume", "nearest_xray", "knn_xray",
-                            "oracle_knee"}
+                            "oracle_knee", "autoencoder_ceiling"}
     assert METHODS["ldm_depth_only"].unet_flags == {"use_depth": True, "use_xray_latent": False,
                                                     "use_context": False, "use_guidance": False}
     assert METHODS["xray_no_guidance"].checkpoint_names[0] == "diffusion_xray_no_guidance.pt"
@@ -394,6 +394,32 @@ def test_knn_xray_averages_the_k_nearest_and_oracle_picks_the_closest_truth() ->
     assert oracle.last_neighbour == "c" and float(pred.mean()) == pytest.approx(3.0)
     with pytest.raises(ValueError, match="true volume"):
         oracle(torch.zeros(1, 8, 8), torch.tensor([0.0]))
+
+
+def test_autoencoder_ceiling_is_the_round_trip_of_the_true_slices(tmp_path: Path) -> None:
+    """The ceiling decodes E1's posterior mean of each true slice: compared with MONAI's own encode/decode."""
+    from xray2mri_bundle import networks
+    from xray2mri_bundle.checkpoint import write_checkpoint
+    from xray2mri_bundle.evaluation.methods import build_method
+
+    torch.manual_seed(0)
+    autoencoder = networks.build_autoencoder("tiny").eval()
+    write_checkpoint(tmp_path / "autoencoder.pt", "autoencoder", {"autoencoder": autoencoder}, profile="tiny")
+    ceiling = build_method("autoencoder_ceiling", tmp_path)
+    assert METHODS["autoencoder_ceiling"].kind == "oracle" and ceiling.uses_truth
+    truth = torch.rand(1, 32, 32, 3) * 2 - 1
+    out = ceiling(torch.zeros(1, 32, 32), torch.tensor([0.0, 0.5, 1.0]), truth=truth)
+    assert out.shape == (1, 32, 32, 3)
+    channels = autoencoder.encoder.in_channels
+    with torch.no_grad():
+        for k in range(3):
+            x = truth[0, :, :, k][None, None].expand(1, channels, -1, -1)
+            expected = autoencoder.decode(autoencoder.encode(x)[0]).mean(dim=1).clamp(-1, 1)[0]
+            torch.testing.assert_close(out[0, :, :, k], expected, atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="true volume"):
+        ceiling(torch.zeros(1, 32, 32), torch.tensor([0.0]))
+    with pytest.raises(FileNotFoundError, match="autoencoder.pt"):
+        build_method("autoencoder_ceiling", tmp_path / "empty")
 
 
 def test_bootstrap_differences_hand_case() -> None:

@@ -11,6 +11,10 @@
 - ``OracleKnee``: the training knee whose MRI is closest (lowest MSE) to the TRUE volume of the query knee.
   It looks at the answer, so it is not a method but a ceiling: how well any "copy a training knee" answer could
   do. Marked as an oracle in every table.
+- ``AutoencoderCeiling``: the query's TRUE slices encoded by the shipped autoencoder E1 (posterior mean) and
+  decoded by D. Every latent diffusion model with this autoencoder generates through D, so this round trip
+  bounds what any of them can score: if it is low, the autoencoder, not the diffusion model, is the limit.
+  Also an oracle (it looks at the answer).
 
 Both answer any set of depths in [0, 1]: the stored 50-slice volumes are linearly interpolated along depth,
 so they run through the same evaluator (and the same depth sweep) as the diffusion methods.
@@ -24,7 +28,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-__all__ = ["MeanVolume", "NearestXray", "OracleKnee", "crop_feature", "sample_depths"]
+__all__ = ["AutoencoderCeiling", "MeanVolume", "NearestXray", "OracleKnee", "crop_feature", "sample_depths"]
 
 FEATURE_SIZE = 32
 """Side of the downsampled crop used as the nearest-neighbour feature (32 x 32 = 1024 values)."""
@@ -200,3 +204,38 @@ class OracleKnee:
                 best, best_mse = i, mse
         self.last_neighbour = self.names[best]
         return sample_depths(self.volumes[best].float(), depths)[None]
+
+
+class AutoencoderCeiling:
+    """Ceiling, not a method: ``D(mean E1(x))`` of the query's TRUE slices ``x`` (see the module docstring).
+
+    Args:
+        autoencoder: MONAI ``AutoencoderKL`` (eval mode), e.g. ``checkpoint.load_network(autoencoder.pt)``.
+        chunk_size: slices encoded together.
+    """
+
+    name = "autoencoder_ceiling"
+    uses_truth = True
+
+    def __init__(self, autoencoder: torch.nn.Module, chunk_size: int = 16) -> None:
+        self.autoencoder = autoencoder
+        self.chunk_size = int(chunk_size)
+
+    @torch.no_grad()
+    def __call__(self, xray: torch.Tensor, depths: torch.Tensor, *, truth: torch.Tensor | None = None,
+                 **_: object) -> torch.Tensor:
+        """Volume (1, H, W, n) in [-1, 1]: the round trip of ``truth`` (C, H, W, n) slice by slice."""
+        from xray2mri_bundle.diffusion.latents import decode_slices
+
+        if truth is None:
+            raise ValueError("autoencoder_ceiling needs the true volume (it is a ceiling, not a method)")
+        grey = torch.as_tensor(truth).float().reshape(-1, *truth.shape[-3:]).mean(dim=0)  # (H, W, n)
+        channels = int(self.autoencoder.encoder.in_channels)
+        device = next(self.autoencoder.parameters()).device
+        slices = grey.permute(2, 0, 1)[:, None].expand(-1, channels, -1, -1)  # (n, C, H, W)
+        out = []
+        for start in range(0, slices.shape[0], self.chunk_size):
+            mu, _sigma = self.autoencoder.encode(slices[start:start + self.chunk_size].to(device))
+            out.append(decode_slices(self.autoencoder, mu, 1.0).cpu())
+        return torch.cat(out).permute(1, 2, 0)[None]
+

@@ -10,7 +10,9 @@
   (``baselines.NearestXray``; training split only);
 - ``knn_xray``: the mean volume of the k (default 5) training knees with the nearest X-ray crops;
 - ``oracle_knee``: the training knee closest to the TRUE volume (``baselines.OracleKnee``): a ceiling that
-  looks at the answer, marked as an oracle, never a method.
+  looks at the answer, marked as an oracle, never a method;
+- ``autoencoder_ceiling``: the TRUE slices through the shipped autoencoder (``baselines.AutoencoderCeiling``):
+  the ceiling of every latent diffusion model that decodes with it (an oracle too).
 
 Scoring one sample against the truth favours blurred answers (two samples of a knee differ from each other
 about as much as from the truth), so a diffusion method is also scored as the mean of N samples
@@ -41,11 +43,12 @@ import torch
 
 from xray2mri_bundle.diffusion import DEFAULT_SAMPLING, SamplingSettings
 
-from .baselines import MeanVolume, NearestXray, OracleKnee
+from .baselines import AutoencoderCeiling, MeanVolume, NearestXray, OracleKnee
 
 __all__ = [
-    "METHODS", "DiffusionMethod", "FirstSample", "MethodSpec", "SampleMean", "build_baseline", "build_method",
-    "base_method", "describe", "diffusion_checkpoint", "is_oracle", "method_kind", "parse_methods",
+    "METHODS", "DiffusionMethod", "FirstSample", "MethodSpec", "SampleMean", "base_method",
+    "build_autoencoder_ceiling", "build_baseline", "build_method", "describe", "diffusion_checkpoint", "is_oracle",
+    "method_kind", "parse_methods",
 ]
 
 logger = logging.getLogger(__name__)
@@ -87,6 +90,8 @@ METHODS: dict[str, MethodSpec] = {
                    "mean MRI volume of the k training knees with the nearest X-ray crops (default k = 5)"),
         MethodSpec("oracle_knee", "oracle",
                    "ORACLE (a ceiling, not a method): the training knee whose MRI is closest to the true volume"),
+        MethodSpec("autoencoder_ceiling", "oracle",
+                   "ORACLE (a ceiling, not a method): the true MRI encoded and decoded by the shipped autoencoder"),
     )
 }
 
@@ -285,15 +290,33 @@ def build_baseline(
     raise ValueError(f"{name!r} is not a baseline")
 
 
+def build_autoencoder_ceiling(
+    model_dir: str | os.PathLike | None, device: torch.device | str = "cpu", profile: str | None = None,
+    chunk_size: int = 16,
+) -> AutoencoderCeiling:
+    """The autoencoder round trip of the model folder's ``autoencoder.pt`` (an oracle: it is shown the truth)."""
+    from xray2mri_bundle.checkpoint import load_network
+    from xray2mri_bundle.inference.generator import resolve_model_dir
+
+    if model_dir is None:
+        raise ValueError("method 'autoencoder_ceiling' needs a model folder (it reads autoencoder.pt)")
+    path = resolve_model_dir(model_dir, profile) / "autoencoder.pt"
+    if not path.is_file():
+        raise FileNotFoundError(f"autoencoder_ceiling: {path} not found (a trained bundle has it)")
+    return AutoencoderCeiling(load_network(path, "autoencoder", device=torch.device(device)), chunk_size)
+
+
 def build_method(
     name: str, model_dir: str | os.PathLike | None = None, training: Sequence[Mapping[str, Any]] = (),
     device: torch.device | str = "cpu", steps: int = DEFAULT_SAMPLING.steps, eta: float = 0.0,
     guidance_scale: float = 1.0, chunk_size: int = 16, nearest_metric: Literal["l2", "cosine"] = "l2",
     load_fn: LoadFn | None = None, profile: str | None = None, image_size: int | None = None, knn: int = 5,
     sampler: str = DEFAULT_SAMPLING.sampler,
-) -> DiffusionMethod | MeanVolume | NearestXray | OracleKnee:
+) -> DiffusionMethod | MeanVolume | NearestXray | OracleKnee | AutoencoderCeiling:
     """Any registered method by name (see ``METHODS``); baselines are fitted on ``training`` knees."""
     spec = METHODS[parse_methods([name])[0]]
+    if name == "autoencoder_ceiling":
+        return build_autoencoder_ceiling(model_dir, device, profile, chunk_size)
     if spec.kind != "diffusion":
         return build_baseline(name, training, nearest_metric, knn)
     if model_dir is None:

@@ -47,7 +47,9 @@ from .studies import depth_sweep, interpolation, write_sweep
 __all__ = ["ABLATION_OVERRIDES", "DEFAULT_METHODS", "EvaluationRun", "reproduce", "run_evaluation"]
 
 logger = logging.getLogger("xray2mri.evaluate")
-DEFAULT_METHODS = "full,xray_no_guidance,ldm_depth_only,mean_volume,nearest_xray,knn_xray,oracle_knee"
+DEFAULT_METHODS = (
+    "full,xray_no_guidance,ldm_depth_only,mean_volume,nearest_xray,knn_xray,oracle_knee,autoencoder_ceiling"
+)
 TABLE1_GRADES = (0, 2, 4)
 
 
