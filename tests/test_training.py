@@ -181,6 +181,38 @@ def test_v_prediction_targets_the_velocity_and_mean_latents_are_the_posterior_me
         LatentDiffusionPrepareBatch(_TinyAE(), 1.0, latent_target="median")
 
 
+def test_min_snr_loss_weights_each_sample_by_its_timestep_and_is_plain_mse_without_gamma():
+    """Min-SNR-5 by hand: SNR = a / (1 - a); v-prediction weight min(SNR, 5) / (SNR + 1), epsilon min(SNR, 5) / SNR;
+    the timesteps come from the inferer call of the same iteration."""
+    from xray2mri_bundle.diffusion import ConditionalDiffusionInferer
+    from xray2mri_bundle.engines.losses import MinSNRWeightedMSELoss, min_snr_weights
+
+    scheduler = DDPMScheduler(1000, schedule="scaled_linear_beta", beta_start=0.00085, beta_end=0.012)
+    inferer = ConditionalDiffusionInferer(scheduler)
+    t = torch.tensor([0, 500, 999])
+    a = scheduler.alphas_cumprod[t].double()
+    snr = a / (1 - a)
+    assert snr[0] > 5 > snr[2]  # the clip acts on the low-noise end only
+    by_hand_v = torch.minimum(snr, torch.tensor(5.0, dtype=torch.float64)) / (snr + 1)
+    by_hand_eps = torch.minimum(snr, torch.tensor(5.0, dtype=torch.float64)) / snr
+    torch.testing.assert_close(min_snr_weights(scheduler.alphas_cumprod, t, 5, "v_prediction"), by_hand_v.float())
+    torch.testing.assert_close(min_snr_weights(scheduler.alphas_cumprod, t, 5, "epsilon"), by_hand_eps.float())
+    assert min_snr_weights(scheduler.alphas_cumprod, t, 5, "epsilon")[2] == 1.0  # noisy end: unweighted
+
+    z0, noise = torch.zeros(3, 1, 2, 2), torch.randn(3, 1, 2, 2)
+    pred = inferer(z0, lambda x, timesteps: x, noise, t)  # identity "network": pred = z_t
+    target = torch.zeros_like(pred)
+    per_sample = pred.pow(2).flatten(1).mean(1)
+    weighted = MinSNRWeightedMSELoss(scheduler, inferer, gamma=5, prediction_type="v_prediction")(pred, target)
+    torch.testing.assert_close(weighted, (per_sample * by_hand_v.float()).mean())
+    plain = MinSNRWeightedMSELoss(scheduler, inferer, gamma=None)(pred, target)
+    assert torch.equal(plain, torch.nn.MSELoss()(pred, target))
+    with pytest.raises(RuntimeError, match="timesteps"):
+        MinSNRWeightedMSELoss(scheduler, inferer, gamma=5)(pred[:2], target[:2])
+    with pytest.raises(ValueError, match="min_snr_gamma"):
+        MinSNRWeightedMSELoss(scheduler, inferer, gamma=0)
+
+
 def test_a_v_prediction_sampler_walks_the_same_path_as_an_epsilon_sampler_of_the_same_model():
     """An exact velocity model of a fixed clean latent, sampled as v-prediction, gives what the matching exact
     noise model gives as epsilon-prediction (DDIM and DPM-Solver++), and ends near that latent: the prediction

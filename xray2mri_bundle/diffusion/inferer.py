@@ -26,7 +26,12 @@ class ConditionalDiffusionInferer(DiffusionInferer):
 
     Args:
         scheduler: the noise scheduler of training (MONAI ``DDPMScheduler``), which defines ``add_noise``.
+
+    The timesteps of the last call stay in ``last_timesteps`` for a timestep-weighted loss
+    (``engines.losses.MinSNRWeightedMSELoss``), which MONAI's trainer calls as ``loss(pred, target)``.
     """
+
+    last_timesteps: torch.Tensor | None = None
 
     def __call__(  # type: ignore[override]
         self,
@@ -38,6 +43,7 @@ class ConditionalDiffusionInferer(DiffusionInferer):
     ) -> torch.Tensor:
         """inputs: clean scaled latents z0 (B, C, h, w); noise like inputs; timesteps (B,) long.
         Returns the model's prediction for the noised latents (B, C, h, w)."""
+        self.last_timesteps = timesteps
         noisy = self.scheduler.add_noise(original_samples=inputs, noise=noise, timesteps=timesteps)
         return diffusion_model(noisy, timesteps=timesteps, **conditions)
 

@@ -2,8 +2,9 @@
 
 Stage 1 (paper Eq. 6 plus the AutoencoderKL prior): ``L = ||x - D(E(x))||_2^2 + w_kl * KL(q(z|x) || N(0, I))``.
 No perceptual or adversarial term: those need downloaded networks (LPIPS/VGG) and the paper trains with L2 only.
-Stage 2 uses ``torch.nn.CrossEntropyLoss`` and stage 3 ``torch.nn.MSELoss`` (epsilon prediction, Eq. 7/15)
-directly from the configs.
+Stage 2 uses ``torch.nn.CrossEntropyLoss`` from its config. Stage 3 uses ``MinSNRWeightedMSELoss``: the plain MSE
+of the paper (Eq. 7/15) by default, or the Min-SNR-gamma weighting of Hang et al. (2023, "Efficient Diffusion
+Training via Min-SNR Weighting Strategy") when ``min_snr_gamma`` is set.
 """
 
 from __future__ import annotations
@@ -11,9 +12,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["AutoencoderKLLoss", "kl_divergence", "reconstruction_of"]
+__all__ = ["AutoencoderKLLoss", "MinSNRWeightedMSELoss", "kl_divergence", "min_snr_weights", "reconstruction_of"]
 
 
 def kl_divergence(z_mu: torch.Tensor, z_sigma: torch.Tensor) -> torch.Tensor:
@@ -62,3 +64,65 @@ class AutoencoderKLLoss(nn.Module):
         kl = kl_divergence(z_mu, z_sigma).mean()
         self.last_terms = {"rec_loss": rec.detach(), "kl_loss": kl.detach()}
         return rec + self.kl_weight * kl
+
+
+def min_snr_weights(
+    alphas_cumprod: torch.Tensor, timesteps: torch.Tensor, gamma: float, prediction_type: str
+) -> torch.Tensor:
+    """Per-sample Min-SNR-gamma loss weights (B,) for the timesteps (B,) of a batch.
+
+    ``SNR(t) = a_t / (1 - a_t)`` with ``a_t`` the cumulative alpha product. The weight on the clean-latent error
+    is ``min(SNR, gamma)``; expressed on the network's own target it is ``min(SNR, gamma) / SNR`` for epsilon,
+    ``min(SNR, gamma) / (SNR + 1)`` for v-prediction and ``min(SNR, gamma)`` for the clean sample.
+    """
+    if gamma <= 0:
+        raise ValueError(f"min_snr_gamma must be > 0, got {gamma}")
+    alpha = alphas_cumprod.to(device=timesteps.device, dtype=torch.float64)[timesteps.long()]
+    snr = alpha / (1.0 - alpha)
+    clipped = snr.clamp(max=float(gamma))
+    if prediction_type == "epsilon":
+        weights = clipped / snr
+    elif prediction_type == "v_prediction":
+        weights = clipped / (snr + 1.0)
+    elif prediction_type == "sample":
+        weights = clipped
+    else:
+        raise ValueError(f"prediction_type must be epsilon, v_prediction or sample, got {prediction_type!r}")
+    return weights.float()
+
+
+class MinSNRWeightedMSELoss(nn.Module):
+    """The diffusion stage's loss: MSE to the target, optionally Min-SNR-gamma weighted per sample.
+
+    ``gamma=None`` is ``torch.nn.MSELoss()`` exactly (the paper's loss). With a ``gamma`` the squared error of
+    each sample is averaged over its elements and multiplied by ``min_snr_weights`` of its timestep, then
+    averaged over the batch; the timesteps are those the training ``inferer`` (``ConditionalDiffusionInferer``)
+    noised the batch with in the same iteration (``inferer.last_timesteps``), since MONAI's ``SupervisedTrainer``
+    calls ``loss(pred, target)`` without them.
+
+    Args:
+        scheduler: the training noise scheduler (its ``alphas_cumprod``).
+        inferer: the training inferer that records ``last_timesteps``.
+        gamma: the clip of the SNR (5 in the paper) or None for the plain MSE.
+        prediction_type: what the network predicts (``epsilon`` | ``v_prediction`` | ``sample``).
+    """
+
+    def __init__(self, scheduler: nn.Module, inferer: object, gamma: float | None = None,
+                 prediction_type: str = "epsilon") -> None:
+        super().__init__()
+        if gamma is not None and gamma <= 0:
+            raise ValueError(f"min_snr_gamma must be > 0 or null, got {gamma}")
+        self.scheduler, self.inferer = scheduler, inferer
+        self.gamma = None if gamma is None else float(gamma)
+        self.prediction_type = prediction_type
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if self.gamma is None:
+            return F.mse_loss(pred, target)
+        timesteps = getattr(self.inferer, "last_timesteps", None)
+        if timesteps is None or timesteps.shape[0] != pred.shape[0]:
+            raise RuntimeError("MinSNRWeightedMSELoss needs the timesteps of this batch: the inferer must be the "
+                               "ConditionalDiffusionInferer that produced pred")
+        per_sample = (pred.float() - target.float()).pow(2).flatten(1).mean(dim=1)
+        weights = min_snr_weights(self.scheduler.alphas_cumprod, timesteps, self.gamma, self.prediction_type)
+        return (per_sample * weights).mean()
