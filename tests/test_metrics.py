@@ -4,6 +4,7 @@ correlation, joint-space width, and the MONAI / Ignite wrappers."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -296,3 +297,27 @@ def test_volume_jsw_takes_the_narrowest_slice_of_the_smooth_run_and_compares_wit
         pytest.approx(errors["jsw_medial_mm_error"])
     )
     assert isinstance(res, JSWResult) and set(res.as_dict()) == {"jsw_medial_mm", "jsw_lateral_mm"}
+
+
+def test_ssim_terms_script_multiplies_to_monai_ssim_and_only_luminance_depends_on_the_offset():
+    """scripts/ssim_terms.py splits SSIM into luminance, contrast and structure: their product is MONAI's SSIM
+    map; mapping [-1, 1] to [0, 1] (data range 2 -> 1) leaves contrast and structure unchanged."""
+    import importlib.util
+
+    from xray2mri_bundle.metrics.image_quality import ssim_map
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "ssim_terms.py"
+    spec = importlib.util.spec_from_file_location("ssim_terms", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    gen = torch.Generator().manual_seed(0)
+    true = torch.rand(32, 32, generator=gen) * 2 - 1
+    pred = (0.6 * true + 0.4 * (torch.rand(32, 32, generator=gen) * 2 - 1)).clamp(-1, 1)
+    minus = module.ssim_terms(pred, true, 2.0)
+    np.testing.assert_allclose(minus["ssim"].numpy(), ssim_map(pred, true, 2.0), atol=1e-5)
+    unit = module.ssim_terms((pred + 1) / 2, (true + 1) / 2, 1.0)
+    for term in ("c", "s"):
+        torch.testing.assert_close(unit[term], minus[term])
+    assert not torch.allclose(unit["l"], minus["l"])
+    same = module.ssim_terms(true, true, 2.0)
+    assert torch.allclose(same["ssim"], torch.ones_like(same["ssim"]), atol=1e-6)

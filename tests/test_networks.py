@@ -197,3 +197,20 @@ def test_builders_accept_a_custom_profile_dict():
     unet = build_unet(custom, use_guidance=False)
     assert list(unet.block_out_channels) == [32, 64] and not hasattr(unet, "guidance")
     assert isinstance(build_classifier(custom), KOAClassifier)
+
+
+def test_latent_shape_of_reads_the_autoencoder_not_the_profile():
+    """The diffusion export records E1's real latent shape: the profile's for its own autoencoder, 2x finer for
+    an autoencoder with one down-sampling level fewer (``autoencoder_def#channels`` overridden)."""
+    from xray2mri_bundle.diffusion.latents import latent_shape_of
+    from xray2mri_bundle.networks import build_autoencoder, get_profile
+
+    tiny = get_profile("tiny")
+    assert latent_shape_of(build_autoencoder("tiny"), tiny["image_size"]) == list(tiny["latent_shape"])
+    kwargs = dict(tiny["autoencoder"])
+    kwargs["channels"] = list(kwargs["channels"])[:-1]
+    kwargs["attention_levels"] = list(kwargs["attention_levels"])[:-1]
+    from monai.networks.nets import AutoencoderKL
+
+    finer = latent_shape_of(AutoencoderKL(**kwargs), tiny["image_size"])
+    assert finer == [tiny["latent_shape"][0], 2 * tiny["latent_shape"][1], 2 * tiny["latent_shape"][2]]

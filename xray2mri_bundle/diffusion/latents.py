@@ -7,7 +7,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-__all__ = ["LATENT_TARGETS", "check_latent_target", "decode_slices", "training_latents"]
+__all__ = ["LATENT_TARGETS", "check_latent_target", "decode_slices", "latent_shape_of", "training_latents"]
 
 #: what the diffusion model learns to generate from E1's posterior N(mu, sigma^2) of a slice: a fresh draw
 #: ``mu + sigma * eps`` at every step (the LDM recipe) or the posterior mean ``mu`` (docs/training.md compares them)
@@ -44,3 +44,16 @@ def decode_slices(
     """
     images = autoencoder.decode(latents / float(scale_factor or 1.0)).float()
     return (images.mean(dim=1) if grey else images).clamp(-1.0, 1.0)
+
+
+@torch.no_grad()
+def latent_shape_of(autoencoder: nn.Module, image_size: int) -> list[int]:
+    """``[c, h, w]`` of E1's latent for a square slice of ``image_size`` px (what the diffusion model generates).
+
+    Read from the autoencoder itself, so an autoencoder with another down-sampling factor than its profile's
+    (e.g. ``autoencoder_def#channels`` overridden) records the right shape in the diffusion export.
+    """
+    parameter = next(autoencoder.parameters())
+    probe = torch.zeros(1, int(autoencoder.encoder.in_channels), int(image_size), int(image_size),
+                        device=parameter.device, dtype=parameter.dtype)
+    return [int(n) for n in autoencoder.encode(probe)[0].shape[1:]]
