@@ -28,9 +28,8 @@ import torch.nn.functional as F
 
 from xray2mri_bundle.data import build_knee_dataset
 from xray2mri_bundle.engines.datalist import load_datalist
-from xray2mri_bundle.evaluation.baselines import sample_depths
-from xray2mri_bundle.evaluation.evaluator import knee_key, knee_seed, select_knees, slice_indices
-from xray2mri_bundle.evaluation.methods import SampleMean, build_method
+from xray2mri_bundle.evaluation.evaluator import MethodNetwork, select_knees, slice_indices
+from xray2mri_bundle.evaluation.methods import SampleMean, base_method, build_method
 from xray2mri_bundle.metrics.image_quality import SSIM_KERNEL_SIGMA, SSIM_WIN_SIZE
 from xray2mri_bundle.metrics.rssim import joint_roi
 
@@ -68,13 +67,8 @@ def method_terms(method, knees, slices: int) -> dict[str, float]:
         mri = torch.as_tensor(knee["mri"]).float()
         index = torch.tensor(slice_indices(mri.shape[-1], slices))
         depths = index.float() / (mri.shape[-1] - 1)
-        key = knee_key(knee)
-        extra = {"truth": sample_depths(mri, depths)} if getattr(method, "uses_truth", False) else {}
-        intensity = knee.get("intensity")
-        volume = torch.as_tensor(method(torch.as_tensor(knee["xray"]).float(), depths, knee_id=key,
-                                        seed=knee_seed(key, 0), intensity=None if intensity is None else
-                                        torch.as_tensor(intensity), **extra)).float()
-        volume = volume.reshape(-1, *volume.shape[-3:]).mean(0)
+        xray = torch.as_tensor(knee["xray"]).float()[None]
+        volume = MethodNetwork(method)(xray, depths, knee)[0, 0]  # (H, W, n), grey, the evaluator's call
         truth = mri[..., index].mean(0)
         for j in range(volume.shape[-1]):
             roi = joint_roi(truth[..., j].numpy())
@@ -110,9 +104,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     training = build_knee_dataset(datalist["training"], **kwargs)
     results: dict[str, dict[str, float]] = {}
     for name in args.methods.split(","):
-        samples = int(name.rpartition("_mean")[2]) if "_mean" in name else 1
-        method = build_method(name.partition("_mean")[0], args.model_dir, training, profile=args.profile,
-                              image_size=args.image_size)
+        base = base_method(name)
+        samples = 1 if base == name else int(name.rpartition("_mean")[2])
+        method = build_method(base, args.model_dir, training, profile=args.profile, image_size=args.image_size)
         results[name] = method_terms(SampleMean(method, samples) if samples > 1 else method, knees, args.slices)
         print(name, json.dumps(results[name]), flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
