@@ -32,19 +32,12 @@ class XrayDenoiser(nn.Module):
         x: torch.Tensor,
         timesteps: torch.Tensor,
         xray: torch.Tensor | None = None,
-        xray_latent: torch.Tensor | None = None,
         context: torch.Tensor | None = None,
-        depth: torch.Tensor | None = None,
-        p_map: torch.Tensor | None = None,
-        i_map: torch.Tensor | None = None,
-        drop_context: torch.Tensor | None = None,
-        drop_latent: torch.Tensor | None = None,
+        **conditions: torch.Tensor | None,
     ) -> torch.Tensor:
-        """x: noisy latents (B, 4, h, w); xray: crops (B, 1, H, W) for E2 (ignored when ``context`` is given).
-        Returns the predicted noise (B, 4, h, w)."""
+        """x: noisy latents (B, 4, h, w); xray: crops (B, 1, H, W) for E2 (ignored when ``context`` is given);
+        ``conditions``: the UNet's other keyword inputs (``xray_latent``, ``depth``, ``p_map``, ``i_map`` and the
+        ``drop_*`` masks), passed on unchanged. Returns the UNet's prediction (B, 4, h, w)."""
         if context is None and xray is not None and self.xray_encoder is not None:
             context = self.xray_encoder(xray)
-        return self.unet(
-            x, timesteps, xray_latent=xray_latent, context=context, depth=depth, p_map=p_map, i_map=i_map,
-            drop_context=drop_context, drop_latent=drop_latent,
-        )
+        return self.unet(x, timesteps, context=context, **conditions)

@@ -23,7 +23,7 @@ so they run through the same evaluator (and the same depth sweep) as the diffusi
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -129,15 +129,14 @@ class NearestXray:
         xrays: Iterable[torch.Tensor],
         volume_of: Callable[[int], torch.Tensor],
         names: list[str],
-        metric: Literal["l2", "cosine"] = "l2",
         feature_fn: Callable[[torch.Tensor], torch.Tensor] = crop_feature,
-        k: int = 1,
-        name: str | None = None,
+        **options: Any,
     ) -> NearestXray:
-        """Compute the features of the training crops ``xrays`` (each (1, H, W)), in the order of ``names``."""
+        """Compute the features of the training crops ``xrays`` (each (1, H, W)), in the order of ``names``;
+        ``options`` (``metric``, ``k``, ``name``) as for the constructor."""
         with torch.inference_mode():
             feats = torch.stack([feature_fn(x).detach().cpu().float().flatten() for x in xrays])
-        return cls(feats, volume_of, names, metric, feature_fn, k, name)
+        return cls(feats, volume_of, names, feature_fn=feature_fn, **options)
 
     def distances(self, xray: torch.Tensor) -> torch.Tensor:
         """Distances (N,) from the query crop (1, H, W) to every training knee."""

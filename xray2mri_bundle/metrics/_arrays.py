@@ -23,24 +23,24 @@ def as_numpy(x: Any) -> np.ndarray:
     return np.asarray(x, dtype=np.float64)
 
 
+def _channels_averaged(x: Any, ndim: int, what: str, layout: str) -> np.ndarray:
+    """``x`` as a float64 array of ``ndim`` dimensions, a leading channel axis averaged away."""
+    a = as_numpy(x)
+    if a.ndim == ndim + 1:
+        a = a.mean(axis=0)
+    if a.ndim != ndim:
+        raise ValueError(f"expected a {what} {layout}, got shape {a.shape}")
+    return a
+
+
 def as_slice(x: Any) -> np.ndarray:
     """(H, W) or (C, H, W) -> (H, W) float64 (channels averaged)."""
-    a = as_numpy(x)
-    if a.ndim == 3:
-        a = a.mean(axis=0)
-    if a.ndim != 2:
-        raise ValueError(f"expected a slice (H, W) or (C, H, W), got shape {a.shape}")
-    return a
+    return _channels_averaged(x, 2, "slice", "(H, W) or (C, H, W)")
 
 
 def as_volume(x: Any) -> np.ndarray:
     """(H, W, S) or (C, H, W, S) -> (H, W, S) float64 (channels averaged)."""
-    a = as_numpy(x)
-    if a.ndim == 4:
-        a = a.mean(axis=0)
-    if a.ndim != 3:
-        raise ValueError(f"expected a volume (H, W, S) or (C, H, W, S), got shape {a.shape}")
-    return a
+    return _channels_averaged(x, 3, "volume", "(H, W, S) or (C, H, W, S)")
 
 
 def check_same_shape(pred: np.ndarray, gt: np.ndarray) -> None:

@@ -336,13 +336,13 @@ def volume_joint_space_width(
     volume: Any,
     side: Side,
     spacing_mm: Sequence[float],
-    joint_col: float | None = None,
     reduce: Literal["min", "median"] = "min",
     slices: Sequence[int] | None = None,
     max_jump_mm: float = 1.5,
-    edge: Literal["surface", "marrow"] = "surface",
+    **slice_options: Any,
 ) -> JSWResult:
-    """JSW of a coronal volume (H, W, S) or (C, H, W, S).
+    """JSW of a coronal volume (H, W, S) or (C, H, W, S); ``slice_options`` (``joint_col``, ``edge``, ...) go
+    to :func:`joint_space_width` for each slice.
 
     Every slice in ``slices`` (default all) is measured; per compartment, the widths must vary smoothly with
     depth along the condyle, so only the longest run of consecutive measured slices whose width changes by
@@ -355,7 +355,7 @@ def volume_joint_space_width(
     indices = list(range(v.shape[-1])) if slices is None else [int(k) for k in slices]
     rows = []
     for k in indices:
-        res = joint_space_width(v[..., k], side, spacing_mm, joint_col, edge=edge)
+        res = joint_space_width(v[..., k], side, spacing_mm, **slice_options)
         rows.append((k, res.jsw_medial_mm, res.jsw_lateral_mm))
     fn = {"min": np.min, "median": np.median}[reduce]
     results, runs = {}, {}

@@ -66,75 +66,42 @@ PROFILES: dict[str, dict[str, Any]] = {
         "classifier": {"init_features": 64, "growth_rate": 32, "block_config": [6, 12, 24, 16]},
         "xray_encoder": {"channels": [64, 128, 256, 512], "embed_dim": CONTEXT_DIM},
     },
-    "small": {
-        "image_size": 128,
-        "image_channels": 3,
-        "latent_shape": [4, 16, 16],
-        "autoencoder": {
-            "spatial_dims": 2,
-            "in_channels": 3,
-            "out_channels": 3,
-            "channels": [32, 32, 64, 64],
-            "num_res_blocks": 1,
-            "attention_levels": [False, False, False, False],
-            "latent_channels": 4,
-            "norm_num_groups": 32,
-            "norm_eps": 1e-6,
-            "with_encoder_nonlocal_attn": True,
-            "with_decoder_nonlocal_attn": True,
-        },
-        "unet": {
-            "latent_channels": 4,
-            "channels": [32, 64, 128],
-            "num_res_blocks": 1,
-            "attention_levels": [False, False, True],
-            "num_head_channels": [32, 32, 32],
-            "transformer_num_layers": 1,
-            "cross_attention_dim": CONTEXT_DIM,
-            "context_dim": CONTEXT_DIM,
-            "depth_code_dim": DEPTH_CODE_DIM,
-            "guidance_channels": 64,
-            "guidance_key_dim": 32,
-            "norm_num_groups": 32,
-        },
-        "classifier": {"init_features": 32, "growth_rate": 16, "block_config": [2, 4, 8, 6]},
-        "xray_encoder": {"channels": [32, 64, 128, 256], "embed_dim": CONTEXT_DIM},
-    },
-    "tiny": {
-        "image_size": 64,
-        "image_channels": 3,
-        "latent_shape": [4, 8, 8],
-        "autoencoder": {
-            "spatial_dims": 2,
-            "in_channels": 3,
-            "out_channels": 3,
-            "channels": [32, 32, 32, 32],
-            "num_res_blocks": 1,
-            "attention_levels": [False, False, False, False],
-            "latent_channels": 4,
-            "norm_num_groups": 32,
-            "norm_eps": 1e-6,
-            "with_encoder_nonlocal_attn": False,
-            "with_decoder_nonlocal_attn": False,
-        },
-        "unet": {
-            "latent_channels": 4,
-            "channels": [32, 32],
-            "num_res_blocks": 1,
-            "attention_levels": [False, True],
-            "num_head_channels": [16, 16],
-            "transformer_num_layers": 1,
-            "cross_attention_dim": CONTEXT_DIM,
-            "context_dim": CONTEXT_DIM,
-            "depth_code_dim": DEPTH_CODE_DIM,
-            "guidance_channels": 16,
-            "guidance_key_dim": 16,
-            "norm_num_groups": 32,
-        },
-        "classifier": {"init_features": 16, "growth_rate": 8, "block_config": [1, 1, 1, 1]},
-        "xray_encoder": {"channels": [16, 32], "embed_dim": CONTEXT_DIM},
-    },
 }
+
+
+def _derived(base: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of ``base`` with ``changes`` applied: nested dicts merged key by key, other values replaced."""
+    merged = copy.deepcopy(dict(base))
+    for key, value in changes.items():
+        merged[key] = _derived(merged[key], value) if isinstance(value, Mapping) else copy.deepcopy(value)
+    return merged
+
+
+# The smaller profiles list only what differs from the paper's.
+PROFILES["small"] = _derived(PROFILES["paper"], {
+    "image_size": 128,
+    "latent_shape": [4, 16, 16],
+    "autoencoder": {"channels": [32, 32, 64, 64], "num_res_blocks": 1},
+    "unet": {
+        "channels": [32, 64, 128], "num_res_blocks": 1, "attention_levels": [False, False, True],
+        "num_head_channels": [32, 32, 32], "guidance_channels": 64, "guidance_key_dim": 32,
+    },
+    "classifier": {"init_features": 32, "growth_rate": 16, "block_config": [2, 4, 8, 6]},
+    "xray_encoder": {"channels": [32, 64, 128, 256]},
+})
+PROFILES["tiny"] = _derived(PROFILES["small"], {
+    "image_size": 64,
+    "latent_shape": [4, 8, 8],
+    "autoencoder": {
+        "channels": [32, 32, 32, 32], "with_encoder_nonlocal_attn": False, "with_decoder_nonlocal_attn": False,
+    },
+    "unet": {
+        "channels": [32, 32], "attention_levels": [False, True], "num_head_channels": [16, 16],
+        "guidance_channels": 16, "guidance_key_dim": 16,
+    },
+    "classifier": {"init_features": 16, "growth_rate": 8, "block_config": [1, 1, 1, 1]},
+    "xray_encoder": {"channels": [16, 32]},
+})
 
 PROFILE_NAMES: tuple[str, ...] = tuple(PROFILES)
 
