@@ -354,6 +354,7 @@ def test_evaluate_cli_writes_tables_figures_and_report(tmp_path: Path, cohort: P
                  "table2_interpolation"):
         assert_png(out / "figures" / f"{name}.png")
         assert_png(docs / "results" / f"{name}.png")
+    assert read_rows(docs / "results" / "per_knee.csv") == rows  # the scores kept beside the docs page
     sweep = (out / "depth_sweep.csv").read_text().splitlines()
     assert sweep[0] == "knee,n_depths,adjacent_corr" and len(sweep) == 1 + 3
     report = (out / "report.md").read_text()

@@ -65,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--interp-frames", type=int, default=4, help="generated frames between two real slices (0 = skip)")
     p.add_argument("--no-jsw", action="store_true", help="skip joint-space width measurements")
     p.add_argument("--strict", action="store_true", help="fail when a method cannot be built (default: skip it)")
-    p.add_argument("--write-docs", action="store_true", help="also write docs/results.md (+ docs/results/*.png)")
+    p.add_argument("--write-docs", action="store_true",
+                   help="also write docs/results.md (+ docs/results/*.png and per_knee.csv)")
     p.add_argument("--docs-dir", default="docs",
                    help="docs folder for --write-docs (default docs, in the current folder)")
     p.add_argument("--docs-page", default="results.md",

@@ -11,7 +11,8 @@ Example (small profile, 2 CPU cores)::
 
 Outputs under ``--out``: ``per_knee.csv``, ``summary.json``, ``depth_sweep.csv``, ``figures/*.png``,
 ``report.md`` (relative image links); ``cache/`` holds the preprocessed knees (reused by later runs).
-``--write-docs`` also writes ``docs/results.md`` (``--docs-page``) with its figures in ``docs/results/``.
+``--write-docs`` also writes ``docs/results.md`` (``--docs-page``) with its figures and ``per_knee.csv`` in
+``docs/results/``.
 Every method runs through the same ``SupervisedEvaluator`` (``evaluator.build_evaluator``) on the same knees
 with the same per-knee seeds. Outputs are synthetic research images, not for diagnosis.
 """
@@ -316,6 +317,9 @@ def _write_outputs(
         (docs / page.stem).mkdir(parents=True, exist_ok=True)
         for path in run.figures.values():
             shutil.copy2(path, docs / page.stem / path.name)
+        # the per-knee scores beside the page: a later run is compared knee by knee against them
+        # (scripts/compare_evaluations.py) without evaluating these weights again
+        shutil.copy2(csv_path, docs / page.stem / csv_path.name)
         doc_links = {key: f"{page.stem}/{path.name}" for key, path in run.figures.items()}
         run.docs = write_report(docs / page.name, render_report(
             run.summary, rows, settings, doc_links, commands, run.notes, missing, args.title, record,
