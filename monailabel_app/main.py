@@ -26,6 +26,7 @@ from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.infer_v2 import InferTask
 
 import xray2mri_bundle
+from xray2mri_bundle.constants import RESEARCH_USE
 
 logger = logging.getLogger(__name__)
 install_infer_endpoint()  # this app's /infer handling: no request leaves files behind, ids only (lib/endpoint.py)
@@ -47,8 +48,7 @@ class XrayToMRIApp(MONAILabelApp):
             studies=studies,
             conf=conf,
             name="xray2mri",
-            description="Knee X-ray -> pseudo-MRI volume (conditional latent diffusion). SYNTHETIC research "
-            "images, not for diagnosis.",
+            description=f"Knee X-ray -> pseudo-MRI volume (conditional latent diffusion). {RESEARCH_USE}",
             version=xray2mri_bundle.__version__,
             labels=[],
         )

@@ -20,6 +20,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from xray2mri_bundle import networks
 from xray2mri_bundle.checkpoint import atomic_save, write_checkpoint
 from xray2mri_bundle.cli import generate as generate_command
+from xray2mri_bundle.constants import MRI_FOV_MM
 from xray2mri_bundle.data.dicom_utils import save_dataset
 from xray2mri_bundle.diffusion import ConditionEncoder, DiffusionSampler, build_solver
 from xray2mri_bundle.diffusion.solvers import DDIMSolver, build_ddim_scheduler, uniform_ddim_timesteps
@@ -487,6 +488,8 @@ def test_bundle_config_and_cli_write_the_same_volume(bundle_dir: Path, tmp_path:
         a = np.asarray(nib.load(tmp_path / "cli" / knee / "pseudo_mri.nii.gz").dataobj)
         b = np.asarray(nib.load(tmp_path / "bundle" / knee / "pseudo_mri.nii.gz").dataobj)
         assert a.shape == (SIZE, SIZE, 3) and np.array_equal(a, b)
+        za, zb = (nib.load(tmp_path / d / knee / "pseudo_mri.nii.gz").header.get_zooms() for d in ("cli", "bundle"))
+        assert za == zb and za[0] == pytest.approx(MRI_FOV_MM / SIZE, rel=1e-5)  # the same joint-centred frame
         sa, sb = (json.loads((tmp_path / d / knee / "generation.json").read_text()) for d in ("cli", "bundle"))
         assert sa["crop_box_px"] == sb["crop_box_px"] and sa["settings"] == sb["settings"]
 

@@ -112,8 +112,9 @@ def test_latent_diffusion_prepare_batch_builds_latents_noise_and_conditions():
     batch = _slice_batch()
     z0, target, args, kwargs = prepare(batch, "cpu")
     assert z0.shape == target.shape == (4, 4, 2, 2) and args == ()
-    assert set(kwargs) == {"noise", "timesteps", "xray", "xray_latent", "depth", "p_map", "i_map",
+    assert set(kwargs) == {"noise", "timesteps", "xray", "xray_latent", "context", "depth", "p_map", "i_map",
                            "drop_context", "drop_latent"}
+    assert kwargs["context"] is None  # E2 runs on the crop inside the denoiser, where its gradients reach it
     assert kwargs["noise"] is target  # MONAI's DiffusionPrepareBatch layout: the noise is target and keyword
     assert kwargs["timesteps"].dtype == torch.long and kwargs["timesteps"].max() < 1000
     assert kwargs["p_map"].shape == (4, 5, 8, 8) and kwargs["i_map"].shape == (4, 16, 8, 8)
@@ -599,7 +600,7 @@ class _ConditionEcho(torch.nn.Module):
     """Predicts the noise only when it sees its own knee's X-ray latent and is not dropped: a model that 'uses
     the X-ray' in the simplest possible way (the prediction degrades with a wrong or missing X-ray)."""
 
-    def forward(self, x, timesteps, xray=None, xray_latent=None, depth=None, p_map=None, i_map=None,
+    def forward(self, x, timesteps, xray=None, xray_latent=None, context=None, depth=None, p_map=None, i_map=None,
                 drop_context=None, drop_latent=None):
         keep = (~drop_latent).float()[:, None, None, None] if drop_latent is not None else 1.0
         return x * 0 + xray_latent * keep

@@ -11,6 +11,7 @@ import time
 from collections.abc import Sequence
 
 from xray2mri_bundle.cohort.generate import make_cohort
+from xray2mri_bundle.constants import DISCLAIMER, RESEARCH_USE
 
 __all__ = ["main"]
 
@@ -19,7 +20,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``xray2mri make-cohort --out DIR --knees N --seed S --mri-matrix 256``."""
     parser = argparse.ArgumentParser(prog="xray2mri make-cohort", description=(
         "Write a synthetic OAI-like knee cohort (DICOM MRI series + bilateral films + OAI-style tables). "
-        "Synthetic phantom data, not for diagnosis."))
+        + RESEARCH_USE))
     parser.add_argument("--out", required=True, help="output folder (created)")
     parser.add_argument("--knees", type=int, default=100, help="number of knees (rounded up to whole subjects)")
     parser.add_argument("--seed", type=int, default=0)
@@ -36,5 +37,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     root = make_cohort(args.out, knees=args.knees, seed=args.seed, mri_matrix=args.mri_matrix,
                        xray_spacing_mm=spacing, progress=not args.no_progress, workers=args.workers)
     print(f"wrote {2 * ((args.knees + 1) // 2)} knees to {root} in {time.perf_counter() - start:.1f} s "
-          "(synthetic data, not for diagnosis)")
+          f"({DISCLAIMER})")
     return 0

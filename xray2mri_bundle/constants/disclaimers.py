@@ -7,6 +7,7 @@ __all__ = [
     "DEMO_WEIGHTS_DISCLAIMER",
     "DISCLAIMER",
     "FIGURE_DISCLAIMER",
+    "MONTAGE_CAPTION",
     "REPORT_DISCLAIMER",
     "RESEARCH_USE",
     "SUMMARY_DISCLAIMER",
@@ -15,8 +16,10 @@ __all__ = [
 
 #: The short label every generated volume carries (DICOM SeriesDescription / ImageComments, CLI summary line).
 DISCLAIMER: str = "synthetic - not for diagnosis"
-#: Caption burnt into generated montages and the NIfTI description.
+#: The NIfTI description of every generated volume.
 VOLUME_CAPTION: str = "SYNTHETIC pseudo-MRI - not for diagnosis"
+#: Caption burnt into every generated montage PNG (short: it fits under a montage of a few slices).
+MONTAGE_CAPTION: str = "SYNTHETIC - not for diagnosis"
 #: One sentence for command help and server descriptions.
 RESEARCH_USE: str = "Outputs are synthetic research images, not for diagnosis."
 #: Footer of evaluation figures.

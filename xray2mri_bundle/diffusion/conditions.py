@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-__all__ = ["ConditionEncoder", "XrayConditions"]
+__all__ = ["ConditionEncoder", "XrayConditions", "autoencoder_in_channels", "encode_xray"]
 
 IntensityFn = Callable[[torch.Tensor], torch.Tensor]
 """Maps one crop (1, H, W) in [-1, 1] to its intensity distribution (16, 8, 8)."""
@@ -60,6 +60,31 @@ class XrayConditions:
         }
 
 
+def autoencoder_in_channels(autoencoder: nn.Module) -> int:
+    """Channels the autoencoder E1 expects (3 for the paper's RGB-shaped MRI slices)."""
+    encoder = getattr(autoencoder, "encoder", None)
+    return int(getattr(encoder, "in_channels", 3))
+
+
+def encode_xray(
+    autoencoder: nn.Module, xray: torch.Tensor, classifier: nn.Module | None = None, channels: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """The frozen networks' conditions of grey crops ``xray`` (B, 1, H, W) in [-1, 1]: ``(xray_latent, logits,
+    p_map)``.
+
+    ``xray_latent`` (B, 4, h, w) is E1's posterior mean of the crop repeated to ``channels`` (default: E1's input
+    channels), unscaled; ``logits`` (B, 5) and ``p_map`` (B, 5, 8, 8) are the KOA classifier's ``forward_maps``
+    (None without a classifier). The one place where sampling (:class:`ConditionEncoder`) and training (the
+    diffusion PrepareBatch, the latent cache) compute them. No gradient handling here: callers decide.
+    """
+    channels = autoencoder_in_channels(autoencoder) if channels is None else int(channels)
+    latent, _ = autoencoder.encode(xray.expand(-1, channels, -1, -1))
+    logits = p_map = None
+    if classifier is not None:
+        logits, p_map = classifier.forward_maps(xray)
+    return latent, logits, p_map
+
+
 class ConditionEncoder:
     """Compute ``XrayConditions`` from a knee crop with the frozen stage-1/2 networks.
 
@@ -86,8 +111,7 @@ class ConditionEncoder:
     @property
     def in_channels(self) -> int:
         """Channels the autoencoder expects (3 for the paper's RGB-shaped MRI slices)."""
-        encoder = getattr(self.autoencoder, "encoder", None)
-        return int(getattr(encoder, "in_channels", 3))
+        return autoencoder_in_channels(self.autoencoder)
 
     @torch.inference_mode()
     def __call__(self, xray: torch.Tensor) -> XrayConditions:
@@ -96,12 +120,9 @@ class ConditionEncoder:
             xray = xray.unsqueeze(0)
         if xray.ndim != 4 or xray.shape[1] != 1:
             raise ValueError(f"expected grey crops (B, 1, H, W), got shape {tuple(xray.shape)}")
-        latent, _ = self.autoencoder.encode(xray.expand(-1, self.in_channels, -1, -1))
+        latent, logits, p_map = encode_xray(self.autoencoder, xray, self.classifier)
         context = None if self.xray_encoder is None else self.xray_encoder(xray)
-        p_map = kl_probs = None
-        if self.classifier is not None:
-            logits, p_map = self.classifier.forward_maps(xray)
-            kl_probs = torch.softmax(logits.float(), dim=1)
+        kl_probs = None if logits is None else torch.softmax(logits.float(), dim=1)
         i_map = None
         if self.intensity_fn is not None:
             i_map = torch.stack([torch.as_tensor(self.intensity_fn(crop)) for crop in xray]).to(xray.device, xray.dtype)

@@ -32,6 +32,7 @@ import torch
 from monai.data import Dataset
 from torch import nn
 
+from xray2mri_bundle.diffusion.conditions import encode_xray
 from xray2mri_bundle.engines.checkpoints import atomic_save
 
 __all__ = ["LATENT_KEYS", "LatentKneeCache", "encode_knee", "encoder_digest"]
@@ -151,13 +152,12 @@ def encode_knee(
         slices = slices.expand(-1, channels, -1, -1)
     posteriors = [autoencoder.encode(chunk.to(device)) for chunk in slices.split(batch_size)]
     xray = _plain(knee["xray"])[None].to(device)  # (1, 1, H, W)
-    xray_latent, _ = autoencoder.encode(xray.expand(-1, channels, -1, -1))
+    xray_latent, _, p_map = encode_xray(autoencoder, xray, classifier, channels)
     out = {
         "mri_latent_mu": _plain(torch.cat([mu for mu, _ in posteriors])),
         "mri_latent_sigma": _plain(torch.cat([sigma for _, sigma in posteriors])),
         "xray_latent": _plain(xray_latent[0]),
     }
-    if classifier is not None:
-        _, p_map = classifier.forward_maps(xray)
+    if p_map is not None:
         out["p_map"] = _plain(p_map[0])
     return out

@@ -26,6 +26,7 @@ from monai.data import MetaTensor
 from monai.engines.utils import DiffusionPrepareBatch, PrepareBatch
 from torch import nn
 
+from xray2mri_bundle.diffusion.conditions import XrayConditions, encode_xray
 from xray2mri_bundle.diffusion.latents import check_latent_target, training_latents
 from xray2mri_bundle.diffusion.solvers import check_prediction_type
 
@@ -92,9 +93,9 @@ class LatentDiffusionPrepareBatch(DiffusionPrepareBatch):
     in [-1, 1], ``depth`` (B,) in [0, 1], ``intensity`` (B, 16, 8, 8); with cached latents ``latent_mu`` /
     ``latent_sigma`` (B, 4, h, w), ``xray_latent`` and ``p_map`` replace ``image`` and the encoders. Returns,
     as MONAI's ``DiffusionPrepareBatch`` does, ``(z0, target, (), kwargs)`` (target ``eps`` or ``v``) with
-    kwargs ``noise, timesteps, xray, xray_latent, depth, p_map, i_map, drop_context, drop_latent`` for
-    ``ConditionalDiffusionInferer``, which
-    noises z0 and calls the denoiser (``XrayDenoiser``).
+    kwargs ``noise, timesteps, xray, xray_latent, context (None: the denoiser runs E2 on xray), depth, p_map,
+    i_map, drop_context, drop_latent`` for ``ConditionalDiffusionInferer``, which noises z0 and calls the
+    denoiser (``XrayDenoiser``).
 
     Args:
         autoencoder: frozen stage-1 ``AutoencoderKL`` (E1); put in eval mode without gradients here.
@@ -186,12 +187,8 @@ class LatentDiffusionPrepareBatch(DiffusionPrepareBatch):
             z_mu, z_sigma = self.autoencoder.encode(images)
             z0 = training_latents(z_mu.float(), z_sigma.float(), self.latent_target, self.get_noise)
             z0 = z0 * float(self.scale_factor)
-            xray_latent, _ = self.autoencoder.encode(xray.expand(-1, images.shape[1], -1, -1))
-            p_map = None
-            if self.classifier is not None:
-                _, p_map = self.classifier.forward_maps(xray)
-                p_map = p_map.float()
-        return z0, xray_latent.float(), p_map
+            xray_latent, _, p_map = encode_xray(self.autoencoder, xray, self.classifier, channels=images.shape[1])
+        return z0, xray_latent.float(), None if p_map is None else p_map.float()
 
     def from_cache(
         self, batchdata: Mapping[str, Any], device: torch.device | str | None, non_blocking: bool = False
@@ -231,14 +228,13 @@ class LatentDiffusionPrepareBatch(DiffusionPrepareBatch):
         noise = self.get_noise(z0)
         timesteps = self.get_timesteps(z0)
         drop_context, drop_latent = cfg_drop_masks(z0.shape[0], self.p_uncond, self.generator, z0.device)
+        # the UNet's keywords as sampling builds them (the context is E2(xray), computed in the denoiser)
+        conditions = XrayConditions(xray_latent=xray_latent, context=None, p_map=p_map, i_map=i_map)
         infer_kwargs = {
             "noise": noise,
             "timesteps": timesteps,
             "xray": xray,
-            "xray_latent": xray_latent,
-            "depth": depth,
-            "p_map": p_map,
-            "i_map": i_map,
+            **conditions.model_kwargs(depth),
             "drop_context": drop_context,
             "drop_latent": drop_latent,
         }

@@ -47,6 +47,7 @@ from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
 from xray2mri_bundle.constants import DISCLAIMER as SERIES_DISCLAIMER
+from xray2mri_bundle.constants import MONTAGE_CAPTION
 from xray2mri_bundle.constants import VOLUME_CAPTION as DISCLAIMER
 from xray2mri_bundle.data.atomic import temp_dir, write_bytes_atomic
 from xray2mri_bundle.data.dicom_utils import save_dataset
@@ -368,7 +369,7 @@ def write_montage_png(
 
     Depth d = k / (S - 1) in [0, 1] (the model's depth code) and, with ``slice_spacing_mm``, the distance from
     the first slice in mm. Slices are shown as stored (femur up, patient right on the image left), grey
-    window [-1, 1]. The caption reads "SYNTHETIC - not for diagnosis".
+    window [-1, 1]. The caption is ``MONTAGE_CAPTION``.
     """
     from PIL import Image, ImageDraw, ImageFont  # drawn directly: matplotlib took ~0.5 s of a 2 s volume
 
@@ -396,7 +397,7 @@ def write_montage_png(
         tile = Image.fromarray(grey[:, :, k]).resize((tile_w, tile_h), Image.NEAREST)
         canvas.paste(tile, (x0, y0 + label_h))
     draw.text((canvas.width // 2, 6), title or "Pseudo-MRI (coronal)", fill="black", font=title_font, anchor="ma")
-    draw.text((canvas.width // 2, canvas.height - 6), "SYNTHETIC - not for diagnosis", fill=(220, 0, 0),
+    draw.text((canvas.width // 2, canvas.height - 6), MONTAGE_CAPTION, fill=(220, 0, 0),
               font=title_font, anchor="md")
     buffer = io.BytesIO()
     canvas.save(buffer, format="PNG")
