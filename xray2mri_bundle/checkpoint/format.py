@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from xray2mri_bundle.data.atomic import temp_file
+from xray2mri_bundle.data.atomic import write_atomic
 from xray2mri_bundle.networks.config import CONFIG_ATTR, jsonable_arguments
 
 from .quantization import INT8_GROUP_SIZE, dequantize_entry
@@ -49,17 +49,8 @@ _TARGET_PREFIXES = ("xray2mri_bundle.", "monai.")
 
 # ------------------------------------------------------------------------------------------------------ writing
 def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
-    """``torch.save`` to a temporary file in the same folder, then rename over ``path`` (atomic on POSIX)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_file(path.parent, prefix=f".{path.name}.")  # the usual file mode, umask untouched
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+    """``torch.save`` to a temporary file in the same folder, then rename over ``path`` (``data.atomic``)."""
+    return write_atomic(path, lambda fh: torch.save(obj, fh))
 
 
 def _unwrap(module: nn.Module) -> nn.Module:

@@ -10,10 +10,12 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
-from collections.abc import Callable
+import shutil
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
-__all__ = ["temp_dir", "temp_file", "write_bytes_atomic"]
+__all__ = ["atomic_dir", "replace_dir", "temp_dir", "temp_file", "write_atomic", "write_bytes_atomic"]
 
 _ATTEMPTS = 100
 
@@ -41,15 +43,15 @@ def temp_dir(folder: str | os.PathLike, prefix: str = ".", suffix: str = ".tmp")
     return _create(folder, prefix, suffix, lambda name: os.mkdir(name, 0o777))
 
 
-def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` through a temporary file in the same folder, fsync, then ``os.replace``: a
-    crash leaves the old file or the new one, never half of either."""
+def write_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> Path:
+    """Call ``write(fh)`` on a temporary file in ``path``'s folder, fsync, then ``os.replace`` it over ``path``: a
+    crash leaves the old file or the new one, never half of either; a failed ``write`` leaves no temporary file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_file(path.parent, prefix=f".{path.name}.")
     try:
         with open(tmp, "wb") as fh:
-            fh.write(data)
+            write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -58,3 +60,37 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
             os.unlink(tmp)
         raise
     return path
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically (:func:`write_atomic`)."""
+    return write_atomic(path, lambda fh: fh.write(data))
+
+
+def replace_dir(tmp: str | os.PathLike, final: str | os.PathLike) -> Path:
+    """Move the finished folder ``tmp`` to ``final``; an existing ``final`` is moved aside first and removed only
+    after the new one is in place, so ``final`` is always the old folder or the new one, complete."""
+    tmp, final = Path(tmp), Path(final)
+    if not final.exists():
+        os.replace(tmp, final)
+        return final
+    old = temp_dir(final.parent, prefix=f".{final.name}.", suffix=".old")
+    os.replace(final, old / "previous")
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+@contextlib.contextmanager
+def atomic_dir(final: str | os.PathLike) -> Iterator[Path]:
+    """Yield a new temporary folder beside ``final``; on success it replaces ``final`` (:func:`replace_dir`), on
+    failure it is removed and ``final`` is untouched."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_dir(final.parent, prefix=f".{final.name}.")
+    try:
+        yield tmp
+        replace_dir(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

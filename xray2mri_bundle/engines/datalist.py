@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from xray2mri_bundle.data.atomic import write_bytes_atomic
 from xray2mri_bundle.engines import distributed as dist_utils
 
 __all__ = ["DatasetNotFoundError", "dataset_help", "load_datalist"]
@@ -132,9 +133,6 @@ def _rank0_index(
     datalist, report = _index(dataset_dir, seed, val_fraction)
     logger.info("indexed %s: %s", dataset_dir, getattr(report, "summary", lambda: "")())
     if cache is not None and datalist.get("training"):
-        cache.parent.mkdir(parents=True, exist_ok=True)
         record = {"dataset_dir": str(dataset_dir), "seed": seed, "val_fraction": val_fraction, "datalist": datalist}
-        tmp = cache.with_suffix(".tmp")
-        tmp.write_text(json.dumps(record, indent=1))
-        os.replace(tmp, cache)
+        write_bytes_atomic(cache, json.dumps(record, indent=1).encode())
     return datalist

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from xray2mri_bundle.constants import DISCLAIMER, MRI_FOV_MM
-from xray2mri_bundle.data.atomic import temp_dir
+from xray2mri_bundle.data.atomic import replace_dir, temp_dir
 
 from . import writers
 from .generator import GenerationResult, slice_spacing_mm
@@ -119,16 +119,11 @@ def default_writers() -> list:
 
 
 def _replace_dir(tmp: Path, final: Path, overwrite: bool) -> None:
-    """Move the finished temporary knee folder into place (the old one is removed only after success)."""
-    if final.exists():
-        if not overwrite:
-            raise FileExistsError(f"{final} exists (pass --overwrite to replace it)")
-        old = temp_dir(final.parent, prefix=f".{final.name}.", suffix=".old")
-        os.replace(final, old / "previous")
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
+    """Move the finished temporary knee folder into place (``data.atomic.replace_dir``: the old one is removed
+    only after success); an existing folder is replaced only with ``overwrite``."""
+    if final.exists() and not overwrite:
+        raise FileExistsError(f"{final} exists (pass --overwrite to replace it)")
+    replace_dir(tmp, final)
 
 
 def _versions() -> dict[str, str]:

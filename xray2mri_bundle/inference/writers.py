@@ -31,8 +31,7 @@ import io
 import json
 import math
 import os
-import shutil
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,7 +48,7 @@ from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, MRIm
 from xray2mri_bundle.constants import DISCLAIMER as SERIES_DISCLAIMER
 from xray2mri_bundle.constants import MONTAGE_CAPTION
 from xray2mri_bundle.constants import VOLUME_CAPTION as DISCLAIMER
-from xray2mri_bundle.data.atomic import temp_dir, write_bytes_atomic
+from xray2mri_bundle.data.atomic import atomic_dir, write_bytes_atomic
 from xray2mri_bundle.data.dicom_utils import save_dataset
 
 __all__ = [
@@ -120,26 +119,14 @@ def coronal_affine(
 
 
 # ------------------------------------------------------------------------------------------------ atomic I/O
-@contextlib.contextmanager
-def _atomic_dir(out_dir: Path, overwrite: bool) -> Iterator[Path]:
-    """Yield a temporary folder beside ``out_dir``; on success it becomes ``out_dir``, on failure it is removed."""
+
+def _atomic_dir(out_dir: Path, overwrite: bool) -> contextlib.AbstractContextManager[Path]:
+    """A temporary folder beside ``out_dir`` that becomes ``out_dir`` on success (``data.atomic.atomic_dir``);
+    a non-empty ``out_dir`` is replaced only with ``overwrite``."""
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise FileExistsError(f"{out_dir} exists and is not empty (pass overwrite=True to replace it)")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_dir(out_dir.parent, prefix=f".{out_dir.name}.")
-    try:
-        yield tmp
-        old = None
-        if out_dir.exists():
-            old = temp_dir(out_dir.parent, prefix=f".{out_dir.name}.", suffix=".old")
-            os.replace(out_dir, old / "previous")
-        os.replace(tmp, out_dir)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    return atomic_dir(out_dir)
 
 
 # ----------------------------------------------------------------------------------------------------- NIfTI
