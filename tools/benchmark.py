@@ -38,7 +38,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
 import os
 import shutil
 import sys
@@ -67,6 +66,7 @@ from tools.benchmark_tools import (
     reset_peak_memory,
     sync,
 )
+from xray2mri_bundle.data.plain import to_plain
 from xray2mri_bundle.diffusion import DEFAULT_SAMPLING, SamplingSettings
 from xray2mri_bundle.inference.acceleration import accelerate
 
@@ -614,7 +614,7 @@ def _save(report: dict, out_dir: Path) -> None:
     from tools.benchmark_report import render_markdown
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(_plain(report), indent=2, allow_nan=False)
+    text = json.dumps(to_plain(report), indent=2, allow_nan=False)
     (out_dir / "performance.json").write_text(text + "\n")
     page = out_dir / "performance.md"
     kept = _marked_blocks(page.read_text()) if page.is_file() else []  # written by other scripts (sampler_steps)
@@ -626,19 +626,6 @@ def _marked_blocks(text: str) -> list[str]:
     import re
 
     return [m.group(0) for m in re.finditer(r"<!-- ([\w-]+):start -->.*?<!-- \1:end -->", text, flags=re.S)]
-
-
-def _plain(value: object) -> object:
-    """JSON-safe copy: NaN / inf -> None, paths and other objects -> str."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if value is None or isinstance(value, (bool, int, str)):
-        return value
-    return str(value)
 
 
 def _step(name: str, fn: Callable[[], Any], run: dict, section: dict, key: str, save: Callable[[], None]) -> Any:

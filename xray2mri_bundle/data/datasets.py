@@ -32,6 +32,8 @@ from monai.config import KeysCollection
 from monai.data import CacheDataset, Dataset, MetaTensor, PersistentDataset
 from monai.transforms import Compose, MapTransform, Randomizable
 
+from xray2mri_bundle.data.plain import to_plain
+
 from .intensity import DEFAULT_PERCENTILES
 from .localiser import JointLocaliser
 from .mri_transforms import mri_transforms
@@ -57,8 +59,14 @@ META_FIELDS = (
 
 
 def slice_depths(count: int) -> torch.Tensor:
-    """Normalised depths of ``count`` slices: k / (count - 1), float32 in [0, 1] (0.0 for one slice)."""
-    return torch.linspace(0.0, 1.0, count) if count > 1 else torch.zeros(1)
+    """The depth condition of ``count`` evenly spaced slices, (count,) float32 in [0, 1]: k / (count - 1) for
+    slice k (training slice k of the 50), one slice is the middle, 0.5. Generation uses the same values, and
+    ``count > 50`` interpolates between the training depths (the paper's s = 100 ... 500)."""
+    if count < 1:
+        raise ValueError(f"slices must be >= 1, got {count}")
+    if count == 1:
+        return torch.tensor([0.5])
+    return torch.linspace(0.0, 1.0, count)
 
 
 def read_datalist(path: str | os.PathLike, split: str = "training") -> list[dict]:
@@ -67,18 +75,6 @@ def read_datalist(path: str | os.PathLike, split: str = "training") -> list[dict
     if split == "all":
         return list(data.get("training", [])) + list(data.get("validation", []))
     return list(data[split])
-
-
-def _plain_value(value: object) -> object:
-    if isinstance(value, torch.Tensor):
-        return value.detach().cpu().tolist()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, (tuple, list)):
-        return [_plain_value(v) for v in value]
-    return value if isinstance(value, (str, int, float, bool)) or value is None else str(value)
 
 
 class MetaToDictd(MapTransform):
@@ -95,7 +91,7 @@ class MetaToDictd(MapTransform):
         for key in self.key_iterator(d):
             img = d[key]
             meta = img.meta if isinstance(img, MetaTensor) else {}
-            d[f"{key}_meta"] = {f: _plain_value(meta[f]) for f in self.fields if f in meta}
+            d[f"{key}_meta"] = {f: to_plain(meta[f], finite=False) for f in self.fields if f in meta}
             d[key] = torch.as_tensor(img).as_subclass(torch.Tensor).float().contiguous()
         return d
 
@@ -177,6 +173,7 @@ class KneeSliceDataset(Dataset, Randomizable):
             [(k, -1) for k in range(len(knees))]
         super().__init__(data=pairs, transform=transform)
         self.knees, self.depths, self.slices, self.channels = knees, depths, slices, channels
+        self.slice_depths = slice_depths(slices)
         self.knee_cache_size = knee_cache_size
         self._lru: OrderedDict[int, Mapping] = OrderedDict()
 
@@ -221,7 +218,7 @@ class KneeSliceDataset(Dataset, Randomizable):
         knee = self._knee(knee_index)
         sample = {
             **self._slice_content(knee, knee_index, slice_index),
-            "depth": torch.tensor(slice_index / (self.slices - 1) if self.slices > 1 else 0.0, dtype=torch.float32),
+            "depth": self.slice_depths[slice_index].clone(),
             "xray": torch.as_tensor(knee["xray"]).float(),
             "intensity": torch.as_tensor(knee["intensity"]).float(),
             "kl": torch.tensor(int(knee["kl"]), dtype=torch.int64),

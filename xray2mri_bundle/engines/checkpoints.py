@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from xray2mri_bundle.checkpoint import atomic_save, is_export, parse_checkpoint
+from xray2mri_bundle.checkpoint import atomic_save, is_export, load_networks, parse_checkpoint
 from xray2mri_bundle.engines.distributed import unwrap
 
 __all__ = [
@@ -74,13 +74,12 @@ def initialise_denoiser(denoiser: nn.Module, path: str | os.PathLike | None) -> 
     target = unwrap(denoiser)
     if is_export(checkpoint) and checkpoint.get("stage") == "diffusion":
         export = parse_checkpoint(checkpoint, path)
-        stored = export["networks"]
-        try:
-            target.unet.load_state_dict(stored["unet"]["ema"] or stored["unet"]["model"], strict=True)
-            encoder = stored.get("xray_encoder") or {}
-            encoder_state = encoder.get("ema") or encoder.get("model")
-            if target.xray_encoder is not None and encoder_state:
-                target.xray_encoder.load_state_dict(encoder_state, strict=True)
+        encoder = export["networks"].get("xray_encoder") or {}
+        modules = {"unet": target.unet}
+        if target.xray_encoder is not None and (encoder.get("ema") or encoder.get("model")):
+            modules["xray_encoder"] = target.xray_encoder
+        try:  # the checkpoint module's loader: EMA weights when stored, else the raw ones
+            load_networks(checkpoint, names=list(modules), modules=modules, freeze=False)
         except RuntimeError as exc:
             raise RuntimeError(
                 f"init_checkpoint {path} does not fit this diffusion network (another profile or condition "

@@ -44,6 +44,7 @@ from monai.utils import MetricReduction
 from torch import nn
 
 from xray2mri_bundle.constants import OAI_MRI_FOV_MM
+from xray2mri_bundle.data.datasets import slice_depths
 from xray2mri_bundle.metrics import (
     RegionSpecificSSIM,
     adjacent_slice_correlation,
@@ -178,7 +179,7 @@ class KneePrepareBatch:
         mri = torch.as_tensor(knee["mri"]).float()
         total = mri.shape[-1]
         index = torch.tensor(slice_indices(total, self.slices))
-        depths = index.to(torch.float32) / max(total - 1, 1)
+        depths = slice_depths(total)[index]  # the depths `xray2mri generate` gives these slices of `total`
         target = mri[..., index][None]
         xray = torch.as_tensor(knee["xray"]).float()[None]
         return (xray.to(device, non_blocking=non_blocking), target.to(device, non_blocking=non_blocking), (),

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from xray2mri_bundle.data.datasets import slice_depths
 from xray2mri_bundle.metrics import adjacent_slice_correlation
 
 from .evaluator import knee_key, knee_seed
@@ -71,7 +72,7 @@ def depth_sweep(
         names.append(knee_key(knee))
         real.append(adjacent_slice_correlation(torch.as_tensor(knee["mri"])))
         for s in counts:
-            volume = _call(method, knee, torch.linspace(0.0, 1.0, int(s)), seed)
+            volume = _call(method, knee, slice_depths(int(s)), seed)
             generated[int(s)].append(adjacent_slice_correlation(volume))
             if progress is not None:
                 progress(f"{names[-1]}: s={s} r={generated[int(s)][-1]:.4f}")

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from xray2mri_bundle.data.datasets import slice_depths
 from xray2mri_bundle.diffusion import (
     DEFAULT_SAMPLING,
     ConditionEncoder,
@@ -50,18 +51,6 @@ from xray2mri_bundle.constants import REFERENCE_SLICES, REFERENCE_SPACING_MM  # 
 
 ProgressFn = Callable[[int, int], None]
 """``progress(done, total)`` in denoising steps summed over all chunks (for a progress bar)."""
-
-
-def slice_depths(slices: int) -> torch.Tensor:
-    """``slices`` evenly spaced normalised depths in [0, 1] (k / (s - 1)); one slice is the middle, 0.5.
-
-    ``slices > 50`` interpolates between the training depths (the paper's s = 100 ... 500).
-    """
-    if slices < 1:
-        raise ValueError(f"slices must be >= 1, got {slices}")
-    if slices == 1:
-        return torch.tensor([0.5])
-    return torch.linspace(0.0, 1.0, slices)
 
 
 def slice_spacing_mm(

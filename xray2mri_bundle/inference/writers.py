@@ -50,6 +50,7 @@ from xray2mri_bundle.constants import MONTAGE_CAPTION
 from xray2mri_bundle.constants import VOLUME_CAPTION as DISCLAIMER
 from xray2mri_bundle.data.atomic import atomic_dir, write_bytes_atomic
 from xray2mri_bundle.data.dicom_utils import save_dataset
+from xray2mri_bundle.data.plain import to_plain
 
 __all__ = [
     "DISCLAIMER",
@@ -392,29 +393,10 @@ def write_montage_png(
 
 
 # ------------------------------------------------------------------------------------------------ JSON sidecar
-def _to_json_types(obj: Any) -> Any:
-    """Nested data -> JSON types: numpy / torch values to Python, paths to str, NaN / infinities to None."""
-    if isinstance(obj, torch.Tensor):
-        obj = obj.detach().cpu().numpy()
-    if isinstance(obj, np.ndarray):
-        obj = obj.tolist()
-    elif isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, Mapping):
-        return {str(k): _to_json_types(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_to_json_types(v) for v in obj]
-    if isinstance(obj, os.PathLike):
-        return os.fspath(obj)
-    return obj
-
-
 def write_sidecar_json(path: str | os.PathLike, data: Mapping[str, Any]) -> Path:
     """Write ``data`` as indented strict JSON, atomically.
 
     numpy / torch values and paths are converted; NaN and infinities become null.
     """
-    text = json.dumps(_to_json_types(dict(data)), indent=2, allow_nan=False)
+    text = json.dumps(to_plain(dict(data)), indent=2, allow_nan=False)
     return write_bytes_atomic(Path(path), (text + "\n").encode("utf-8"))

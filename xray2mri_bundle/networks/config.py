@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Mapping
 from typing import Any, TypeVar
 
 from torch import nn
+
+from xray2mri_bundle.data.plain import to_plain
 
 __all__ = ["CONFIG_ATTR", "register_to_config", "jsonable_arguments"]
 
@@ -26,13 +27,10 @@ T = TypeVar("T", bound=type)
 
 def jsonable_arguments(value: Any) -> Any:
     """``value`` as JSON data (tuples -> lists); raises ``TypeError`` for anything else (a module, a tensor)."""
-    if isinstance(value, Mapping):
-        return {str(k): jsonable_arguments(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [jsonable_arguments(v) for v in value]
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    raise TypeError(f"constructor argument {value!r} ({type(value).__name__}) cannot be stored in a checkpoint")
+    try:
+        return to_plain(value, finite=False, strict=True)
+    except TypeError as exc:
+        raise TypeError(f"a constructor argument cannot be stored in a checkpoint: {exc}") from None
 
 
 def register_to_config(cls: T) -> T:
