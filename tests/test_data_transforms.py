@@ -81,6 +81,11 @@ def test_select_slices_errors_name_the_file(cohort: Path, truth: list[dict]) -> 
         SelectSlices(start=13, count=70)(vol)
     out = SelectSlicesd("mri", start=0, count=5, allow_missing_keys=True)({"other": 1, "mri": vol})
     assert out["mri"].shape[-1] == 5 and out["other"] == 1
+    kept = SelectSlices(start=13, count=50)(vol)  # slices 13..62, and the affine moves to slice 13
+    np.testing.assert_array_equal(kept.numpy(), vol.numpy()[..., 13:63])
+    np.testing.assert_allclose(kept.affine.numpy(), vol.affine.numpy() @ np.array(
+        [[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 13], [0, 0, 0, 1]]), atol=1e-6)
+    assert (kept.meta["slice_start"], kept.meta["slice_count"]) == (13, 50)
     with pytest.raises(DataFileError, match="neither a DICOM series folder"):
         LoadMRISeries()(str(cohort / "contents.csv"))
 

@@ -438,16 +438,15 @@ def test_bootstrap_differences_hand_case() -> None:
 
 def test_reproduce_trains_on_the_datalist_cohort_and_names_the_recorded_recipe(tmp_path: Path) -> None:
     """A page evaluated on another cohort through a datalist must not claim the weights were trained on it."""
-    import argparse
-
+    from xray2mri_bundle.evaluation import EvaluationOptions
     from xray2mri_bundle.evaluation.run import reproduce
 
     model_dir = tmp_path / "models"
     model_dir.mkdir()
     (model_dir / "training_record.json").write_text(json.dumps({"command": "scripts/train_small_demo.sh",
                                                                 "cohort": {"seed": 1, "knees": 400}}))
-    args = argparse.Namespace(dataset_dir=str(tmp_path / "cohort_new"), model_dir=str(model_dir),
-                              datalist="data/datalist_new.json", train_command=None)
+    args = EvaluationOptions(dataset_dir=str(tmp_path / "cohort_new"), model_dir=str(model_dir),
+                             datalist="data/datalist_new.json")
     lines = reproduce(args, ["--max-knees", "3"], ["full", "ldm_depth_only", "mean_volume"], "small")
     training = [line for line in lines if line.startswith("python -m monai.bundle run")]
     assert len(training) == 2 and all("--dataset_dir TRAINING_COHORT" in line for line in training)
@@ -456,3 +455,22 @@ def test_reproduce_trains_on_the_datalist_cohort_and_names_the_recorded_recipe(t
     args.datalist = None  # evaluated on the training cohort itself: the training lines name it
     lines = reproduce(args, [], ["full"], "small")
     assert any(f"--dataset_dir {tmp_path / 'cohort_new'}" in line for line in lines)
+
+
+def test_evaluation_options_are_the_command_line_defaults_and_round_trip() -> None:
+    """``xray2mri evaluate`` parses into ``EvaluationOptions`` with the same defaults, and
+    ``command_line()`` gives back arguments that parse to the same options (the report's Reproduce line)."""
+    from xray2mri_bundle.cli.evaluate import build_parser
+    from xray2mri_bundle.evaluation import EvaluationOptions
+
+    parser = build_parser()
+    assert EvaluationOptions.from_mapping(vars(parser.parse_args([]))) == EvaluationOptions()
+    assert EvaluationOptions().command_line() == []
+    argv = ["--max-knees", "30", "--sweep-depths", "", "--no-jsw", "--samples", "1", "--train-command", "a b",
+            "--train-command", "c"]
+    options = EvaluationOptions.from_mapping(vars(parser.parse_args(argv)))
+    assert (options.max_knees, options.sweep_depths, options.no_jsw, options.train_command) == (30, "", True,
+                                                                                               ["a b", "c"])
+    assert EvaluationOptions.from_mapping(vars(parser.parse_args(options.command_line()))) == options
+    with pytest.raises(TypeError, match="max_kneez"):
+        EvaluationOptions.from_mapping({"max_kneez": 3})

@@ -17,7 +17,7 @@ _EXPORTS = {
     "index": ("index_manifest", "index_oai", "write_datalist"),
     "intensity": ("IntensityDistribution", "IntensityDistributiond", "intensity_distribution"),
     "localiser": ("ClassicalJointLocaliser", "JointLocaliser"),
-    "mri_transforms": ("LoadMRISeries", "LoadMRISeriesd", "ResizeInPlane", "ResizeInPlaned", "SelectSlices",
+    "mri_transforms": ("LoadMRISeries", "LoadMRISeriesd", "SelectSlices",
                        "SelectSlicesd", "mri_transforms"),
     "report": ("REASONS", "IngestionReport"),
     "xray_io": ("InvalidXrayError", "read_xray"),

@@ -19,10 +19,9 @@ from collections.abc import Hashable, Mapping
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from monai.config import KeysCollection
 from monai.data import MetaTensor
-from monai.transforms import MapTransform, RepeatChanneld, Transform
+from monai.transforms import MapTransform, RepeatChanneld, SpatialCrop, Transform
 
 from .dicom_utils import DataFileError
 from .frame import FRAME_MM, crop_frame, frame_box
@@ -39,8 +38,6 @@ __all__ = [
     "LocaliseMRIJointd",
     "LoadMRISeries",
     "LoadMRISeriesd",
-    "ResizeInPlane",
-    "ResizeInPlaned",
     "SelectSlices",
     "SelectSlicesd",
     "frame_centre_ras",
@@ -84,56 +81,30 @@ class LoadMRISeries(Transform):
         )
 
 
-class SelectSlices(Transform):
+class SelectSlices(SpatialCrop):
     """Keep ``count`` slices from ``start`` (0-based) along the last (depth) axis: (C, H, W, D) -> (C, H, W, count).
 
-    Defaults 13 and 50: the paper's slices 13..63 of an 80-slice COR_T1_3D_FLASH (slices 13..62 inclusive).
+    MONAI's ``SpatialCrop`` (affine shifted to the first kept slice), extended for what it lacks: a series with
+    too few slices is a ``DataFileError`` naming the file (``SpatialCrop`` would silently return fewer), and the
+    meta records ``slice_start`` / ``slice_count``. Defaults 13 and 50: the paper's slices 13..63 of an 80-slice
+    COR_T1_3D_FLASH (slices 13..62 inclusive).
     """
 
     def __init__(self, start: int = 13, count: int = 50) -> None:
         if start < 0 or count < 1:
             raise ValueError(f"start must be >= 0 and count >= 1, got {start}, {count}")
         self.start, self.count = start, count
+        super().__init__(roi_slices=[slice(None), slice(None), slice(start, start + count)])
 
-    def __call__(self, img: torch.Tensor) -> torch.Tensor:
+    def __call__(self, img: torch.Tensor, lazy: bool | None = None) -> torch.Tensor:  # type: ignore[override]
         depth = img.shape[-1]
         if depth < self.start + self.count:
             raise DataFileError(_source(img), f"{depth} slices; need {self.start + self.count} to keep slices "
                                               f"{self.start}..{self.start + self.count - 1}", "slice_count")
-        out = torch.as_tensor(img)[..., self.start:self.start + self.count].as_subclass(torch.Tensor).clone()
-        affine = None
-        if isinstance(img, MetaTensor):
-            affine = img.affine.clone()
-            affine[:3, 3] += affine[:3, 2] * self.start
-        return _meta_tensor(out, img, affine, slice_start=self.start, slice_count=self.count)
-
-
-class ResizeInPlane(Transform):
-    """Resample each slice to ``size`` x ``size`` (or (h, w)): (C, H, W, D) -> (C, h, w, D), bilinear with
-    antialiasing (area-like when shrinking 512 -> 256). Keeps the field of view: spacing and affine scale."""
-
-    def __init__(self, size: int | tuple[int, int] = 256, antialias: bool = True) -> None:
-        self.size = (size, size) if isinstance(size, int) else tuple(size)
-        self.antialias = antialias
-
-    def __call__(self, img: torch.Tensor) -> torch.Tensor:
-        x = torch.as_tensor(img).as_subclass(torch.Tensor).float()
-        c, h, w, d = x.shape
-        if (h, w) == self.size:
-            return img
-        slices = x.permute(0, 3, 1, 2).reshape(c * d, 1, h, w)
-        out = F.interpolate(slices, size=self.size, mode="bilinear", align_corners=False, antialias=self.antialias)
-        out = out.reshape(c, d, *self.size).permute(0, 2, 3, 1).contiguous()
-        affine, updates = None, {}
-        if isinstance(img, MetaTensor):
-            affine = img.affine.clone()
-            scale = torch.tensor([h / self.size[0], w / self.size[1]], dtype=affine.dtype)
-            affine[:3, :2] *= scale
-            # field-of-view edges stay fixed (align_corners=False): new voxel 0 sits at old index (s - 1) / 2
-            affine[:3, 3] += img.affine[:3, 0] * (scale[0] - 1) / 2 + img.affine[:3, 1] * (scale[1] - 1) / 2
-            spacing = img.meta.get("spacing", (1.0, 1.0, 1.0))
-            updates["spacing"] = (spacing[0] * h / self.size[0], spacing[1] * w / self.size[1], spacing[2])
-        return _meta_tensor(out, img, affine, **updates)
+        out = super().__call__(img, lazy=lazy)
+        if isinstance(out, MetaTensor):
+            out.meta.update(slice_start=self.start, slice_count=self.count)
+        return out
 
 
 class LocaliseMRIJoint(Transform):
@@ -257,44 +228,28 @@ class SelectSlicesd(MapTransform):
         return d
 
 
-class ResizeInPlaned(MapTransform):
-    """Dictionary wrapper of :class:`ResizeInPlane`."""
-
-    def __init__(self, keys: KeysCollection = "mri", size: int | tuple[int, int] = 256, antialias: bool = True,
-                 allow_missing_keys: bool = False) -> None:
-        super().__init__(keys, allow_missing_keys)
-        self.resize = ResizeInPlane(size, antialias)
-
-    def __call__(self, data: Mapping[Hashable, object]) -> dict[Hashable, object]:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            d[key] = self.resize(d[key])
-        return d
-
-
 def mri_transforms(
     keys: KeysCollection = "mri", size: int = 256, start: int = 13, count: int = 50, channels: int = 3,
     percentiles: tuple[float, float] = DEFAULT_PERCENTILES, expected_slices: int | None = None,
-    frame_mm: float | None = FRAME_MM, localiser: MRIJointLocaliser | None = None,
+    frame_mm: float = FRAME_MM, localiser: MRIJointLocaliser | None = None,
 ) -> list:
     """The MRI chain as a list of dictionary transforms (wrap in ``monai.transforms.Compose``).
 
     load -> slices ``start``.. (``count``) -> joint found on the slab -> ``frame_mm`` square around it resampled to
-    ``size`` (the joint-centred frame shared with the X-ray; ``frame_mm=None`` keeps the whole field of view,
-    resized, as before the frame existed) -> percentiles to [-1, 1] -> channels.
+    ``size`` (the joint-centred frame shared with the X-ray, docs/data.md section 3a) -> percentiles to [-1, 1]
+    -> channels.
     Output per key: (channels, size, size, count) float32 in [-1, 1]. ``channels=1`` skips the repeat (the
     knee cache stores one channel; :class:`~.datasets.KneeSliceDataset` repeats per slice).
     """
+    if not frame_mm or frame_mm <= 0:  # the whole-field-of-view layout before the frame is gone (issue 13)
+        raise ValueError(f"frame_mm must be a positive side length in mm, got {frame_mm!r}")
     chain: list = [
         LoadMRISeriesd(keys, expected_slices=expected_slices),
         SelectSlicesd(keys, start=start, count=count),
+        LocaliseMRIJointd(keys, localiser=localiser),
+        CropMRIJointd(keys, size=size, size_mm=frame_mm),
+        ScalePercentilesd(keys, lower=percentiles[0], upper=percentiles[1], b_min=-1.0, b_max=1.0, clip=True),
     ]
-    if frame_mm:
-        chain += [LocaliseMRIJointd(keys, localiser=localiser), CropMRIJointd(keys, size=size, size_mm=frame_mm)]
-    else:
-        chain.append(ResizeInPlaned(keys, size=size))
-    chain.append(ScalePercentilesd(keys, lower=percentiles[0], upper=percentiles[1], b_min=-1.0, b_max=1.0,
-                                   clip=True))
     if channels > 1:
         chain.append(RepeatChanneld(keys, repeats=channels))
     return chain

@@ -256,12 +256,14 @@ class CropJointd(MapTransform):
 def xray_transforms(
     keys: KeysCollection = "xray", size: int = 256, crop_mm: float = CROP_MM,
     percentiles: tuple[float, float] = DEFAULT_PERCENTILES, intensity_key: str | None = "intensity",
-    localiser: JointLocaliser | None = None, png_spacing_mm: float = DEFAULT_PNG_SPACING_MM, film: str = "auto",
+    localiser: JointLocaliser | None = None, png_spacing_mm: float | None = DEFAULT_PNG_SPACING_MM,
+    film: str = "auto",
     side_key: str = "side",
 ) -> list:
     """The X-ray chain as a list of dictionary transforms (wrap in ``monai.transforms.Compose``).
 
     Output: ``xray`` (1, size, size) float32 in [-1, 1]; ``intensity`` (16, 8, 8) unless ``intensity_key`` is None.
+    Inference uses the same chain (``inference.knees.knee_preprocessing``: no intensity code, knees split first).
     """
     chain = [
         LoadXrayd(keys, png_spacing_mm=png_spacing_mm),

@@ -15,7 +15,7 @@ the generated and the real volume against the cohort's ground truth, the wall ti
 slices for the figures. After a run, ``recorder.rows`` is the method's part of the per-knee table.
 
 ``MethodNetwork`` wraps any method ``(xray (1, H, W), depths (n,), knee_id=, seed=, intensity=) -> volume``
-as the evaluator's ``network`` (diffusion pipelines and baselines alike); ``VolumeInferer`` calls it with the
+as the evaluator's ``network`` (diffusion pipelines and baselines alike); MONAI's ``SimpleInferer`` calls it with the
 depths and the knee that ``KneePrepareBatch`` supplies.
 """
 
@@ -38,7 +38,7 @@ from ignite.engine import Engine, Events
 from monai.data import DataLoader
 from monai.engines import SupervisedEvaluator
 from monai.handlers import IgniteMetricHandler, from_engine
-from monai.inferers import Inferer
+from monai.inferers import SimpleInferer
 from monai.metrics.regression import RegressionMetric
 from monai.utils import MetricReduction
 from torch import nn
@@ -54,7 +54,7 @@ from xray2mri_bundle.metrics import (
 )
 
 __all__ = [
-    "METRIC_NAMES", "KneePrepareBatch", "KneeRecorder", "MethodNetwork", "VolumeFunctionMetric", "VolumeInferer",
+    "METRIC_NAMES", "KneePrepareBatch", "KneeRecorder", "MethodNetwork", "VolumeFunctionMetric",
     "VolumeMethod", "build_evaluator", "knee_key", "knee_loader", "knee_seed", "metric_handlers",
     "pick_examples", "read_ground_truth", "read_mri_matrix", "select_knees", "slice_indices",
 ]
@@ -184,13 +184,6 @@ class KneePrepareBatch:
         xray = torch.as_tensor(knee["xray"]).float()[None]
         return (xray.to(device, non_blocking=non_blocking), target.to(device, non_blocking=non_blocking), (),
                 {"depths": depths, "knee": knee})
-
-
-class VolumeInferer(Inferer):
-    """Calls ``network(inputs, depths=..., knee=...)`` with the keyword arguments from the prepare-batch."""
-
-    def __call__(self, inputs: torch.Tensor, network: Callable[..., torch.Tensor], *args: Any, **kwargs: Any):
-        return network(inputs, *args, **kwargs)
 
 
 class MethodNetwork(nn.Module):
@@ -442,7 +435,7 @@ def build_evaluator(
         val_data_loader=knee_loader(knees),
         network=MethodNetwork(method, seed=seed),
         prepare_batch=KneePrepareBatch(slices),
-        inferer=VolumeInferer(),
+        inferer=SimpleInferer(),
         key_val_metric={"psnr": handlers.pop("psnr")},
         additional_metrics=handlers,
         val_handlers=[*extra_handlers, recorder],

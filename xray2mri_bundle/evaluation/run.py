@@ -1,7 +1,7 @@
 """Compare methods on the validation split and write tables, figures and a report (``xray2mri evaluate``).
 
-``run_evaluation(options)`` does the work; ``options`` holds the settings of ``xray2mri evaluate`` (the
-namespace that ``xray2mri_bundle.cli.evaluate.build_parser`` parses; its defaults are the documented ones).
+``run_evaluation(options)`` does the work; ``options`` (``options.EvaluationOptions``) holds the settings of
+``xray2mri evaluate``, whose parser takes its defaults from that dataclass.
 
 Example (small profile, 2 CPU cores)::
 
@@ -19,14 +19,13 @@ with the same per-knee seeds. Outputs are synthetic research images, not for dia
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
 import shlex
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +40,7 @@ from xray2mri_bundle.networks.profiles import PROFILES
 from . import figures
 from .evaluator import KneeRecorder, build_evaluator, pick_examples, read_ground_truth, read_mri_matrix, select_knees
 from .methods import METHODS, FirstSample, SampleMean, build_method, parse_methods
+from .options import DEFAULT_METHODS, EvaluationOptions
 from .records import bootstrap_differences, read_rows, summarise, write_rows, write_summary
 from .report import render_report, write_report
 from .studies import depth_sweep, interpolation, write_sweep
@@ -48,9 +48,6 @@ from .studies import depth_sweep, interpolation, write_sweep
 __all__ = ["ABLATION_OVERRIDES", "DEFAULT_METHODS", "EvaluationRun", "reproduce", "run_evaluation"]
 
 logger = logging.getLogger("xray2mri.evaluate")
-DEFAULT_METHODS = (
-    "full,xray_no_guidance,ldm_depth_only,mean_volume,nearest_xray,knn_xray,oracle_knee,autoencoder_ceiling"
-)
 TABLE1_GRADES = (0, 2, 4)
 
 
@@ -76,14 +73,14 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _profile(args: argparse.Namespace) -> str:
+def _profile(args: EvaluationOptions) -> str:
     if args.profile:
         return args.profile
     name = Path(args.model_dir).name
     return name if name in PROFILES else "small"
 
 
-def _datalist(args: argparse.Namespace, out: Path) -> tuple[dict[str, list[dict]], str]:
+def _datalist(args: EvaluationOptions, out: Path) -> tuple[dict[str, list[dict]], str]:
     """The split: the given datalist, ``<dataset-dir>/datalist.json``, or the cohort indexed with the training's
     defaults (``engines.datalist.load_datalist``, split seed and validation share as in training)."""
     from xray2mri_bundle.engines.datalist import load_datalist
@@ -98,7 +95,7 @@ def _datalist(args: argparse.Namespace, out: Path) -> tuple[dict[str, list[dict]
     return datalist, str(datalist_file or f"{args.dataset_dir} (indexed, split seed {args.split_seed})")
 
 
-def _sweep_method(args: argparse.Namespace, methods: Sequence[str]) -> str | None:
+def _sweep_method(args: EvaluationOptions, methods: Sequence[str]) -> str | None:
     if args.sweep_method:
         return args.sweep_method
     return next((m for m in methods if METHODS[m].kind == "diffusion"), None)
@@ -111,7 +108,7 @@ ABLATION_OVERRIDES: dict[str, str] = {
 """Stage-config overrides that train an ablation's UNet (the diffusion stage run alone, see ``reproduce``)."""
 
 
-def reproduce(args: argparse.Namespace, argv: Sequence[str], methods: Sequence[str], profile: str) -> list[str]:
+def reproduce(args: EvaluationOptions, argv: Sequence[str], methods: Sequence[str], profile: str) -> list[str]:
     """Shell lines that rebuild the report: the cohort (from its ``cohort.json``), the training of each evaluated
     diffusion method (the standard recipe unless ``--train-command`` gives the real ones), the evaluation."""
     lines: list[str] = []
@@ -149,8 +146,15 @@ def reproduce(args: argparse.Namespace, argv: Sequence[str], methods: Sequence[s
     return lines
 
 
-def run_evaluation(args: argparse.Namespace, argv: Sequence[str] = ()) -> EvaluationRun:
-    """Evaluate every method on the same knees; write CSV, JSON, figures and the report (see module doc)."""
+def run_evaluation(args: EvaluationOptions | Mapping[str, Any], argv: Sequence[str] = ()) -> EvaluationRun:
+    """Evaluate every method on the same knees; write CSV, JSON, figures and the report (see module doc).
+
+    ``args``: the options (a mapping is read with ``EvaluationOptions.from_mapping``); ``argv``: the command line
+    that the report's Reproduce block shows (default: rebuilt from the options that differ from the defaults).
+    """
+    if not isinstance(args, EvaluationOptions):
+        args = EvaluationOptions.from_mapping(args)
+    argv = list(argv) or args.command_line()
     if args.preface is not None and not Path(args.preface).is_file():
         raise SystemExit(f"xray2mri evaluate: --preface {args.preface} is not a file")
     out = Path(args.out)
@@ -236,7 +240,7 @@ def run_evaluation(args: argparse.Namespace, argv: Sequence[str] = ()) -> Evalua
 
 
 def _studies(run: EvaluationRun, method: Any, val: Sequence[Any], counts: Sequence[int],
-             args: argparse.Namespace) -> None:
+             args: EvaluationOptions) -> None:
     """Fig. 6 (depth sweep) and Table 2 (interpolation) with the sweep method, on the first knees."""
     name = getattr(method, "name", "method")
     knees = [val[i] for i in range(min(max(args.sweep_knees, 1), len(val)))]
@@ -262,7 +266,7 @@ def _studies(run: EvaluationRun, method: Any, val: Sequence[Any], counts: Sequen
 
 
 def _write_outputs(
-    run: EvaluationRun, args: argparse.Namespace, methods: Sequence[str], examples: dict[int, str | None],
+    run: EvaluationRun, args: EvaluationOptions, methods: Sequence[str], examples: dict[int, str | None],
     example_slices: dict[str, dict[str, Any]], size: int, profile: str, device: torch.device, datalist: str,
     argv: Sequence[str],
 ) -> None:

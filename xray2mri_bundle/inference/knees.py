@@ -137,26 +137,11 @@ def knee_preprocessing(
     ``image_size`` -> percentiles (0.5, 99.5) to [-1, 1]: the training chain
     (``data.xray_transforms.xray_transforms``) without the intensity code. ``configs/inference.json``'s
     ``preprocessing`` lists the same transforms (a test keeps the two equal)."""
-    from xray2mri_bundle.data.intensity import DEFAULT_PERCENTILES, ScalePercentilesd
-    from xray2mri_bundle.data.xray_transforms import (
-        CROP_MM,
-        CropJointd,
-        InvertMonochrome1d,
-        LoadXrayd,
-        LocaliseJointd,
-        SelectKneed,
-    )
+    from xray2mri_bundle.data.xray_transforms import xray_transforms
 
-    return [
-        LoadXrayd(keys, png_spacing_mm=png_spacing_mm),
-        SplitKneesd(keys, side=side),
-        InvertMonochrome1d(keys),
-        SelectKneed(keys, side_key="side", film_key="film"),
-        LocaliseJointd(keys),
-        CropJointd(keys, size_mm=CROP_MM, spatial_size=int(image_size)),
-        ScalePercentilesd(keys, lower=DEFAULT_PERCENTILES[0], upper=DEFAULT_PERCENTILES[1], b_min=-1.0, b_max=1.0,
-                          clip=True),
-    ]
+    chain = xray_transforms(keys, size=int(image_size), intensity_key=None, png_spacing_mm=png_spacing_mm)
+    chain.insert(1, SplitKneesd(keys, side=side))  # after loading: a bilateral film becomes one item per knee
+    return chain
 
 
 def knee_input(item: Mapping[Hashable, Any], key: str = "xray") -> KneeInput:
