@@ -362,6 +362,20 @@ def test_evaluate_cli_writes_tables_figures_and_report(tmp_path: Path, cohort: P
     results = (docs / "results.md").read_text()
     assert "](results/table1_difference_maps.png)" in results and "xray2mri evaluate --model-dir" in results
 
+    # the same run rendered again with a preface, without evaluating: same tables, the preface added
+    preface = tmp_path / "preface.md"
+    preface.write_text("## What changed\n\nA preface written after the numbers were known.\n")
+    (out / "figures" / "fig5_psnr.png").write_bytes(b"")  # not redrawn: the figures of the run are copied as they are
+    assert main(["--report-only", "--out", str(out), "--model-dir", str(models), "--preface", str(preface),
+                 "--write-docs", "--docs-dir", str(tmp_path / "docs2")]) == 0
+    again = (tmp_path / "docs2" / "results.md").read_text()
+    assert "A preface written after the numbers were known." in again
+    assert again.replace(preface.read_text(), "").split("## Setup")[1] == results.split("## Setup")[1]
+    assert (tmp_path / "docs2" / "results" / "fig5_psnr.png").stat().st_size == 0
+    assert read_rows(tmp_path / "docs2" / "results" / "per_knee.csv") == rows
+    with pytest.raises(SystemExit, match="is missing"):
+        main(["--report-only", "--out", str(tmp_path / "nothing_here"), "--model-dir", str(models)])
+
 
 def test_bundle_config_runs_the_evaluator(tmp_path: Path, cohort: Path) -> None:
     from monai.bundle import ConfigWorkflow

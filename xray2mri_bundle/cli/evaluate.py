@@ -21,7 +21,7 @@ from pathlib import Path
 
 from xray2mri_bundle.diffusion import SAMPLERS
 from xray2mri_bundle.evaluation.options import DEFAULTS, EvaluationOptions
-from xray2mri_bundle.evaluation.run import run_evaluation
+from xray2mri_bundle.evaluation.run import report_only, run_evaluation
 from xray2mri_bundle.networks.profiles import PROFILES
 
 __all__ = ["build_parser", "main"]
@@ -83,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--title", default=DEFAULTS.title, help="report title")
     p.add_argument("--preface", type=Path, help="Markdown file placed after the disclaimer (e.g. what changed "
                                                 "since the previous report and why)")
+    p.add_argument("--report-only", action="store_true",
+                   help="render the report of the finished run in --out again (new --preface / --title / "
+                        "--write-docs), without evaluating: reads its per_knee.csv and report_inputs.json")
     p.add_argument("--train-command", action="append", default=DEFAULTS.train_command,
                    help="training command to show in the report's Reproduce block (repeatable; default: the "
                         "standard recipe for the evaluated diffusion methods)")
@@ -94,10 +97,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    run = run_evaluation(EvaluationOptions.from_mapping(vars(args)), argv)
+    options = EvaluationOptions.from_mapping(vars(args))
+    run = report_only(options) if options.report_only else run_evaluation(options, argv)
     print(f"per-knee table: {run.out / 'per_knee.csv'}\nsummary:        {run.out / 'summary.json'}\n"
           f"report:         {run.report}" + (f"\ndocs:           {run.docs}" if run.docs else ""))
     for name, reason in run.skipped.items():
         print(f"skipped {name}: {reason}")
-    return 0 if run.metrics else 1
+    return 0 if run.metrics or (options.report_only and run.rows) else 1
 

@@ -69,6 +69,7 @@ class EvaluationOptions:
     title: str = "Evaluation results"
     preface: Path | None = None
     train_command: list[str] | None = None
+    report_only: bool = False
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> EvaluationOptions:

@@ -33,7 +33,9 @@ from typing import Any
 import torch
 
 from xray2mri_bundle.constants import SUMMARY_DISCLAIMER
+from xray2mri_bundle.data.atomic import write_bytes_atomic
 from xray2mri_bundle.data.datasets import build_knee_dataset
+from xray2mri_bundle.data.plain import to_plain
 from xray2mri_bundle.inference.generator import resolve_model_dir
 from xray2mri_bundle.networks.profiles import PROFILES
 
@@ -45,7 +47,7 @@ from .records import bootstrap_differences, read_rows, summarise, write_rows, wr
 from .report import render_report, write_report
 from .studies import depth_sweep, interpolation, write_sweep
 
-__all__ = ["ABLATION_OVERRIDES", "DEFAULT_METHODS", "EvaluationRun", "reproduce", "run_evaluation"]
+__all__ = ["ABLATION_OVERRIDES", "DEFAULT_METHODS", "EvaluationRun", "report_only", "reproduce", "run_evaluation"]
 
 logger = logging.getLogger("xray2mri.evaluate")
 TABLE1_GRADES = (0, 2, 4)
@@ -307,24 +309,64 @@ def _write_outputs(
         run.notes.append(f"Only {args.slices} evenly spaced real slices of 50 were compared (`--slices`): the "
                          "adjacent-slice correlations are between those slices, so they read lower than for "
                          "neighbouring 1.5 mm slices (real and generated alike).")
-    commands = reproduce(args, argv, methods, profile)
-    record_path = resolve_model_dir(args.model_dir, profile) / "training_record.json"
+    inputs = {
+        "settings": settings,
+        "figures": {key: path.relative_to(out).as_posix() for key, path in run.figures.items()},
+        "commands": reproduce(args, argv, methods, profile), "notes": run.notes, "missing": missing,
+        "profile": profile,
+    }
+    write_bytes_atomic(out / REPORT_INPUTS, (json.dumps(to_plain(inputs), indent=2) + "\n").encode())
+    _render(run, args, rows, inputs)
+
+
+REPORT_INPUTS = "report_inputs.json"
+"""What a run keeps beside ``per_knee.csv`` so that its report can be rendered again (``report_only``)."""
+
+
+def _render(run: EvaluationRun, args: EvaluationOptions, rows: list[dict[str, Any]], inputs: Mapping[str, Any]) -> None:
+    """Write ``report.md`` (and with ``write_docs`` the docs page, its figures and ``per_knee.csv``)."""
+    out = run.out
+    record_path = resolve_model_dir(args.model_dir, inputs["profile"]) / "training_record.json"
     record = json.loads(record_path.read_text()) if record_path.is_file() else None
-    links = {key: path.relative_to(out).as_posix() for key, path in run.figures.items()}
-    preface = args.preface.read_text() if args.preface else ""
+    figure_paths = {key: out / name for key, name in inputs["figures"].items()}
+    preface = Path(args.preface).read_text() if args.preface else ""
+    common = (inputs["commands"], inputs["notes"], inputs["missing"], args.title, record, run.bootstrap, preface)
     run.report = write_report(out / "report.md", render_report(
-        run.summary, rows, settings, links, commands, run.notes, missing, args.title, record, run.bootstrap,
-        preface))
+        run.summary, rows, inputs["settings"], inputs["figures"], *common))
     if args.write_docs:
         docs = Path(args.docs_dir)
         page = Path(args.docs_page)
         (docs / page.stem).mkdir(parents=True, exist_ok=True)
-        for path in run.figures.values():
+        for path in figure_paths.values():
             shutil.copy2(path, docs / page.stem / path.name)
         # the per-knee scores beside the page: a later run is compared knee by knee against them
         # (scripts/compare_evaluations.py) without evaluating these weights again
-        shutil.copy2(csv_path, docs / page.stem / csv_path.name)
-        doc_links = {key: f"{page.stem}/{path.name}" for key, path in run.figures.items()}
+        shutil.copy2(out / "per_knee.csv", docs / page.stem / "per_knee.csv")
+        doc_links = {key: f"{page.stem}/{path.name}" for key, path in figure_paths.items()}
         run.docs = write_report(docs / page.name, render_report(
-            run.summary, rows, settings, doc_links, commands, run.notes, missing, args.title, record,
-            run.bootstrap, preface))
+            run.summary, rows, inputs["settings"], doc_links, *common))
+
+
+def report_only(args: EvaluationOptions | Mapping[str, Any]) -> EvaluationRun:
+    """Render the report (and the docs page) of a finished run in ``args.out`` again, without evaluating:
+    the same tables, intervals and figures, with this call's ``title``, ``preface``, ``write_docs`` settings.
+
+    Reads ``per_knee.csv`` and ``report_inputs.json`` written by :func:`run_evaluation`; a missing file is an
+    error that names it. ``xray2mri evaluate --report-only`` calls this.
+    """
+    if not isinstance(args, EvaluationOptions):
+        args = EvaluationOptions.from_mapping(args)
+    out = Path(args.out)
+    for name in ("per_knee.csv", REPORT_INPUTS):
+        if not (out / name).is_file():
+            raise SystemExit(f"xray2mri evaluate --report-only: {out / name} is missing (run the evaluation first)")
+    if args.preface is not None and not Path(args.preface).is_file():
+        raise SystemExit(f"xray2mri evaluate: --preface {args.preface} is not a file")
+    inputs = json.loads((out / REPORT_INPUTS).read_text())
+    rows = read_rows(out / "per_knee.csv")
+    run = EvaluationRun(out=out, rows=rows, summary=summarise(rows), notes=list(inputs["notes"]))
+    labels = list(dict.fromkeys(row["method"] for row in rows))
+    run.bootstrap = bootstrap_differences(rows, [m for m in labels if m.startswith("full")], seed=args.seed)
+    run.figures = {key: out / name for key, name in inputs["figures"].items()}
+    _render(run, args, rows, inputs)
+    return run
