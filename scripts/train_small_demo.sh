@@ -67,8 +67,10 @@ for name in autoencoder classifier diffusion "${NAMES[@]}"; do WALL_ARGS+=("$nam
 # to $OUT/full_exports (never into git), the slim ones take their place in $MODELS.
 mkdir -p "$OUT/full_exports"
 mv "$MODELS"/*.pt "$OUT/full_exports/"
-CHECK_XRAY=$(find "$COHORT/0.E.1" -type f | sort | head -n 1)
+# sed reads the whole list: `head -n 1` would close the pipe early and, under pipefail, stop the script
+CHECK_XRAY=$(find "$COHORT/0.E.1" -type f | sort | sed -n 1p)
 "$PY" scripts/slim_weights.py --models "$OUT/full_exports" --out "$MODELS" --check-xray "$CHECK_XRAY" \
   | tee "$OUT/slim_weights.json"
 "$PY" -m xray2mri_bundle.cli training-record --models "$MODELS" --logs "$OUT" --cohort "$COHORT" \
-  --wall "${WALL_ARGS[@]}" --command "scripts/train_small_demo.sh $*"
+  --wall "${WALL_ARGS[@]}" \
+  --command "$([ "${PARALLEL:-0}" = 1 ] && echo "PARALLEL=1 ")scripts/train_small_demo.sh $*"
