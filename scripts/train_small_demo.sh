@@ -22,7 +22,6 @@ MODELS=${MODELS:-models/small}
 SEED=1; KNEES=400; MATRIX=256
 [ -f "$COHORT/cohort.json" ] || "$PY" -m xray2mri_bundle.cohort --out "$COHORT" --knees $KNEES --seed $SEED --mri-matrix $MATRIX
 mkdir -p "$OUT" "$MODELS"
-declare -A WALL
 # one stage of configs/train.json; the wall time (s) goes to $OUT/<stage>.wall
 train_stage() {
   local stage=$1 start; start=$(date +%s); shift

@@ -154,11 +154,8 @@ def run_evaluation(args: EvaluationOptions | Mapping[str, Any], argv: Sequence[s
     ``args``: the options (a mapping is read with ``EvaluationOptions.from_mapping``); ``argv``: the command line
     that the report's Reproduce block shows (default: rebuilt from the options that differ from the defaults).
     """
-    if not isinstance(args, EvaluationOptions):
-        args = EvaluationOptions.from_mapping(args)
+    args = _options(args)
     argv = list(argv) or args.command_line()
-    if args.preface is not None and not Path(args.preface).is_file():
-        raise SystemExit(f"xray2mri evaluate: --preface {args.preface} is not a file")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     run = EvaluationRun(out=out)
@@ -275,9 +272,7 @@ def _write_outputs(
     out = run.out
     csv_path = write_rows(run.rows, out / "per_knee.csv")
     rows = read_rows(csv_path)  # the report and the summary are computed from what was written
-    run.summary = summarise(rows)
-    diffusion_labels = [m for m in run.metrics if m.startswith("full")]
-    run.bootstrap = bootstrap_differences(rows, diffusion_labels, seed=args.seed)
+    _score(run, rows, list(run.metrics), args.seed)
     evaluated = list(run.metrics)
     settings = {
         "model folder": f"`{args.model_dir}` (profile `{profile}`)", "datalist": datalist,
@@ -328,7 +323,7 @@ def _render(run: EvaluationRun, args: EvaluationOptions, rows: list[dict[str, An
     out = run.out
     record_path = resolve_model_dir(args.model_dir, inputs["profile"]) / "training_record.json"
     record = json.loads(record_path.read_text()) if record_path.is_file() else None
-    figure_paths = {key: out / name for key, name in inputs["figures"].items()}
+    run.figures = figure_paths = {key: out / name for key, name in inputs["figures"].items()}
     preface = Path(args.preface).read_text() if args.preface else ""
     common = (inputs["commands"], inputs["notes"], inputs["missing"], args.title, record, run.bootstrap, preface)
     run.report = write_report(out / "report.md", render_report(
@@ -354,19 +349,28 @@ def report_only(args: EvaluationOptions | Mapping[str, Any]) -> EvaluationRun:
     Reads ``per_knee.csv`` and ``report_inputs.json`` written by :func:`run_evaluation`; a missing file is an
     error that names it. ``xray2mri evaluate --report-only`` calls this.
     """
-    if not isinstance(args, EvaluationOptions):
-        args = EvaluationOptions.from_mapping(args)
+    args = _options(args)
     out = Path(args.out)
     for name in ("per_knee.csv", REPORT_INPUTS):
         if not (out / name).is_file():
             raise SystemExit(f"xray2mri evaluate --report-only: {out / name} is missing (run the evaluation first)")
-    if args.preface is not None and not Path(args.preface).is_file():
-        raise SystemExit(f"xray2mri evaluate: --preface {args.preface} is not a file")
     inputs = json.loads((out / REPORT_INPUTS).read_text())
     rows = read_rows(out / "per_knee.csv")
-    run = EvaluationRun(out=out, rows=rows, summary=summarise(rows), notes=list(inputs["notes"]))
-    labels = list(dict.fromkeys(row["method"] for row in rows))
-    run.bootstrap = bootstrap_differences(rows, [m for m in labels if m.startswith("full")], seed=args.seed)
-    run.figures = {key: out / name for key, name in inputs["figures"].items()}
+    run = EvaluationRun(out=out, rows=rows, notes=list(inputs["notes"]))
+    _score(run, rows, list(dict.fromkeys(str(row["method"]) for row in rows)), args.seed)
     _render(run, args, rows, inputs)
     return run
+
+
+def _options(args: EvaluationOptions | Mapping[str, Any]) -> EvaluationOptions:
+    """The options of a run (a mapping is read with ``EvaluationOptions.from_mapping``), its preface checked."""
+    options = args if isinstance(args, EvaluationOptions) else EvaluationOptions.from_mapping(args)
+    if options.preface is not None and not Path(options.preface).is_file():
+        raise SystemExit(f"xray2mri evaluate: --preface {options.preface} is not a file")
+    return options
+
+
+def _score(run: EvaluationRun, rows: list[dict[str, Any]], labels: Sequence[str], seed: int) -> None:
+    """Medians per method and the bootstrap intervals of every ``full*`` label against the other rows."""
+    run.summary = summarise(rows)
+    run.bootstrap = bootstrap_differences(rows, [m for m in labels if m.startswith("full")], seed=seed)
