@@ -31,11 +31,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tools.benchmark_tools import best_time, cpu_name  # noqa: E402
 from xray2mri_bundle.inference.export import random_conditions as conditions  # noqa: E402
 from xray2mri_bundle.networks import (  # noqa: E402
-    PROFILES,
+    PROFILE_NAMES,
     build_autoencoder,
     build_classifier,
     build_unet,
     build_xray_encoder,
+    get_profile,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -80,7 +81,7 @@ def sample_volume(unet, autoencoder, cond, latent_shape, slices, steps, guidance
 
 
 def timings(name: str, device: torch.device, slices: int, train_batch: int, repeats: int) -> dict[str, float]:
-    profile = PROFILES[name]
+    profile = get_profile(name)
     latent_shape, size = profile["latent_shape"], profile["image_size"]
     torch.manual_seed(0)
     unet = build_unet(name).to(device).eval()
@@ -172,7 +173,7 @@ def markdown_tables(report: dict) -> str:
         for name, values in runs[label]["timings"].items():
             for key, value in values.items():
                 rows.setdefault((name, key), {})[label] = value
-    order = {name: index for index, name in enumerate(PROFILES)}
+    order = {name: index for index, name in enumerate(PROFILE_NAMES)}
     for (name, key), values in sorted(rows.items(), key=lambda item: order.get(item[0][0], len(order))):
         cells = []
         for label in labels:
@@ -220,7 +221,7 @@ def main(argv: list[str] | None = None) -> dict:
         previous = json.loads(args.json.read_text())
         report["runs"] = {k: v for k, v in previous.get("runs", {}).items() if k != label}
     run: dict = {"machine": machine, "timings": {}}
-    for name in PROFILES:
+    for name in PROFILE_NAMES:
         report["parameters"][name] = parameter_counts(name)
         if name in args.profiles:
             run["timings"][name] = timings(name, device, args.slices, args.train_batch, args.repeats)

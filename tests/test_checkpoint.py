@@ -230,23 +230,6 @@ PARTS = {"autoencoder_def": ("autoencoder", networks.build_autoencoder),
          "classifier_def": ("classifier", networks.build_classifier),
          "unet_def": ("unet", networks.build_unet),
          "xray_encoder_def": ("xray_encoder", networks.build_xray_encoder)}
-UNET_FLAGS = {"use_depth", "use_xray_latent", "use_context", "use_guidance", "use_checkpoint"}
-
-
-@pytest.mark.parametrize("profile", networks.PROFILE_NAMES)
-def test_json_network_defs_are_the_profiles(profile: str) -> None:
-    """configs/common.json spells out the networks (paper sizes); configs/profiles/<name>.json overrides them.
-    They and ``networks.PROFILES`` (what ``build_*(profile)`` uses) must say the same."""
-    files = [str(CONFIGS / "common.json"), str(CONFIGS / "profiles" / f"{profile}.json")]
-    merged = ConfigParser.load_config_files(files)
-    assert merged["profile"] == profile
-    for key, (part, build) in PARTS.items():
-        spelled = {k: v for k, v in merged[key].items() if k != "_target_"}
-        extra = set(spelled) - set(networks.PROFILES[profile][part])
-        assert extra <= (UNET_FLAGS if part == "unet" else set()), (profile, key, extra)
-        assert {k: spelled[k] for k in networks.PROFILES[profile][part]} == networks.PROFILES[profile][part]
-        assert type(build("tiny")).__name__ == merged[key]["_target_"].rsplit(".", 1)[1]
-
 
 def test_json_network_defs_build_the_profile_networks() -> None:
     """The same merge the bundle runs (common + profile + stage file) builds what ``build_*("tiny")`` builds."""

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
 
 from xray2mri_bundle.networks import (
     PROFILE_NAMES,
-    PROFILES,
     ClipImageEncoder,
     KOAClassifier,
     XrayConditionedUNet,
@@ -20,6 +21,8 @@ from xray2mri_bundle.networks import (
     build_xray_encoder,
     get_profile,
 )
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _unet_inputs(batch: int, latent_shape: list[int], seed: int = 0) -> dict[str, torch.Tensor]:
@@ -37,13 +40,13 @@ def _unet_inputs(batch: int, latent_shape: list[int], seed: int = 0) -> dict[str
 
 def test_profiles_are_json_and_complete():
     assert set(PROFILE_NAMES) == {"paper", "small", "tiny"}
-    assert json.loads(json.dumps(PROFILES)) == PROFILES
     for name in PROFILE_NAMES:
         profile = get_profile(name)
+        assert json.loads(json.dumps(profile)) == profile
         assert {"autoencoder", "unet", "classifier", "xray_encoder", "image_size", "latent_shape"} <= set(profile)
         factor = 2 ** (len(profile["autoencoder"]["channels"]) - 1)
         assert profile["latent_shape"] == [4, profile["image_size"] // factor, profile["image_size"] // factor]
-    paper = PROFILES["paper"]
+    paper = get_profile("paper")
     assert paper["autoencoder"]["channels"] == [128, 256, 512, 512] and paper["autoencoder"]["num_res_blocks"] == 2
     assert paper["unet"]["channels"] == [320, 640, 1280, 1280]
     assert paper["unet"]["attention_levels"] == [True, True, True, False]
@@ -54,14 +57,32 @@ def test_profiles_are_json_and_complete():
 def test_get_profile_copies_and_rejects_unknown():
     profile = get_profile("tiny")
     profile["unet"]["channels"][0] = 999
-    assert PROFILES["tiny"]["unet"]["channels"][0] == 32
+    assert get_profile("tiny")["unet"]["channels"][0] == 32
     with pytest.raises(KeyError, match="small"):
         get_profile("huge")
 
 
+def test_profiles_are_read_from_the_bundle_configs(tmp_path: Path) -> None:
+    """The JSON profile files are the one definition: a changed copy of them changes what ``build_*`` builds;
+    the condition flags (``@use_depth``, ...) and ``_target_`` are not sizes; no configs -> the missing file named."""
+    configs = tmp_path / "configs"
+    shutil.copytree(ROOT / "configs", configs)
+    tiny = json.loads((configs / "profiles" / "tiny.json").read_text())
+    tiny["unet_def"]["channels"] = [32, 64]
+    tiny["image_size"] = 32
+    (configs / "profiles" / "tiny.json").write_text(json.dumps(tiny))
+    profile = get_profile("tiny", configs)
+    assert profile["unet"]["channels"] == [32, 64] and "use_depth" not in profile["unet"]
+    assert "_target_" not in profile["unet"] and profile["latent_shape"] == [4, 4, 4]
+    assert list(build_unet("tiny", configs).block_out_channels) == [32, 64]
+    assert list(build_unet("tiny").block_out_channels) == [32, 32]  # the checkout's own files, unchanged
+    with pytest.raises(FileNotFoundError, match=r"nowhere/common\.json is missing"):
+        get_profile("small", tmp_path / "nowhere")
+
+
 @pytest.mark.parametrize("name", ["tiny", "small"])
 def test_shapes_cpu(name):
-    profile = PROFILES[name]
+    profile = get_profile(name)
     size = profile["image_size"]
     torch.manual_seed(0)
     autoencoder = build_autoencoder(name)

@@ -22,7 +22,7 @@ from pathlib import Path
 from xray2mri_bundle.diffusion import SAMPLERS
 from xray2mri_bundle.evaluation.options import DEFAULTS, EvaluationOptions
 from xray2mri_bundle.evaluation.run import report_only, run_evaluation
-from xray2mri_bundle.networks.profiles import PROFILES
+from xray2mri_bundle.networks.profiles import PROFILE_NAMES
 
 __all__ = ["build_parser", "main"]
 
@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eta", type=float, default=DEFAULTS.eta, help="DDIM eta (0 = deterministic)")
     p.add_argument("--chunk-size", type=int, default=DEFAULTS.chunk_size, help="depths denoised together")
     p.add_argument("--seed", type=int, default=DEFAULTS.seed, help="base seed (each knee: CRC32 of its key + seed)")
-    p.add_argument("--profile", choices=sorted(PROFILES), help="network profile (default: from --model-dir name)")
+    p.add_argument("--profile", choices=sorted(PROFILE_NAMES), help="network profile (default: from --model-dir name)")
     p.add_argument("--image-size", type=int, help="slice / crop size (default: the profile's)")
     p.add_argument("--cache-dir", help="knee cache (default <out>/cache)")
     p.add_argument("--device", default=DEFAULTS.device, help="cpu, cuda, cuda:1 or auto (default)")

@@ -18,6 +18,7 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_data_element, write_file_meta_info
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
+from xray2mri_bundle.constants.geometry import CORONAL_ORIENTATION_LPS
 from xray2mri_bundle.data.dicom_utils import save_dataset
 
 SYNTHETIC_COMMENT = "SYNTHETIC phantom - not patient data"
@@ -177,7 +178,7 @@ def write_mr_series(folder: Path, volume: np.ndarray, patient: Patient, series: 
     base.FlipAngle = "12"
     base.PatientPosition = "FFS"
     base.AcquisitionNumber = 1
-    base.ImageOrientationPatient = ["1", "0", "0", "0", "0", "-1"]
+    base.ImageOrientationPatient = list(CORONAL_ORIENTATION_LPS)
     base.FrameOfReferenceUID = series.frame_uid
     base.PositionReferenceIndicator = ""
     base.PixelSpacing = [ds_str(pixel_mm, 6), ds_str(pixel_mm, 6)]

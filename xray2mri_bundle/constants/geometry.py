@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 __all__ = [
+    "CORONAL_ORIENTATION_LPS",
     "DEFAULT_PNG_SPACING_MM",
     "FRAME_MM",
     "MRI_FOV_MM",
@@ -31,3 +32,6 @@ MRI_KEPT_SLICES: tuple[int, int] = (13, 63)
 #: The training volumes: 50 coronal slices (13..63 of 80) of 1.5 mm.
 REFERENCE_SLICES: int = 50
 REFERENCE_SPACING_MM: float = MRI_SLICE_MM
+#: DICOM ImageOrientationPatient of a coronal slice as OAI's COR_T1 series and the generated series store it (LPS+):
+#: rows run to the patient's left (+x), columns inferior (-z); slices then step along +y (posterior).
+CORONAL_ORIENTATION_LPS: tuple[str, ...] = ("1", "0", "0", "0", "0", "-1")

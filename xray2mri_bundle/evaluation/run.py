@@ -32,12 +32,13 @@ from typing import Any
 
 import torch
 
+from xray2mri_bundle.checkpoint import read_checkpoint
 from xray2mri_bundle.constants import SUMMARY_DISCLAIMER
 from xray2mri_bundle.data.atomic import write_bytes_atomic
 from xray2mri_bundle.data.datasets import build_knee_dataset
 from xray2mri_bundle.data.plain import to_plain
 from xray2mri_bundle.inference.generator import resolve_model_dir
-from xray2mri_bundle.networks.profiles import PROFILES
+from xray2mri_bundle.networks.profiles import PROFILE_NAMES, get_profile
 
 from . import figures
 from .evaluator import KneeRecorder, build_evaluator, pick_examples, read_ground_truth, read_mri_matrix, select_knees
@@ -79,7 +80,19 @@ def _profile(args: EvaluationOptions) -> str:
     if args.profile:
         return args.profile
     name = Path(args.model_dir).name
-    return name if name in PROFILES else "small"
+    return name if name in PROFILE_NAMES else "small"
+
+
+def _image_size(args: EvaluationOptions, profile: str) -> int:
+    """Slice size in px: ``--image-size``, else what the model's autoencoder was trained at, else the profile's."""
+    if args.image_size:
+        return int(args.image_size)
+    autoencoder = Path(args.model_dir) / "autoencoder.pt"
+    if autoencoder.is_file():
+        size = (read_checkpoint(autoencoder).get("settings") or {}).get("image_size")
+        if size:
+            return int(size)
+    return int(get_profile(profile)["image_size"])
 
 
 def _datalist(args: EvaluationOptions, out: Path) -> tuple[dict[str, list[dict]], str]:
@@ -161,7 +174,7 @@ def run_evaluation(args: EvaluationOptions | Mapping[str, Any], argv: Sequence[s
     run = EvaluationRun(out=out)
     methods = parse_methods(args.methods)
     profile = _profile(args)
-    size = int(args.image_size or PROFILES[profile]["image_size"])
+    size = _image_size(args, profile)
     device = _device(args.device)
     cache = Path(args.cache_dir) if args.cache_dir else out / "cache"
     datalist, source = _datalist(args, out)

@@ -48,6 +48,7 @@ from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, MRIm
 from xray2mri_bundle.constants import DISCLAIMER as SERIES_DISCLAIMER
 from xray2mri_bundle.constants import MONTAGE_CAPTION
 from xray2mri_bundle.constants import VOLUME_CAPTION as DISCLAIMER
+from xray2mri_bundle.constants.geometry import CORONAL_ORIENTATION_LPS
 from xray2mri_bundle.data.atomic import atomic_dir, write_bytes_atomic
 from xray2mri_bundle.data.dicom_utils import save_dataset
 from xray2mri_bundle.data.plain import to_plain
@@ -322,7 +323,7 @@ def write_dicom_series(
             ds.EchoTrainLength = ""
             ds.PositionReferenceIndicator = ""
             ds.ImagePositionPatient = [_ds_number(x) for x in position_lps]
-            ds.ImageOrientationPatient = ["1", "0", "0", "0", "0", "-1"]
+            ds.ImageOrientationPatient = list(CORONAL_ORIENTATION_LPS)
             ds.SliceLocation = _ds_number(float(position_lps[1]))
             ds.PixelSpacing = [_ds_number(row_mm), _ds_number(col_mm)]
             ds.SliceThickness = _ds_number(float(slice_spacing_mm))

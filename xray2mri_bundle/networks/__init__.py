@@ -1,6 +1,7 @@
 """Networks of the X-ray -> pseudo-MRI latent diffusion model (paper section 2.2).
 
-Everything takes and returns plain tensors; sizes come from ``PROFILES`` ("paper", "small", "tiny").
+Everything takes and returns plain tensors; sizes of the profiles ("paper", "small", "tiny") come from
+the bundle's JSON configs (``get_profile``, ``profiles.py``).
 """
 
 from .adaptive_weight import AdaptiveWeight, GuidanceEmbedding
@@ -16,11 +17,10 @@ from .ldm_import import (
     load_ldm_checkpoint,
     load_ldm_unet,
 )
-from .profiles import PROFILE_NAMES, PROFILES, get_profile
+from .profiles import PROFILE_NAMES, get_profile
 from .xray_encoder import ClipImageEncoder, XrayEncoder, build_xray_encoder
 
 __all__ = [
-    "PROFILES",
     "PROFILE_NAMES",
     "AdaptiveWeight",
     "AutoencoderKL",

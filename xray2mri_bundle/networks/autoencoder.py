@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -19,12 +20,14 @@ class AutoencoderKL(nets.AutoencoderKL):
     arguments as ``config`` for the checkpoint writer (``xray2mri_bundle.networks.config``)."""
 
 
-def build_autoencoder(profile: str | Mapping[str, Any] = "small", **overrides: Any) -> AutoencoderKL:
+def build_autoencoder(
+    profile: str | Mapping[str, Any] = "small", config_dir: str | os.PathLike | None = None, **overrides: Any
+) -> AutoencoderKL:
     """``AutoencoderKL`` with the profile's settings (``overrides`` replace single keyword arguments).
 
     paper: 256 px, channels 128/256/512/512, 2 residual blocks per level, no dropout, latent 4 x 32 x 32.
     small: 128 px, latent 4 x 16 x 16. tiny: 64 px, latent 4 x 8 x 8.
     """
-    kwargs = get_profile(profile)["autoencoder"]
+    kwargs = get_profile(profile, config_dir)["autoencoder"]
     kwargs.update(overrides)
     return AutoencoderKL(**kwargs)

@@ -20,6 +20,7 @@ X-ray conditioned UNet and learns how much depth and guidance to use.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -291,9 +292,11 @@ class XrayConditionedUNet(DiffusionModelUNet):
         return self.out(h)
 
 
-def build_unet(profile: str | Mapping[str, Any] = "small", **flags: Any) -> XrayConditionedUNet:
+def build_unet(
+    profile: str | Mapping[str, Any] = "small", config_dir: str | os.PathLike | None = None, **flags: Any
+) -> XrayConditionedUNet:
     """``XrayConditionedUNet`` with the profile's sizes; ``flags`` (``use_depth=False``, ``use_checkpoint=True``,
     any constructor argument) override the profile."""
-    kwargs = get_profile(profile)["unet"]
+    kwargs = get_profile(profile, config_dir)["unet"]
     kwargs.update(flags)
     return XrayConditionedUNet(**kwargs)

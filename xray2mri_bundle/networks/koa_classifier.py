@@ -8,6 +8,7 @@ passed through a softmax over the grades.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -71,8 +72,10 @@ class KOAClassifier(DenseNet):
         return logits, torch.softmax(maps, dim=1)
 
 
-def build_classifier(profile: str | Mapping[str, Any] = "small", **overrides: Any) -> KOAClassifier:
+def build_classifier(
+    profile: str | Mapping[str, Any] = "small", config_dir: str | os.PathLike | None = None, **overrides: Any
+) -> KOAClassifier:
     """KOA classifier with the profile's sizes (paper: DenseNet-121; small and tiny: narrower DenseNets)."""
-    kwargs = get_profile(profile)["classifier"]
+    kwargs = get_profile(profile, config_dir)["classifier"]
     kwargs.update(overrides)
     return KOAClassifier(**kwargs)

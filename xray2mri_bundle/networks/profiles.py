@@ -1,9 +1,11 @@
-"""Network sizes per profile ("paper", "small", "tiny") as plain JSON-friendly dictionaries.
+"""Network sizes per profile ("paper", "small", "tiny"), read from the bundle's JSON configs: defined once there.
 
-Each profile holds the keyword arguments of every network for the Python ``build_*`` helpers. The bundle configs
-spell the same arguments out as ``network_def``-style dicts (``configs/common.json``: the paper's ``*_def``;
-``configs/profiles/<name>.json`` replaces them); ``tests/test_checkpoint.py`` checks that both agree. A trained
-checkpoint does not depend on either: it stores the arguments its networks recorded (``xray2mri_bundle.checkpoint``).
+The bundle configs spell every network out as a MONAI ``network_def``-style dict: ``configs/common.json`` holds
+the paper's (``autoencoder_def``, ``classifier_def``, ``unet_def``, ``xray_encoder_def``: ``_target_`` plus the
+constructor keywords) and ``image_size``; ``configs/profiles/<name>.json`` replaces them for a smaller profile
+(MONAI merges config files key by key at the top level). :func:`get_profile` reads the same two files, so the
+Python ``build_*(profile)`` helpers and the bundle runs build the same networks from one definition. A trained
+checkpoint needs neither: it stores the arguments its networks recorded (``xray2mri_bundle.checkpoint``).
 
 - ``paper``: the published settings (AutoencoderKL 128/256/512/512, UNet 320/640/1280/1280, 8 heads,
   context 768). GPU only: about 860 M UNet parameters.
@@ -11,105 +13,68 @@ checkpoint does not depend on either: it stores the arguments its networks recor
   million parameters sized so that a 50-slice volume samples on 2 CPU cores (see docs/networks.md).
 - ``tiny``: 64 px slices, latent 4 x 8 x 8; for tests only.
 
-The X-ray embedding (cross-attention context) is 768 wide in every profile, as the data/engine code
-expects ``(B, 1, 768)``; the depth code appended to it has 4 values, so the context projection is
-``Linear(772, 768)`` like Zero-1-to-3's ``cc_projection``.
+The configs are read from ``config_dir``, by default ``configs/`` of the current folder (the bundle root, as
+for the other commands that read the checkout); an installed package outside a checkout has no profiles and
+says so (FileNotFoundError naming the missing file).
 """
 
 from __future__ import annotations
 
 import copy
+import functools
+import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
-__all__ = ["PROFILES", "PROFILE_NAMES", "get_profile"]
+__all__ = ["NETWORK_DEFS", "PROFILE_NAMES", "get_profile", "profile_config_files"]
 
-CONTEXT_DIM = 768
-DEPTH_CODE_DIM = 4
-
-PROFILES: dict[str, dict[str, Any]] = {
-    "paper": {
-        "image_size": 256,
-        "image_channels": 3,
-        "latent_shape": [4, 32, 32],
-        "autoencoder": {
-            "spatial_dims": 2,
-            "in_channels": 3,
-            "out_channels": 3,
-            "channels": [128, 256, 512, 512],
-            "num_res_blocks": 2,
-            # Like the LDM kl-f8 autoencoder: no attention inside the levels, one self-attention block in
-            # the encoder's and the decoder's middle (the "non-local" block).
-            "attention_levels": [False, False, False, False],
-            "latent_channels": 4,
-            "norm_num_groups": 32,
-            "norm_eps": 1e-6,
-            "with_encoder_nonlocal_attn": True,
-            "with_decoder_nonlocal_attn": True,
-        },
-        "unet": {
-            "latent_channels": 4,
-            "channels": [320, 640, 1280, 1280],
-            "num_res_blocks": 2,
-            "attention_levels": [True, True, True, False],
-            # 8 heads at every level: head width = channels / 8.
-            "num_head_channels": [40, 80, 160, 160],
-            "transformer_num_layers": 1,
-            "cross_attention_dim": CONTEXT_DIM,
-            "context_dim": CONTEXT_DIM,
-            "depth_code_dim": DEPTH_CODE_DIM,
-            "guidance_channels": 128,
-            "guidance_key_dim": 64,
-            "norm_num_groups": 32,
-        },
-        # DenseNet-121 layout: a 256 px X-ray gives an 8 x 8 final feature map.
-        "classifier": {"init_features": 64, "growth_rate": 32, "block_config": [6, 12, 24, 16]},
-        "xray_encoder": {"channels": [64, 128, 256, 512], "embed_dim": CONTEXT_DIM},
-    },
+#: the profiles shipped in ``configs/profiles/``
+PROFILE_NAMES: tuple[str, ...] = ("paper", "small", "tiny")
+#: profile part -> its ``network_def`` key in the bundle configs
+NETWORK_DEFS: dict[str, str] = {
+    "autoencoder": "autoencoder_def", "classifier": "classifier_def", "unet": "unet_def",
+    "xray_encoder": "xray_encoder_def",
 }
 
 
-def _derived(base: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
-    """A copy of ``base`` with ``changes`` applied: nested dicts merged key by key, other values replaced."""
-    merged = copy.deepcopy(dict(base))
-    for key, value in changes.items():
-        merged[key] = _derived(merged[key], value) if isinstance(value, Mapping) else copy.deepcopy(value)
-    return merged
+def profile_config_files(profile: str, config_dir: str | os.PathLike | None = None) -> list[Path]:
+    """``[<config_dir>/common.json, <config_dir>/profiles/<profile>.json]``, checked to exist."""
+    if profile not in PROFILE_NAMES:
+        raise KeyError(f"unknown network profile {profile!r}; choose one of {', '.join(PROFILE_NAMES)}")
+    folder = Path(config_dir) if config_dir is not None else Path.cwd() / "configs"
+    files = [folder / "common.json", folder / "profiles" / f"{profile}.json"]
+    for path in files:
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{path} is missing: network profile {profile!r} is read from the bundle's configs; run from the "
+                "bundle folder or pass config_dir (a trained checkpoint needs no profile)")
+    return files
 
 
-# The smaller profiles list only what differs from the paper's.
-PROFILES["small"] = _derived(PROFILES["paper"], {
-    "image_size": 128,
-    "latent_shape": [4, 16, 16],
-    "autoencoder": {"channels": [32, 32, 64, 64], "num_res_blocks": 1},
-    "unet": {
-        "channels": [32, 64, 128], "num_res_blocks": 1, "attention_levels": [False, False, True],
-        "num_head_channels": [32, 32, 32], "guidance_channels": 64, "guidance_key_dim": 32,
-    },
-    "classifier": {"init_features": 32, "growth_rate": 16, "block_config": [2, 4, 8, 6]},
-    "xray_encoder": {"channels": [32, 64, 128, 256]},
-})
-PROFILES["tiny"] = _derived(PROFILES["small"], {
-    "image_size": 64,
-    "latent_shape": [4, 8, 8],
-    "autoencoder": {
-        "channels": [32, 32, 32, 32], "with_encoder_nonlocal_attn": False, "with_decoder_nonlocal_attn": False,
-    },
-    "unet": {
-        "channels": [32, 32], "attention_levels": [False, True], "num_head_channels": [16, 16],
-        "guidance_channels": 16, "guidance_key_dim": 16,
-    },
-    "classifier": {"init_features": 16, "growth_rate": 8, "block_config": [1, 1, 1, 1]},
-    "xray_encoder": {"channels": [16, 32]},
-})
+@functools.lru_cache(maxsize=16)
+def _read_profile(profile: str, folder: str) -> dict[str, Any]:
+    from monai.bundle import ConfigParser  # MONAI's merge of config files (top-level keys replaced)
 
-PROFILE_NAMES: tuple[str, ...] = tuple(PROFILES)
+    merged = ConfigParser.load_config_files([str(p) for p in profile_config_files(profile, folder)])
+    sizes: dict[str, Any] = {"image_size": int(merged["image_size"])}
+    for part, key in NETWORK_DEFS.items():
+        # constructor keywords only: the class (`_target_`) and the condition flags, which refer to the stage
+        # settings (`@use_depth`, ...) and default to the class's own defaults, are not sizes
+        sizes[part] = {k: v for k, v in merged[key].items()
+                       if k != "_target_" and not (isinstance(v, str) and v[:1] in "@$%")}
+    autoencoder = sizes["autoencoder"]
+    side = sizes["image_size"] // 2 ** (len(autoencoder["channels"]) - 1)
+    sizes["image_channels"] = int(autoencoder["in_channels"])
+    sizes["latent_shape"] = [int(autoencoder["latent_channels"]), side, side]
+    return sizes
 
 
-def get_profile(profile: str | Mapping[str, Any]) -> dict[str, Any]:
-    """Return a deep copy of a named profile, or of a profile dictionary given directly (custom sizes)."""
+def get_profile(profile: str | Mapping[str, Any], config_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Sizes of a named profile (a fresh copy): ``image_size``, ``image_channels``, ``latent_shape`` and the
+    constructor keywords of ``autoencoder``, ``classifier``, ``unet``, ``xray_encoder``; a profile dictionary
+    given directly (custom sizes) is returned as a copy."""
     if isinstance(profile, Mapping):
         return copy.deepcopy(dict(profile))
-    if profile not in PROFILES:
-        raise KeyError(f"unknown network profile {profile!r}; choose one of {', '.join(PROFILE_NAMES)}")
-    return copy.deepcopy(PROFILES[profile])
+    folder = Path(config_dir) if config_dir is not None else Path.cwd() / "configs"
+    return copy.deepcopy(_read_profile(profile, str(folder.resolve())))

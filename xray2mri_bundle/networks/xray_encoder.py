@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -127,11 +128,12 @@ class ClipImageEncoder(nn.Module):
 
 
 def build_xray_encoder(
-    profile: str | Mapping[str, Any] = "small", kind: str = "trainable", clip_folder: str | Path | None = None
+    profile: str | Mapping[str, Any] = "small", kind: str = "trainable", clip_folder: str | Path | None = None,
+    config_dir: str | os.PathLike | None = None,
 ) -> nn.Module:
     """E2 for a profile: ``kind="trainable"`` (``XrayEncoder``) or ``"clip"`` (``ClipImageEncoder``, local folder)."""
     if kind == "trainable":
-        return XrayEncoder(**get_profile(profile)["xray_encoder"])
+        return XrayEncoder(**get_profile(profile, config_dir)["xray_encoder"])
     if kind == "clip":
         if clip_folder is None:
             raise ValueError("kind='clip' needs clip_folder, a local folder holding the CLIP vision model")
