@@ -2,8 +2,8 @@
 
 Runs ``engines.validation.ConditioningCheck`` (the training loss, epsilon- or v-MSE, with the knee's own X-ray,
 another knee's, none; same noise and timesteps) with the exported EMA weights on evenly spaced slices of the
-validation knees, for each diffusion checkpoint in ``--model-dir``, and replaces the marked block of
-docs/training.md.
+validation knees (``--split training``: of training knees), for each diffusion checkpoint in ``--model-dir``, and
+replaces the marked block of docs/training.md (validation knees only).
 
     python scripts/conditioning_check.py --model-dir models/small --dataset-dir data/cohort_train --knees 30
 
@@ -39,9 +39,9 @@ CHECKPOINTS = {"full": "diffusion.pt", "xray_no_guidance": "diffusion_xray_no_gu
 
 
 def measure(model_dir: Path, dataset_dir: Path, knees: int, slices_per_knee: int, cache_dir: Path,
-            datalist_file: Path | None = None) -> dict[str, dict[str, float]]:
+            datalist_file: Path | None = None, split: str = "validation") -> dict[str, dict[str, float]]:
     datalist = load_datalist(dataset_dir, datalist_file, seed=0, val_fraction=0.3)
-    records = select_knees(datalist["validation"], knees)
+    records = select_knees(datalist[split], knees)
     results: dict[str, dict[str, float]] = {}
     for name, filename in CHECKPOINTS.items():
         if not (model_dir / filename).is_file():
@@ -91,14 +91,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--model-dir", type=Path, default=Path("models/small"))
     p.add_argument("--dataset-dir", type=Path, required=True)
     p.add_argument("--datalist", type=Path, help="datalist JSON (default: index --dataset-dir, split seed 0)")
+    p.add_argument("--split", choices=("validation", "training"), default="validation",
+                   help="whose knees: validation (the docs table) or training (a loss well below the validation "
+                        "one means the model memorises its training knees)")
     p.add_argument("--knees", type=int, default=30)
     p.add_argument("--slices-per-knee", type=int, default=10)
     p.add_argument("--cache-dir", type=Path, default=Path("outputs/cache/conditioning"))
     p.add_argument("--no-doc", action="store_true")
     args = p.parse_args(argv)
     results = measure(args.model_dir, args.dataset_dir, args.knees, args.slices_per_knee, args.cache_dir,
-                      args.datalist)
-    if not args.no_doc:
+                      args.datalist, args.split)
+    if not args.no_doc and args.split == "validation":
         replace_block(DOC, markdown(results, args.knees, args.dataset_dir))
     return 0
 
