@@ -87,7 +87,7 @@ def _image_size(args: EvaluationOptions, profile: str) -> int:
     """Slice size in px: ``--image-size``, else what the model's autoencoder was trained at, else the profile's."""
     if args.image_size:
         return int(args.image_size)
-    autoencoder = Path(args.model_dir) / "autoencoder.pt"
+    autoencoder = resolve_model_dir(args.model_dir, profile) / "autoencoder.pt"
     if autoencoder.is_file():
         size = (read_checkpoint(autoencoder).get("settings") or {}).get("image_size")
         if size:

@@ -38,11 +38,16 @@ NETWORK_DEFS: dict[str, str] = {
 }
 
 
+def _config_folder(config_dir: str | os.PathLike | None) -> Path:
+    """The bundle's config folder: ``config_dir``, default ``configs/`` of the current folder (absolute)."""
+    return (Path(config_dir) if config_dir is not None else Path.cwd() / "configs").resolve()
+
+
 def profile_config_files(profile: str, config_dir: str | os.PathLike | None = None) -> list[Path]:
     """``[<config_dir>/common.json, <config_dir>/profiles/<profile>.json]``, checked to exist."""
     if profile not in PROFILE_NAMES:
         raise KeyError(f"unknown network profile {profile!r}; choose one of {', '.join(PROFILE_NAMES)}")
-    folder = Path(config_dir) if config_dir is not None else Path.cwd() / "configs"
+    folder = _config_folder(config_dir)
     files = [folder / "common.json", folder / "profiles" / f"{profile}.json"]
     for path in files:
         if not path.is_file():
@@ -76,5 +81,4 @@ def get_profile(profile: str | Mapping[str, Any], config_dir: str | os.PathLike 
     given directly (custom sizes) is returned as a copy."""
     if isinstance(profile, Mapping):
         return copy.deepcopy(dict(profile))
-    folder = Path(config_dir) if config_dir is not None else Path.cwd() / "configs"
-    return copy.deepcopy(_read_profile(profile, str(folder.resolve())))
+    return copy.deepcopy(_read_profile(profile, str(_config_folder(config_dir))))
