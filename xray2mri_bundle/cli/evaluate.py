@@ -54,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk-size", type=int, default=DEFAULTS.chunk_size, help="depths denoised together")
     p.add_argument("--seed", type=int, default=DEFAULTS.seed, help="base seed (each knee: CRC32 of its key + seed)")
     p.add_argument("--profile", choices=sorted(PROFILE_NAMES), help="network profile (default: from --model-dir name)")
-    p.add_argument("--image-size", type=int, help="slice / crop size (default: the profile's)")
+    p.add_argument("--image-size", type=int,
+                   help="slice / crop size (default: the model's autoencoder.pt size, else the profile's)")
     p.add_argument("--cache-dir", help="knee cache (default <out>/cache)")
     p.add_argument("--device", default=DEFAULTS.device, help="cpu, cuda, cuda:1 or auto (default)")
     p.add_argument("--nearest-metric", choices=("l2", "cosine"), default=DEFAULTS.nearest_metric,
