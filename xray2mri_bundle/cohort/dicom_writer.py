@@ -19,7 +19,7 @@ from pydicom.filewriter import write_data_element, write_file_meta_info
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from xray2mri_bundle.constants.geometry import CORONAL_ORIENTATION_LPS
-from xray2mri_bundle.data.dicom_utils import save_dataset
+from xray2mri_bundle.data.dicom_utils import grey_pixel_module, save_dataset
 
 SYNTHETIC_COMMENT = "SYNTHETIC phantom - not patient data"
 PATIENT_NAME = "SYNTHETIC^KNEE"
@@ -110,41 +110,23 @@ class SeriesInfo:
 
 
 def _common(ds: Dataset, patient: Patient, series: SeriesInfo, modality: str) -> None:
-    ds.SpecificCharacterSet = "ISO_IR 100"
+    """Patient, study and series tags every file of the cohort carries (all synthetic, says ImageComments)."""
+    ds.update({"SpecificCharacterSet": "ISO_IR 100", "Modality": modality, "Manufacturer": MANUFACTURER,
+               "InstitutionName": series.institution, "BurnedInAnnotation": "NO", "ImageComments": SYNTHETIC_COMMENT})
     for tag in ("StudyDate", "SeriesDate", "AcquisitionDate", "ContentDate"):
         setattr(ds, tag, series.date)
     for tag in ("StudyTime", "SeriesTime", "AcquisitionTime", "ContentTime"):
         setattr(ds, tag, series.time)
-    ds.AccessionNumber = ""
-    ds.Modality = modality
-    ds.Manufacturer = MANUFACTURER
-    ds.InstitutionName = series.institution
-    ds.ReferringPhysicianName = ""
-    ds.StudyDescription = "OAI-like baseline knee (synthetic)"
-    ds.SeriesDescription = series.description
-    ds.ProtocolName = series.description
-    ds.PatientName = PATIENT_NAME
-    ds.PatientID = patient.participant_id
-    ds.PatientBirthDate = ""
-    ds.PatientSex = patient.sex
-    ds.PatientAge = f"{patient.age:03d}Y"
-    ds.BodyPartExamined = "KNEE"
-    ds.StudyInstanceUID = series.study_uid
-    ds.SeriesInstanceUID = series.series_uid
-    ds.StudyID = "1"
-    ds.SeriesNumber = series.series_number
-    ds.BurnedInAnnotation = "NO"
-    ds.ImageComments = SYNTHETIC_COMMENT
+    ds.update({"PatientName": PATIENT_NAME, "PatientID": patient.participant_id, "PatientBirthDate": "",
+               "PatientSex": patient.sex, "PatientAge": f"{patient.age:03d}Y", "BodyPartExamined": "KNEE"})
+    ds.update({"StudyInstanceUID": series.study_uid, "StudyID": "1", "AccessionNumber": "",
+               "ReferringPhysicianName": "", "StudyDescription": "OAI-like baseline knee (synthetic)"})
+    ds.update({"SeriesInstanceUID": series.series_uid, "SeriesNumber": series.series_number,
+               "SeriesDescription": series.description, "ProtocolName": series.description})
 
 
-def _pixels(ds: Dataset, image: np.ndarray, bits_stored: int, photometric: str) -> None:
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = photometric
-    ds.Rows, ds.Columns = int(image.shape[0]), int(image.shape[1])
-    ds.BitsAllocated = 16
-    ds.BitsStored = bits_stored
-    ds.HighBit = bits_stored - 1
-    ds.PixelRepresentation = 0
+def _pixel_data(ds: Dataset, image: np.ndarray) -> None:
+    """PixelData (OW) of one uint16 frame."""
     ds.add_new(0x7FE00010, "OW", np.ascontiguousarray(image, dtype="<u2").tobytes())
 
 
@@ -159,39 +141,17 @@ def write_mr_series(folder: Path, volume: np.ndarray, patient: Patient, series: 
     folder.mkdir(parents=True, exist_ok=True)
     base = Dataset()
     _common(base, patient, series, "MR")
-    base.ImageType = ["ORIGINAL", "PRIMARY", "M", "ND"]
-    base.Laterality = laterality
-    base.ScanningSequence = "GR"
-    base.SequenceVariant = ["SP", "OSP"]
-    base.ScanOptions = ""
-    base.MRAcquisitionType = "3D"
-    base.SequenceName = "*fl3d1"
-    base.SliceThickness = ds_str(slice_mm, 2)
-    base.RepetitionTime = "20.00"
-    base.EchoTime = "7.57"
-    base.NumberOfAverages = "1"
-    base.ImagingFrequency = "123.2"
-    base.ImagedNucleus = "1H"
-    base.MagneticFieldStrength = "3"
-    base.SpacingBetweenSlices = ds_str(slice_mm, 2)
-    base.EchoTrainLength = 1
-    base.FlipAngle = "12"
-    base.PatientPosition = "FFS"
-    base.AcquisitionNumber = 1
-    base.ImageOrientationPatient = list(CORONAL_ORIENTATION_LPS)
-    base.FrameOfReferenceUID = series.frame_uid
-    base.PositionReferenceIndicator = ""
-    base.PixelSpacing = [ds_str(pixel_mm, 6), ds_str(pixel_mm, 6)]
-    base.WindowCenter = "1000"
-    base.WindowWidth = "2200"
-    base.SOPClassUID = MR_IMAGE_STORAGE
-    base.SamplesPerPixel = 1
-    base.PhotometricInterpretation = "MONOCHROME2"
-    base.Rows, base.Columns = int(volume.shape[1]), int(volume.shape[2])
-    base.BitsAllocated = 16
-    base.BitsStored = 12
-    base.HighBit = 11
-    base.PixelRepresentation = 0
+    # a 3 T 3-D gradient-echo (OAI's coronal T1 FLASH-like) acquisition, as the header of a real series states it
+    base.update({"ImageType": ["ORIGINAL", "PRIMARY", "M", "ND"], "Laterality": laterality, "ScanningSequence": "GR",
+                 "SequenceVariant": ["SP", "OSP"], "ScanOptions": "", "MRAcquisitionType": "3D",
+                 "SequenceName": "*fl3d1", "RepetitionTime": "20.00", "EchoTime": "7.57", "NumberOfAverages": "1",
+                 "ImagingFrequency": "123.2", "ImagedNucleus": "1H", "MagneticFieldStrength": "3",
+                 "EchoTrainLength": 1, "FlipAngle": "12", "PatientPosition": "FFS", "AcquisitionNumber": 1})
+    base.update({"SliceThickness": ds_str(slice_mm, 2), "SpacingBetweenSlices": ds_str(slice_mm, 2),
+                 "ImageOrientationPatient": list(CORONAL_ORIENTATION_LPS), "FrameOfReferenceUID": series.frame_uid,
+                 "PositionReferenceIndicator": "", "PixelSpacing": [ds_str(pixel_mm, 6), ds_str(pixel_mm, 6)]})
+    base.update({"WindowCenter": "1000", "WindowWidth": "2200", "SOPClassUID": MR_IMAGE_STORAGE,
+                 **grey_pixel_module(volume.shape[1], volume.shape[2], bits_stored=12)})
     common = _encode_elements(base)
     paths = []
     for i, k in enumerate(acquisition_order):
@@ -203,7 +163,7 @@ def write_mr_series(folder: Path, volume: np.ndarray, patient: Patient, series: 
         y = y0 + k * slice_mm
         own.ImagePositionPatient = [ds_str(x0), ds_str(y), ds_str(z0)]
         own.SliceLocation = ds_str(y)
-        own.add_new(0x7FE00010, "OW", np.ascontiguousarray(volume[k], dtype="<u2").tobytes())
+        _pixel_data(own, volume[k])
         path.write_bytes(_part10_bytes(_file_meta(MR_IMAGE_STORAGE, sop), common, own))
         paths.append(path)
     return paths
@@ -241,7 +201,8 @@ def write_film(path: Path, image: np.ndarray, patient: Patient, series: SeriesIn
         ds.PixelSpacing = [ds_str(spacing_mm, 6), ds_str(spacing_mm, 6)]
     ds.InstanceNumber = 1
     ds.FrameOfReferenceUID = series.frame_uid
-    _pixels(ds, image, bits_stored, photometric)
+    ds.update(grey_pixel_module(image.shape[0], image.shape[1], bits_stored, photometric))
+    _pixel_data(ds, image)
     top = (1 << bits_stored) - 1
     ds.RescaleIntercept = "0"
     ds.RescaleSlope = "1"

@@ -18,6 +18,7 @@ from pydicom.errors import InvalidDicomError
 __all__ = [
     "DataFileError",
     "expected_pixel_bytes",
+    "grey_pixel_module",
     "is_dicom_file",
     "list_series_files",
     "read_header",
@@ -62,6 +63,15 @@ def list_series_files(folder: str | os.PathLike) -> list[Path]:
         and p.suffix.lower() not in _NON_DICOM_SUFFIXES
     ]
     return sorted(files)
+
+
+def grey_pixel_module(rows: int, columns: int, bits_stored: int = 16, photometric: str = "MONOCHROME2") -> dict:
+    """The Image Pixel module of one unsigned 16-bit grey frame (``rows`` x ``columns``), as DICOM keywords for
+    ``Dataset.update``; the caller adds PixelData. Shared by the cohort's series and films and the generated
+    pseudo-MRI series."""
+    return {"SamplesPerPixel": 1, "PhotometricInterpretation": photometric, "Rows": int(rows), "Columns": int(columns),
+            "BitsAllocated": 16, "BitsStored": int(bits_stored), "HighBit": int(bits_stored) - 1,
+            "PixelRepresentation": 0}
 
 
 def expected_pixel_bytes(ds: Dataset) -> int:

@@ -77,12 +77,8 @@ class SampleValidation:
         use_intensity: bool = True,
         prediction_type: str = "epsilon",
     ) -> None:
-        self.prediction_type = prediction_type
-        self.dataset = dataset
-        self.autoencoder = autoencoder
-        self.denoiser = denoiser
-        self.scale_factor = scale_factor
-        self.classifier = classifier
+        self.dataset, self.prediction_type, self.scale_factor = dataset, prediction_type, scale_factor
+        self.autoencoder, self.denoiser, self.classifier = autoencoder, denoiser, classifier
         self.num_samples = int(num_samples)
         self.num_inference_steps = int(num_inference_steps)
         self.guidance_scale = float(guidance_scale)

@@ -50,7 +50,7 @@ from xray2mri_bundle.constants import MONTAGE_CAPTION
 from xray2mri_bundle.constants import VOLUME_CAPTION as DISCLAIMER
 from xray2mri_bundle.constants.geometry import CORONAL_ORIENTATION_LPS
 from xray2mri_bundle.data.atomic import atomic_dir, write_bytes_atomic
-from xray2mri_bundle.data.dicom_utils import save_dataset
+from xray2mri_bundle.data.dicom_utils import grey_pixel_module, save_dataset
 from xray2mri_bundle.data.plain import to_plain
 
 __all__ = [
@@ -64,6 +64,14 @@ __all__ = [
 ]
 
 _PIXEL_MAX = 4095
+#: what every generated series says about itself: derived (no acquisition, "research mode"), by whom, no identity
+_SYNTHETIC_MR_TAGS = {
+    "ImageType": ["DERIVED", "SECONDARY"], "BurnedInAnnotation": "NO", "Manufacturer": "xray2mri_bundle (synthetic)",
+    "DerivationDescription": "Pseudo-MRI synthesised by a latent diffusion model from a radiograph",
+    "PatientName": "", "PatientID": "", "PatientBirthDate": "", "PatientSex": "",
+    "ScanningSequence": "RM", "SequenceVariant": "NONE", "ScanOptions": "", "MRAcquisitionType": "", "EchoTime": "",
+    "EchoTrainLength": "",
+}
 """Stored DICOM value of +1.0 (12 bits used of 16): stored = round((v + 1) / 2 * 4095), v clipped to [-1, 1]."""
 _LPS_FROM_RAS = np.diag([-1.0, -1.0, 1.0])
 _RESERVED_KEYWORDS = frozenset(
@@ -278,63 +286,34 @@ def write_dicom_series(
     if notes:
         comments += " " + "; ".join(notes) + "."
 
+    # the same in every slice: identity blanked (source_info refills what the input film had), what the series is
+    series_tags = {
+        "SpecificCharacterSet": charset, "SOPClassUID": MRImageStorage, "Modality": "MR",
+        "StudyInstanceUID": study_uid, "SeriesInstanceUID": series_uid, "FrameOfReferenceUID": frame_uid,
+        "StudyDate": date, "SeriesDate": date, "ContentDate": date, "StudyTime": time, "SeriesTime": time,
+        "ContentTime": time, "StudyID": "", "AccessionNumber": "", "ReferringPhysicianName": "",
+        "SeriesNumber": int(series_number), "SeriesDescription": description, "ImageComments": comments,
+        **_SYNTHETIC_MR_TAGS,
+        "ImageOrientationPatient": list(CORONAL_ORIENTATION_LPS), "PositionReferenceIndicator": "",
+        "PixelSpacing": [_ds_number(row_mm), _ds_number(col_mm)], "SliceThickness": _ds_number(float(slice_spacing_mm)),
+        "SpacingBetweenSlices": _ds_number(float(slice_spacing_mm)),
+        **grey_pixel_module(height, width), "WindowCenter": _ds_number(_PIXEL_MAX / 2.0),
+        "WindowWidth": _ds_number(_PIXEL_MAX + 1.0),
+    }
     files = []
     with _atomic_dir(Path(out_dir), overwrite) as tmp:
         for k in range(n_slices):
             position_lps = _LPS_FROM_RAS @ (affine @ np.array([0.0, 0.0, k, 1.0]))[:3]
             sop_uid = generate_uid()
-            meta = FileMetaDataset()
-            meta.MediaStorageSOPClassUID = MRImageStorage
-            meta.MediaStorageSOPInstanceUID = sop_uid
-            meta.TransferSyntaxUID = ExplicitVRLittleEndian
-            meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-
             ds = Dataset()
-            ds.file_meta = meta
-            ds.SpecificCharacterSet = charset
-            ds.SOPClassUID = MRImageStorage
-            ds.SOPInstanceUID = sop_uid
-            ds.StudyInstanceUID = study_uid
-            ds.SeriesInstanceUID = series_uid
-            ds.FrameOfReferenceUID = frame_uid
-            ds.Modality = "MR"
-            ds.ImageType = ["DERIVED", "SECONDARY"]
-            ds.SeriesDescription = description
-            ds.ImageComments = comments
-            ds.DerivationDescription = "Pseudo-MRI synthesised by a latent diffusion model from a radiograph"
-            ds.BurnedInAnnotation = "NO"
-            ds.Manufacturer = "xray2mri_bundle (synthetic)"
-            ds.PatientName = ""
-            ds.PatientID = ""
-            ds.PatientBirthDate = ""
-            ds.PatientSex = ""
-            ds.StudyDate = ds.SeriesDate = ds.ContentDate = date
-            ds.StudyTime = ds.SeriesTime = ds.ContentTime = time
-            ds.StudyID = ""
-            ds.AccessionNumber = ""
-            ds.ReferringPhysicianName = ""
-            ds.SeriesNumber = int(series_number)
-            ds.InstanceNumber = k + 1
-            ds.ScanningSequence = "RM"  # research mode: no acquisition took place
-            ds.SequenceVariant = "NONE"
-            ds.ScanOptions = ""
-            ds.MRAcquisitionType = ""
-            ds.EchoTime = ""
-            ds.EchoTrainLength = ""
-            ds.PositionReferenceIndicator = ""
-            ds.ImagePositionPatient = [_ds_number(x) for x in position_lps]
-            ds.ImageOrientationPatient = list(CORONAL_ORIENTATION_LPS)
-            ds.SliceLocation = _ds_number(float(position_lps[1]))
-            ds.PixelSpacing = [_ds_number(row_mm), _ds_number(col_mm)]
-            ds.SliceThickness = _ds_number(float(slice_spacing_mm))
-            ds.SpacingBetweenSlices = _ds_number(float(slice_spacing_mm))
-            ds.SamplesPerPixel = 1
-            ds.PhotometricInterpretation = "MONOCHROME2"
-            ds.Rows, ds.Columns = height, width
-            ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
-            ds.PixelRepresentation = 0
-            ds.WindowCenter = _ds_number(_PIXEL_MAX / 2.0)
-            ds.WindowWidth = _ds_number(_PIXEL_MAX + 1.0)
+            ds.file_meta = FileMetaDataset()
+            ds.file_meta.update({"MediaStorageSOPClassUID": MRImageStorage, "MediaStorageSOPInstanceUID": sop_uid,
+                                 "TransferSyntaxUID": ExplicitVRLittleEndian,
+                                 "ImplementationClassUID": PYDICOM_IMPLEMENTATION_UID})
+            ds.update(series_tags)
+            ds.update({"SOPInstanceUID": sop_uid, "InstanceNumber": k + 1,
+                       "ImagePositionPatient": [_ds_number(x) for x in position_lps],
+                       "SliceLocation": _ds_number(float(position_lps[1]))})
             if source_item is not None:
                 ds.SourceImageSequence = DicomSequence([source_item])
             for key, value in info.items():

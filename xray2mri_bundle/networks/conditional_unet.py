@@ -122,14 +122,11 @@ class XrayConditionedUNet(DiffusionModelUNet):
             upcast_attention=upcast_attention,
             use_flash_attention=use_flash_attention,
         )
-        self.latent_channels = latent_channels
-        self.context_dim = context_dim
+        self.latent_channels, self.context_dim, self.depth_scale = latent_channels, context_dim, depth_scale
         self.depth_code_dim = depth_code_dim if (use_depth and use_context) else 0
-        self.depth_scale = depth_scale
-        self.use_depth = use_depth
-        self.use_xray_latent = use_xray_latent
-        self.use_context = use_context
-        self.use_guidance = use_guidance
+        # which conditions this network takes (the ablations switch them off)
+        self.use_depth, self.use_xray_latent, self.use_context, self.use_guidance = (
+            use_depth, use_xray_latent, use_context, use_guidance)
         self.use_checkpoint = use_checkpoint
         time_embed_dim = channels[0] * 4
 

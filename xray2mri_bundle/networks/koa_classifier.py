@@ -41,16 +41,9 @@ class KOAClassifier(DenseNet):
         dropout_prob: float = 0.0,
         map_size: int = 8,
     ) -> None:
-        super().__init__(
-            spatial_dims=2,
-            in_channels=in_channels,
-            out_channels=num_classes,
-            init_features=init_features,
-            growth_rate=growth_rate,
-            block_config=block_config,
-            bn_size=bn_size,
-            dropout_prob=dropout_prob,
-        )
+        # MONAI DenseNet(spatial_dims, in_channels, out_channels, init_features, growth_rate, block_config, bn_size)
+        super().__init__(2, in_channels, num_classes, init_features, growth_rate, block_config, bn_size,
+                         dropout_prob=dropout_prob)
         self.num_classes = num_classes
         self.map_size = map_size
 
