@@ -90,3 +90,21 @@ def test_preview_png(datalist: Path, tmp_path: Path) -> None:
     out2 = tmp_path / "by_subject.png"
     assert preview_main(["--datalist", str(datalist), "--subject", subject, "--side", "LEFT", "--out", str(out2)]) == 0
     assert out2.is_file()
+
+
+@pytest.mark.parametrize("profile", ["tiny", "small"])
+def test_bundle_knee_preprocessing_is_the_library_chain(profile: str) -> None:
+    """configs/common.json's ``knee_preprocessing`` (what training caches) and ``knee_transforms`` (what the
+    evaluator and the tools cache) are the same transforms with the same settings: same cache fingerprint."""
+    from monai.bundle import ConfigParser
+
+    from xray2mri_bundle.data.datasets import knee_transforms, transform_fingerprint
+
+    root = Path(__file__).resolve().parents[1]
+    parser = ConfigParser()
+    parser.read_config([str(root / "configs" / "common.json"), str(root / "configs" / "profiles" / f"{profile}.json")])
+    size = parser.get_parsed_content("image_size")
+    bundle_chain = parser.get_parsed_content("knee_preprocessing")
+    assert [type(t) for t in bundle_chain.transforms] == [type(t) for t in knee_transforms(size, size).transforms]
+    assert transform_fingerprint(bundle_chain) == transform_fingerprint(knee_transforms(size, size))
+    assert transform_fingerprint(bundle_chain) != transform_fingerprint(knee_transforms(size + 32, size + 32))
