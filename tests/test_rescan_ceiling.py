@@ -41,11 +41,19 @@ def test_the_generator_gives_back_the_stored_mri_and_the_twins_differ_as_describ
     assert np.array_equal(stored, simulate_subject(cfg, index).knees[record["side"]].mri)
 
     assert rc.main(["--dataset-dir", str(cohort), "--max-knees", "1", "--slices", "10", "--size", "64",
-                    "--out", str(tmp_path)]) == 0
+                    "--draws", "1", "--out", str(tmp_path)]) == 0
     result = json.loads((tmp_path / "rescan_ceiling.json").read_text())
     knee = result["per_knee"][0]
     assert result["knees"] == 1 and (knee["subject"], knee["side"]) == (str(record["subject"]), record["side"])
     assert knee["rescan"]["ssim"] > 0.6 and knee["rescan"]["ssim"] > knee["repositioned"]["ssim"] + 0.1
-    assert knee["rescan"]["psnr"] > knee["repositioned"]["psnr"]
-    twin = tmp_path / "twins" / f"{knee['subject']}_{knee['side']}_rescan"
+    assert knee["rescan"]["psnr"] > knee["repositioned"]["psnr"] and len(knee["shifted"]["draws"]) == 1
+    twin = tmp_path / "twins" / f"{knee['subject']}_{knee['side']}_rescan_0"
     assert len(list(twin.iterdir())) == stored.shape[0]
+
+
+def test_slab_start_keeps_the_paper_slices_or_centres_the_joint() -> None:
+    """``--frame slices``: the paper's 13-63; ``--frame joint``: the joint at kept index 23, inside the 80 slices."""
+    rc = _script()
+    assert rc.slab_start("slices", None) == rc.slab_start("joint", 36.4) == 13
+    assert rc.slab_start("joint", 38.0) == 15
+    assert rc.slab_start("joint", 2.0) == 0 and rc.slab_start("joint", 79.0) == 30
