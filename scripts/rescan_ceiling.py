@@ -48,6 +48,8 @@ from xray2mri_bundle.metrics.image_quality import volume_psnr, volume_ssim
 from xray2mri_bundle.metrics.rssim import volume_rssim
 
 TWINS = ("rescan", "shifted", "repositioned")
+METRICS = ("psnr", "ssim", "rssim")
+KEPT = MRI_KEPT_SLICES[1] - MRI_KEPT_SLICES[0]  # 50 slices, the paper's 13-63
 JOINT_INDEX = 23  # kept index of the joint in the paper's slices 13-63 (joint slice 34-38 of 80)
 
 
@@ -59,16 +61,20 @@ def subject_index(seed: int, pid: str, limit: int = 100_000) -> int:
     raise ValueError(f"participant {pid} is not a subject of a cohort with generator seed {seed}")
 
 
-def twin_volume(cfg: CohortConfig, index: int, side: str, twin: str, draw: int = 0
-                ) -> tuple[np.ndarray, mri.MriGeometry, float]:
-    """Draw ``draw`` of a second MRI (SLICES, N, N) uint16 of knee (``index``, ``side``), its geometry and joint
-    slice (see the module doc)."""
-    subject = simulate_subject(cfg, index)
-    knee = subject.knees[side]
-    layers = anatomy.build_layers(knee.params)
-    fresh = np.random.default_rng([cfg.seed, index, TWINS.index(twin) + 1, draw, 20261207])
-    # replay the knee's own MRI stream up to its placement: the same geometry and pose as the stored series
+def stored_knee(cfg: CohortConfig, index: int, side: str) -> tuple[list, mri.MriGeometry, Pose]:
+    """The anatomy layers of knee (``index``, ``side``) and the placement of its stored series (its own MRI stream
+    replayed up to the placement); simulated once per knee, shared by all its twins."""
+    layers = anatomy.build_layers(simulate_subject(cfg, index).knees[side].params)
     geom, pose = mri.place_mri(side, cfg.mri_matrix, subject_streams(cfg.seed, index)[f"mri_{side.lower()}"])
+    return layers, geom, pose
+
+
+def twin_volume(cfg: CohortConfig, index: int, side: str, knee: tuple[list, mri.MriGeometry, Pose], twin: str,
+                draw: int = 0) -> tuple[np.ndarray, mri.MriGeometry, float]:
+    """Draw ``draw`` of a second MRI (SLICES, N, N) uint16 of the ``stored_knee`` ``knee``, its geometry and joint
+    slice (see the module doc)."""
+    layers, geom, pose = knee
+    fresh = np.random.default_rng([cfg.seed, index, TWINS.index(twin) + 1, draw, 20261207])
     if twin != "rescan":
         new_geom, new_pose = mri.place_mri(side, cfg.mri_matrix, fresh)
         geom, pose = new_geom, (Pose(M=pose.M, t=new_pose.t) if twin == "shifted" else new_pose)
@@ -82,7 +88,7 @@ def slab_start(frame: str, joint_slice: float | None) -> int:
         return MRI_KEPT_SLICES[0]
     if joint_slice is None:
         raise ValueError("--frame joint needs the joint slice of every knee (the cohort's ground_truth.csv)")
-    return int(np.clip(round(joint_slice) - JOINT_INDEX, 0, MRI_SLICES - 50))
+    return int(np.clip(round(joint_slice) - JOINT_INDEX, 0, MRI_SLICES - KEPT))
 
 
 def write_twin(folder: Path, volume: np.ndarray, geom: mri.MriGeometry, seed: int, side: str) -> Path:
@@ -103,7 +109,7 @@ def pair_with_evaluation(rows: list[dict], per_knee_csv: str | Path, path: Path)
     written to ``path``."""
     keys = {(str(r["subject"]), str(r["side"])) for r in rows}
     paired = [{"subject": str(r["subject"]), "side": str(r["side"]), "method": twin,
-               **{m: r[twin][m] for m in ("psnr", "ssim", "rssim")}}
+               **{m: r[twin][m] for m in METRICS}}
               for r in rows for twin in TWINS]
     paired += [{**r, "subject": str(r["subject"]), "side": str(r["side"])} for r in read_rows(per_knee_csv)
                if (str(r["subject"]), str(r["side"])) in keys]
@@ -152,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         chain = Compose(mri_transforms("mri", size=args.size, start=start, channels=1))
         return chain({"mri": folder, "side": side})["mri"][..., keep]
 
-    keep = slice_indices(50, args.slices)
+    keep = slice_indices(KEPT, args.slices)
     out = Path(args.out)
     result = out / "rescan_ceiling.json"
     done = {}
@@ -170,30 +176,30 @@ def main(argv: list[str] | None = None) -> int:
         joint = truth_table.get((pid, side), {}).get("mri_joint_slice")
         truth = preprocess(record["mri"], side, None if joint in (None, "") else float(joint))
         row = {"subject": pid, "side": side, "kl": record.get("kl")}
+        index = subject_index(cfg.seed, pid)
+        knee = stored_knee(cfg, index, side)
         for twin in TWINS:
             scores = []
             for draw in range(args.draws):
-                volume, geom, twin_joint = twin_volume(cfg, subject_index(cfg.seed, pid), side, twin, draw)
+                volume, geom, twin_joint = twin_volume(cfg, index, side, knee, twin, draw)
                 folder = write_twin(out / "twins" / f"{pid}_{side}_{twin}_{draw}", volume, geom, cfg.seed, side)
                 other = preprocess(str(folder), side, twin_joint)
                 if draw:  # one twin of each kind stays for a viewer (80 slices of 256 x 256: 10 MB a series)
                     shutil.rmtree(folder)
                 scores.append((volume_psnr(other, truth), volume_ssim(other, truth), volume_rssim(other, truth)))
-            row[twin] = dict(zip(("psnr", "ssim", "rssim"), (float(v) for v in np.mean(scores, axis=0)), strict=True))
+            row[twin] = dict(zip(METRICS, (float(v) for v in np.mean(scores, axis=0)), strict=True))
             row[twin]["draws"] = [[float(v) for v in score] for score in scores]
         rows.append(row)
         out.mkdir(parents=True, exist_ok=True)
         result.write_text(json.dumps({"slices": keep, "size": args.size, "frame": args.frame, "draws": args.draws,
-                                      "per_knee": rows},
-                                     indent=1))
+                                      "per_knee": rows}, indent=1))
         print(f"[{n}/{len(knees)}] {pid} {side}: " + "; ".join(
-            f"{t} " + " ".join(f"{m} {row[t][m]:.3f}" for m in ("psnr", "ssim", "rssim")) for t in TWINS), flush=True)
-    metrics = ("psnr", "ssim", "rssim")
-    medians = {t: {m: statistics.median(r[t][m] for r in rows) for m in metrics} for t in TWINS}
+            f"{t} " + " ".join(f"{m} {row[t][m]:.3f}" for m in METRICS) for t in TWINS), flush=True)
+    medians = {t: {m: statistics.median(r[t][m] for r in rows) for m in METRICS} for t in TWINS}
     # what the evaluator's single-sample row measures: ONE twin per knee, the median over knees (averaged over the
     # draws); the per-knee mean above is the expected score of one sample, which a skewed spread lifts
     single = {t: {m: float(np.mean([statistics.median(r[t]["draws"][d][i] for r in rows) for d in range(args.draws)]))
-                  for i, m in enumerate(metrics)} for t in TWINS}
+                  for i, m in enumerate(METRICS)} for t in TWINS}
     result.write_text(json.dumps({"dataset_dir": str(root), "frame": args.frame, "draws": args.draws,
                                   "knees": len(rows), "slices": keep, "size": args.size, "medians": medians,
                                   "single_draw_medians": single,
