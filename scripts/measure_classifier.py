@@ -38,7 +38,7 @@ def measure(model_dir: Path, dataset_dir: Path, profile: str, split_seed: int = 
     """Accuracy, confusion matrix and majority-class accuracy of ``model_dir/classifier.pt`` on the split."""
     datalist = load_datalist(dataset_dir, None, seed=split_seed, val_fraction=0.3)
     size = int(get_profile(profile)["image_size"])
-    chain = Compose(xray_transforms("xray", size=size, intensity_key=None))
+    chain = Compose(xray_transforms(size=size, intensity=False))
     classifier = load_network(model_dir / "classifier.pt")
     truth, predicted = [], []
     for record in datalist["validation"]:

@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def preprocess(folder: str, side: str, joint_slice: float | None) -> np.ndarray:
         start = slab_start(args.frame, joint_slice)
-        chain = Compose(mri_transforms("mri", size=args.size, start=start, channels=1))
+        chain = Compose(mri_transforms(size=args.size, start=start))
         return chain({"mri": folder, "side": side})["mri"][..., keep]
 
     keep = slice_indices(KEPT, args.slices)

@@ -92,19 +92,73 @@ def test_preview_png(datalist: Path, tmp_path: Path) -> None:
     assert out2.is_file()
 
 
+def test_packaged_configs_are_the_bundle_configs() -> None:
+    """The library reads the bundle configs as package data (``importlib.resources``); in a checkout (and an
+    editable install) they are the very files of ``configs/``."""
+    from xray2mri_bundle.data.bundle_configs import config_file
+
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    names = sorted(p.relative_to(configs).as_posix() for p in configs.rglob("*.json"))
+    assert {"common.json", "inference.json", "profiles/tiny.json"} <= set(names)
+    for name in names:
+        assert config_file(name).read_bytes() == (configs / name).read_bytes(), name
+
+
+def _settings(chain: object) -> dict[str, dict]:
+    """Class name -> the public settings of its inner transform (the MRI and X-ray steps of the knee chain)."""
+    out: dict[str, dict] = {}
+    for t in chain.transforms:
+        inner = [v for k, v in vars(t).items() if not k.startswith("_") and hasattr(v, "__dict__")]
+        key = f"{type(t).__name__}:{t.keys[0]}"
+        out[key] = {k: v for k, v in vars(inner[0]).items() if not k.startswith("_")} if inner else {}
+    return out
+
+
+def test_knee_transforms_is_the_configured_chain_and_takes_its_settings(datalist: Path) -> None:
+    """``knee_transforms`` builds common.json's ``knee_preprocessing``; its arguments replace the config's
+    settings, and the chain gives the shapes they ask for."""
+    from xray2mri_bundle.data.bundle_configs import parse_config
+    from xray2mri_bundle.data.datasets import knee_transforms
+    from xray2mri_bundle.data.localiser import ClassicalJointLocaliser
+
+    chain = knee_transforms()
+    assert [type(t).__name__ for t in chain.transforms] == [
+        "LoadMRISeriesd", "SelectSlicesd", "LocaliseMRIJointd", "CropMRIJointd", "ScalePercentilesd", "LoadXrayd",
+        "InvertMonochrome1d", "SelectKneed", "LocaliseJointd", "CropJointd", "ScalePercentilesd",
+        "IntensityDistributiond", "MetaToDictd"]
+    paper = _settings(chain)
+    assert (paper["SelectSlicesd:mri"]["start"], paper["SelectSlicesd:mri"]["count"]) == (13, 50)
+    assert paper["CropMRIJointd:mri"]["size"] == 256 and paper["CropJointd:xray"]["spatial_size"] == 256
+    assert paper["CropMRIJointd:mri"]["size_mm"] == paper["CropJointd:xray"]["size_mm"] == 140.0
+    assert (paper["ScalePercentilesd:xray"]["lower"], paper["ScalePercentilesd:xray"]["upper"]) == (0.5, 99.5)
+
+    localiser = ClassicalJointLocaliser()
+    chain = knee_transforms(mri_size=32, xray_size=48, slice_start=10, slice_count=20, crop_mm=120.0,
+                            percentiles=(1.0, 99.0), localiser=localiser, png_spacing_mm=0.2)
+    given = _settings(chain)
+    assert (given["SelectSlicesd:mri"]["start"], given["SelectSlicesd:mri"]["count"]) == (10, 20)
+    assert given["CropMRIJointd:mri"]["size"] == 32 and given["CropJointd:xray"]["spatial_size"] == 48
+    assert given["CropMRIJointd:mri"]["size_mm"] == given["CropJointd:xray"]["size_mm"] == 120.0
+    assert (given["ScalePercentilesd:mri"]["lower"], given["ScalePercentilesd:mri"]["upper"]) == (1.0, 99.0)
+    assert given["LocaliseJointd:xray"]["localiser"] is localiser
+    assert given["LoadXrayd:xray"]["png_spacing_mm"] == 0.2
+    with pytest.raises(KeyError, match="no setting"):  # a misspelt setting is an error, not a silent default
+        parse_config("common.json", "knee_preprocessing", {"mri_sise": 32})
+
+    knee = knee_transforms(mri_size=32, xray_size=48, slice_count=20)(read_datalist(datalist)[0])
+    assert knee["mri"].shape == (1, 32, 32, 20) and knee["xray"].shape == (1, 48, 48)
+    assert knee["intensity"].shape == (16, 8, 8) and knee["mri_meta"]["slice_count"] == 20
+
+
 @pytest.mark.parametrize("profile", ["tiny", "small"])
-def test_bundle_knee_preprocessing_is_the_library_chain(profile: str) -> None:
-    """configs/common.json's ``knee_preprocessing`` (what training caches) and ``knee_transforms`` (what the
-    evaluator and the tools cache) are the same transforms with the same settings: same cache fingerprint."""
+def test_a_profile_sizes_the_bundle_knee_preprocessing(profile: str) -> None:
+    """A profile's (or the command line's) ``image_size`` reaches both crops of the chain training caches."""
     from monai.bundle import ConfigParser
 
-    from xray2mri_bundle.data.datasets import knee_transforms, transform_fingerprint
-
-    root = Path(__file__).resolve().parents[1]
+    configs = Path(__file__).resolve().parents[1] / "configs"
     parser = ConfigParser()
-    parser.read_config([str(root / "configs" / "common.json"), str(root / "configs" / "profiles" / f"{profile}.json")])
+    parser.read_config([str(configs / "common.json"), str(configs / "profiles" / f"{profile}.json")])
     size = parser.get_parsed_content("image_size")
-    bundle_chain = parser.get_parsed_content("knee_preprocessing")
-    assert [type(t) for t in bundle_chain.transforms] == [type(t) for t in knee_transforms(size, size).transforms]
-    assert transform_fingerprint(bundle_chain) == transform_fingerprint(knee_transforms(size, size))
-    assert transform_fingerprint(bundle_chain) != transform_fingerprint(knee_transforms(size + 32, size + 32))
+    assert size == {"tiny": 64, "small": 128}[profile]
+    settings = _settings(parser.get_parsed_content("knee_preprocessing"))
+    assert settings["CropMRIJointd:mri"]["size"] == settings["CropJointd:xray"]["spatial_size"] == size

@@ -56,7 +56,7 @@ def test_mri_localiser_finds_the_cohort_joint(cohort: Path, truth: list[dict]) -
 
 def test_mri_chain_centres_the_frame_on_the_joint(cohort: Path, truth: list[dict]) -> None:
     row = truth[0]
-    out = Compose(mri_transforms("mri", size=32, channels=1))(
+    out = Compose(mri_transforms(size=32))(
         {"mri": str(cohort / row["mri_folder"]), "side": row["side"]})["mri"]
     assert out.shape == (1, 32, 32, 50) and out.meta["frame_mm"] == FRAME_MM
     # the output's centre maps (affine) to the world position of the localised joint in the original volume

@@ -40,10 +40,9 @@ def _record(cohort: Path, row: dict) -> dict:
 
 # ------------------------------------------------------------------------------------------------ MRI
 def test_mri_chain_shapes_range_meta(cohort: Path, truth: list[dict]) -> None:
-    out = Compose(mri_transforms("mri", size=32))({"mri": str(cohort / truth[0]["mri_folder"])})["mri"]
-    assert out.shape == (3, 32, 32, 50) and out.dtype == torch.float32
+    out = Compose(mri_transforms(size=32))({"mri": str(cohort / truth[0]["mri_folder"])})["mri"]
+    assert out.shape == (1, 32, 32, 50) and out.dtype == torch.float32  # one channel: the slice dataset repeats it
     assert float(out.min()) == -1.0 and float(out.max()) == 1.0
-    assert torch.equal(out[0], out[1]) and torch.equal(out[0], out[2])
     np.testing.assert_allclose(out.meta["spacing"], (140.0 / 32, 140.0 / 32, 1.5))  # the joint-centred frame
     assert out.meta["slice_start"] == 13 and out.meta["slice_count"] == 50
 
@@ -92,7 +91,7 @@ def test_select_slices_errors_name_the_file(cohort: Path, truth: list[dict]) -> 
 
 # ------------------------------------------------------------------------------------------------ X-ray
 def test_every_crop_contains_its_joint(cohort: Path, truth: list[dict]) -> None:
-    chain = Compose(xray_transforms("xray", size=64))
+    chain = Compose(xray_transforms(size=64))
     for row in truth:
         out = chain({"xray": str(film_path(cohort, row)), "side": row["side"]})
         x = out["xray"]
@@ -166,7 +165,7 @@ def test_png_and_nifti_films(cohort: Path, truth: list[dict], tmp_path: Path) ->
     np.testing.assert_array_equal(nii.pixels, pixels)
     assert nii.spacing_mm == pytest.approx((sp, sp)) and png.spacing_source == "default"
     assert read_xray(tmp_path / "film.png").spacing_mm == pytest.approx((140 / 299, 140 / 299))
-    chain = Compose(xray_transforms("xray", size=64, png_spacing_mm=sp))
+    chain = Compose(xray_transforms(size=64, png_spacing_mm=sp))
     out = chain({"xray": str(tmp_path / "film.png"), "side": row["side"]})
     r0, c0, r1, c1 = out["xray"].meta["crop_box"]
     assert r0 <= int(row["joint_row"]) < r1 and c0 <= int(row["joint_col"]) < c1

@@ -511,30 +511,27 @@ def test_bundle_run_reports_a_bad_xray_and_writes_the_others(bundle_dir: Path, t
     assert nib.load(out / "film_left" / "pseudo_mri.nii.gz").shape == (SIZE, SIZE, 2)
 
 
-def test_inference_json_preprocessing_is_the_library_chain() -> None:
-    """configs/inference.json spells out ``knees.knee_preprocessing``: the same transforms with the same settings."""
-    from monai.bundle import ConfigParser
+def test_knee_preprocessing_is_the_inference_json_chain_with_its_settings(tmp_path: Path) -> None:
+    """``knees.knee_preprocessing`` builds configs/inference.json's ``preprocessing`` (as packaged) with the
+    caller's side, size and PNG spacing; a bilateral film gives one crop per knee, ``side`` picks one."""
+    from xray2mri_bundle.inference.knees import SplitKneesd, knee_preprocessing
 
-    from xray2mri_bundle.inference.knees import knee_preprocessing
+    chain = knee_preprocessing("left", SIZE, 0.25)
+    assert [type(t).__name__ for t in chain.transforms] == [
+        "LoadXrayd", "SplitKneesd", "InvertMonochrome1d", "SelectKneed", "LocaliseJointd", "CropJointd",
+        "ScalePercentilesd"]
+    split, crop, scale = chain.transforms[1], chain.transforms[5], chain.transforms[6]
+    assert isinstance(split, SplitKneesd) and split.side == "LEFT"
+    assert crop.crop.spatial_size == SIZE and crop.crop.size_mm == 140.0
+    assert (scale.scaler.lower, scale.scaler.upper, scale.scaler.b_min, scale.scaler.b_max) == (0.5, 99.5, -1.0, 1.0)
+    assert chain.transforms[0].loader.png_spacing_mm == 0.25
 
-    parser = ConfigParser()
-    parser.read_config(str(ROOT / "configs" / "inference.json"))
-    parser["image_size"] = 256
-    config = parser.get_parsed_content("preprocessing").transforms
-    library = knee_preprocessing("xray", parser["side"], 256, parser["png_spacing_mm"])
-    assert [type(t) for t in config] == [type(t) for t in library]
-
-    def state(obj: object) -> object:  # settings, recursively: plain values, and objects by type and settings
-        if isinstance(obj, (int, float, str, bool, type(None))):
-            return obj
-        if isinstance(obj, (list, tuple)):
-            return [state(v) for v in obj]
-        if isinstance(obj, dict):
-            return {k: state(v) for k, v in obj.items()}
-        return (type(obj).__name__, state(vars(obj)) if hasattr(obj, "__dict__") else repr(obj))
-
-    for a, b in zip(config, library, strict=True):
-        assert state(a) == state(b), type(a).__name__
+    film = write_film(tmp_path / "film.dcm")
+    both = knee_preprocessing("both", SIZE)({"xray": str(film)})
+    assert [item["side"] for item in both] == ["RIGHT", "LEFT"]
+    assert all(item["xray"].shape == (1, SIZE, SIZE) for item in both)
+    left = chain({"xray": str(film)})
+    assert len(left) == 1 and torch.equal(left[0]["xray"].as_tensor(), both[1]["xray"].as_tensor())
 
 
 def test_condition_encoder_batches_crops_and_rejects_colour(pipeline: VolumeGenerator) -> None:

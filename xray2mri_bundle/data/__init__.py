@@ -2,7 +2,8 @@
 dataset with caching, preview PNG. Synthetic research data only; nothing here is for diagnosis.
 
 Submodules: ``index`` (datalist), ``report``, ``mri_transforms``, ``xray_transforms``, ``localiser``,
-``intensity``, ``datasets``, ``preview`` and the readers ``dicom_utils``, ``mri_io``, ``xray_io``. The most
+``intensity``, ``datasets``, ``preview``, ``bundle_configs`` (the bundle's configs as package data, from which
+the chains are built) and the readers ``dicom_utils``, ``mri_io``, ``xray_io``. The most
 used names are re-exported here lazily, so ``xray2mri index`` does not pay for importing MONAI / torch.
 """
 

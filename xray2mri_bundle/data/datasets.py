@@ -1,8 +1,9 @@
 """Knee-level preprocessing + cache, and the slice-level dataset the diffusion model trains on.
 
-A *knee* (one datalist record) is preprocessed once by :func:`knee_transforms` (DICOM decode, orientation,
-slices 13..62, resize, [-1, 1], X-ray crop, intensity map) and cached: on disk with MONAI
-``PersistentDataset`` (``cache_dir``), or in memory with ``CacheDataset``; later epochs never decode DICOM.
+A *knee* (one datalist record) is preprocessed once by :func:`knee_transforms` (``knee_preprocessing`` of
+``configs/common.json``: DICOM decode, orientation, slices 13..62, resize, [-1, 1], X-ray crop, intensity map)
+and cached: on disk with MONAI ``PersistentDataset`` (``cache_dir``), or in memory with ``CacheDataset``; later
+epochs never decode DICOM.
 The cache stores the MRI with ONE channel (a third of the bytes); :class:`KneeSliceDataset` repeats it to 3
 channels per slice.
 
@@ -34,10 +35,8 @@ from monai.transforms import Compose, MapTransform, Randomizable
 
 from xray2mri_bundle.data.plain import to_plain
 
-from .intensity import DEFAULT_PERCENTILES
-from .localiser import JointLocaliser
-from .mri_transforms import mri_transforms
-from .xray_transforms import CROP_MM, xray_transforms
+from .bundle_configs import given, parse_config
+from .localiser import JointLocaliser, MRIJointLocaliser
 
 __all__ = [
     "KneeSliceDataset",
@@ -97,18 +96,24 @@ class MetaToDictd(MapTransform):
 
 
 def knee_transforms(
-    mri_size: int = 256, xray_size: int = 256, mri_channels: int = 1, slice_start: int = 13, slice_count: int = 50,
-    crop_mm: float = CROP_MM, percentiles: tuple[float, float] = DEFAULT_PERCENTILES,
+    mri_size: int | None = None, xray_size: int | None = None, slice_start: int | None = None,
+    slice_count: int | None = None, crop_mm: float | None = None, percentiles: tuple[float, float] | None = None,
     localiser: JointLocaliser | None = None, expected_slices: int | None = None,
+    mri_localiser: MRIJointLocaliser | None = None, png_spacing_mm: float | None = None,
 ) -> Compose:
-    """Deterministic per-knee chain: record -> {mri (mri_channels, S, S, count), xray (1, N, N),
-    intensity (16, 8, 8), kl, ..., mri_meta, xray_meta}. Cache-friendly (plain tensors at the end)."""
-    return Compose([
-        *mri_transforms("mri", size=mri_size, start=slice_start, count=slice_count, channels=mri_channels,
-                        percentiles=percentiles, expected_slices=expected_slices),
-        *xray_transforms("xray", size=xray_size, crop_mm=crop_mm, percentiles=percentiles, localiser=localiser),
-        MetaToDictd(["mri", "xray"]),
-    ])
+    """Deterministic per-knee chain: record -> {mri (1, S, S, count), xray (1, N, N), intensity (16, 8, 8), kl,
+    ..., mri_meta, xray_meta}, cache-friendly (plain tensors at the end). It is ``knee_preprocessing`` of
+    ``configs/common.json`` (what training caches), built from the packaged config so that the evaluator, the
+    tools and training run one chain written once. Arguments left None keep the config's settings; the others
+    replace them: ``mri_size``, ``xray_size``, ``slice_start`` / ``slice_count`` (``mri_slice_start`` /
+    ``mri_slice_count``), ``crop_mm`` (``frame_mm``), ``percentiles`` (``intensity_percentiles``), ``localiser``
+    (``xray_localiser``), ``expected_slices`` (``mri_expected_slices``), ``mri_localiser``, ``png_spacing_mm``."""
+    overrides = given(
+        mri_size=mri_size, xray_size=xray_size, mri_slice_start=slice_start, mri_slice_count=slice_count,
+        frame_mm=crop_mm, intensity_percentiles=percentiles, xray_localiser=localiser,
+        mri_expected_slices=expected_slices, mri_localiser=mri_localiser, png_spacing_mm=png_spacing_mm,
+    )
+    return parse_config("common.json", "knee_preprocessing", overrides)
 
 
 _PRIMITIVES = (str, int, float, bool, type(None))

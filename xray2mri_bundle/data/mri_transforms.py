@@ -1,15 +1,14 @@
-"""MONAI transforms for the MRI side: load a coronal series, keep slices 13..63, resize in-plane, scale, 3 channels.
+"""MONAI transforms for the MRI side: load a coronal series, keep slices 13..63, crop the joint frame, scale.
 
 Array transforms hold the logic; the ``...d`` classes only loop over ``keys`` (MONAI convention), so both
 scripts and bundle JSON configs (``_target_``) can use them. Volumes are ``MetaTensor`` (C, H, W, D):
 H = rows superior -> inferior, W = columns patient right -> left, D = depth anterior -> posterior
 (see :mod:`.mri_io`). ``meta``: ``filename_or_obj``, ``spacing`` (H, W, D) mm, ``affine`` (RAS).
 
-:func:`mri_transforms` returns the default chain: load -> slices 13..62 (50, paper "13th to 63rd") ->
-joint found on the slab (:class:`LocaliseMRIJoint`) -> the joint-centred 140 mm frame shared with the X-ray
-(:mod:`.frame`), resampled to 256 x 256 (antialiased bilinear) -> percentiles (0.5, 99.5) of the kept volume
-to [-1, 1] (clipped)
--> repeat to 3 channels. Output ``mri`` (3, 256, 256, 50) float32.
+:func:`mri_transforms` builds the bundle's chain, ``mri_preprocessing`` of ``configs/common.json``: load ->
+slices 13..62 (50, paper "13th to 63rd") -> joint found on the slab (:class:`LocaliseMRIJoint`) -> the
+joint-centred 140 mm frame shared with the X-ray (:mod:`.frame`), resampled to 256 x 256 (antialiased bilinear)
+-> percentiles (0.5, 99.5) of the kept volume to [-1, 1] (clipped). Output ``mri`` (1, 256, 256, 50) float32.
 """
 
 from __future__ import annotations
@@ -21,11 +20,11 @@ import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
-from monai.transforms import MapTransform, RepeatChanneld, SpatialCrop, Transform
+from monai.transforms import MapTransform, SpatialCrop, Transform
 
+from .bundle_configs import given, parse_config
 from .dicom_utils import DataFileError
 from .frame import FRAME_MM, crop_frame, frame_box
-from .intensity import DEFAULT_PERCENTILES, ScalePercentilesd
 from .localiser import MRIJointLocaliser
 from .mri_io import load_mri_volume
 
@@ -229,30 +228,27 @@ class SelectSlicesd(MapTransform):
 
 
 def mri_transforms(
-    keys: KeysCollection = "mri", size: int = 256, start: int = 13, count: int = 50, channels: int = 3,
-    percentiles: tuple[float, float] = DEFAULT_PERCENTILES, expected_slices: int | None = None,
-    frame_mm: float = FRAME_MM, localiser: MRIJointLocaliser | None = None,
+    size: int | None = None, start: int | None = None, count: int | None = None,
+    percentiles: tuple[float, float] | None = None, expected_slices: int | None = None,
+    frame_mm: float | None = None, localiser: MRIJointLocaliser | None = None,
 ) -> list:
-    """The MRI chain as a list of dictionary transforms (wrap in ``monai.transforms.Compose``).
+    """The MRI chain (key ``mri``) as a list of dictionary transforms (wrap in ``monai.transforms.Compose``):
+    ``mri_preprocessing`` of ``configs/common.json``, built from the packaged config so that the chain is written
+    once. Arguments left None keep the config's settings; the others replace them: ``size`` (``mri_size``),
+    ``start`` / ``count`` (``mri_slice_start`` / ``mri_slice_count``), ``percentiles``
+    (``intensity_percentiles``), ``expected_slices`` (``mri_expected_slices``), ``frame_mm``, ``localiser``
+    (``mri_localiser``).
 
     load -> slices ``start``.. (``count``) -> joint found on the slab -> ``frame_mm`` square around it resampled to
-    ``size`` (the joint-centred frame shared with the X-ray, docs/data.md section 3a) -> percentiles to [-1, 1]
-    -> channels.
-    Output per key: (channels, size, size, count) float32 in [-1, 1]. ``channels=1`` skips the repeat (the
-    knee cache stores one channel; :class:`~.datasets.KneeSliceDataset` repeats per slice).
+    ``size`` (the joint-centred frame shared with the X-ray, docs/data.md section 3a) -> percentiles to [-1, 1].
+    Output: (1, size, size, count) float32 in [-1, 1] (:class:`~.datasets.KneeSliceDataset` repeats the channel
+    per slice).
     """
-    if not frame_mm or frame_mm <= 0:  # the whole-field-of-view layout before the frame is gone (issue 13)
+    if frame_mm is not None and frame_mm <= 0:  # the whole-field-of-view layout before the frame is gone (issue 13)
         raise ValueError(f"frame_mm must be a positive side length in mm, got {frame_mm!r}")
-    chain: list = [
-        LoadMRISeriesd(keys, expected_slices=expected_slices),
-        SelectSlicesd(keys, start=start, count=count),
-        LocaliseMRIJointd(keys, localiser=localiser),
-        CropMRIJointd(keys, size=size, size_mm=frame_mm),
-        ScalePercentilesd(keys, lower=percentiles[0], upper=percentiles[1], b_min=-1.0, b_max=1.0, clip=True),
-    ]
-    if channels > 1:
-        chain.append(RepeatChanneld(keys, repeats=channels))
-    return chain
+    overrides = given(mri_size=size, mri_slice_start=start, mri_slice_count=count, intensity_percentiles=percentiles,
+                      mri_expected_slices=expected_slices, frame_mm=frame_mm, mri_localiser=localiser)
+    return list(parse_config("common.json", "mri_preprocessing", overrides))
 
 
 def frame_centre_ras(path: str, side: str | None = None, start: int = 13, count: int = 50) -> np.ndarray:

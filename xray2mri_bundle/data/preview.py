@@ -34,7 +34,7 @@ def preview_knee(
     crop = CropJoint(crop_mm, size)(film)
     crop_img = percentile_scale(np.asarray(crop)[0])
     meta = film.meta
-    mri = Compose(mri_transforms("mri", size=size, channels=1))({"mri": record["mri"]})["mri"]
+    mri = Compose(mri_transforms(size=size))({"mri": record["mri"]})["mri"]
     vol = np.asarray(mri)[0]
     picks = np.linspace(0, vol.shape[-1] - 1, n_slices).round().astype(int)
 

@@ -7,10 +7,11 @@ magnification, see :mod:`.xray_io`), ``film_spacing`` (the same for the whole fi
 ``magnification``, ``photometric``, ``laterality``,
 ``knee_region`` [c0, c1), ``joint_rc`` (row, col), ``crop_box`` [r0, c0, r1, c1).
 
-:func:`xray_transforms` returns the default chain: load -> invert MONOCHROME1 -> select knee -> locate joint
--> 140 mm square of the patient (:data:`~.frame.FRAME_MM`, the film's magnification removed) around the joint,
-the frame the MRI is cropped to as well (:mod:`.mri_transforms`), resized to 256 -> percentiles (0.5, 99.5) to
-[-1, 1] (clipped) -> intensity distribution ``intensity`` (16, 8, 8).
+:func:`xray_transforms` builds the bundle's chain, ``xray_preprocessing`` (and ``xray_intensity_code``) of
+``configs/common.json``: load -> invert MONOCHROME1 -> select knee -> locate joint -> 140 mm square of the
+patient (:data:`~.frame.FRAME_MM`, the film's magnification removed) around the joint, the frame the MRI is
+cropped to as well (:mod:`.mri_transforms`), resized to 256 -> percentiles (0.5, 99.5) to [-1, 1] (clipped) ->
+intensity distribution ``intensity`` (16, 8, 8).
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform, Transform
 
+from .bundle_configs import given, parse_config
 from .frame import FRAME_MM, crop_frame, frame_box
-from .intensity import DEFAULT_PERCENTILES, IntensityDistributiond, ScalePercentilesd
 from .localiser import ClassicalJointLocaliser, JointLocaliser
 from .xray_io import DEFAULT_PNG_SPACING_MM, InvalidXrayError, read_xray
 
@@ -254,25 +255,22 @@ class CropJointd(MapTransform):
 
 
 def xray_transforms(
-    keys: KeysCollection = "xray", size: int = 256, crop_mm: float = CROP_MM,
-    percentiles: tuple[float, float] = DEFAULT_PERCENTILES, intensity_key: str | None = "intensity",
-    localiser: JointLocaliser | None = None, png_spacing_mm: float | None = DEFAULT_PNG_SPACING_MM,
-    film: str = "auto",
-    side_key: str = "side",
+    size: int | None = None, crop_mm: float | None = None, percentiles: tuple[float, float] | None = None,
+    intensity: bool = True, localiser: JointLocaliser | None = None, png_spacing_mm: float | None = None,
 ) -> list:
-    """The X-ray chain as a list of dictionary transforms (wrap in ``monai.transforms.Compose``).
+    """The X-ray chain (key ``xray``, the knee named by ``side``) as a list of dictionary transforms (wrap in
+    ``monai.transforms.Compose``): ``xray_preprocessing`` of ``configs/common.json``, then its
+    ``xray_intensity_code`` unless ``intensity`` is False, built from the packaged config so that the chain is
+    written once. Arguments left None keep the config's settings; the others replace them: ``size``
+    (``xray_size``), ``crop_mm`` (``frame_mm``), ``percentiles`` (``intensity_percentiles``), ``localiser``
+    (``xray_localiser``), ``png_spacing_mm``.
 
-    Output: ``xray`` (1, size, size) float32 in [-1, 1]; ``intensity`` (16, 8, 8) unless ``intensity_key`` is None.
-    Inference uses the same chain (``inference.knees.knee_preprocessing``: no intensity code, knees split first).
+    Output: ``xray`` (1, size, size) float32 in [-1, 1]; ``intensity`` (16, 8, 8) with ``intensity``.
+    Inference runs the same steps with the knees split first (``configs/inference.json``, ``inference.knees``).
     """
-    chain = [
-        LoadXrayd(keys, png_spacing_mm=png_spacing_mm),
-        InvertMonochrome1d(keys),
-        SelectKneed(keys, side_key=side_key, film=film),
-        LocaliseJointd(keys, localiser=localiser),
-        CropJointd(keys, size_mm=crop_mm, spatial_size=size),
-        ScalePercentilesd(keys, lower=percentiles[0], upper=percentiles[1], b_min=-1.0, b_max=1.0, clip=True),
-    ]
-    if intensity_key:
-        chain.append(IntensityDistributiond(keys, output_keys=intensity_key))
+    overrides = given(xray_size=size, frame_mm=crop_mm, intensity_percentiles=percentiles, xray_localiser=localiser,
+                      png_spacing_mm=png_spacing_mm)
+    chain = list(parse_config("common.json", "xray_preprocessing", overrides))
+    if intensity:
+        chain.append(parse_config("common.json", "xray_intensity_code"))
     return chain

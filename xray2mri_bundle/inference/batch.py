@@ -123,7 +123,6 @@ def run_batch(
     the same ``seed``, so its volume does not depend on the other inputs.
     """
     from monai.data import Dataset
-    from monai.transforms import Compose
 
     side_key = str(side).lower()
     if side_key not in SIDES:
@@ -142,7 +141,7 @@ def run_batch(
         centre = frame_centre_ras(str(reference_mri), SIDES[side_key])
         (log or (lambda _m: None))(f"placing the volume in the frame of {reference_mri} (joint centre at RAS "
                                    f"{centre.round(1).tolist()} mm)")
-    preprocessing = Compose(knee_preprocessing("xray", side_key, generator.image_size or 256, png_spacing_mm))
+    preprocessing = knee_preprocessing(side_key, generator.image_size or 256, png_spacing_mm)
     dataset = Dataset([{"xray": str(path)} for path in paths], transform=preprocessing)
     postprocessing = KneeWriters(formats=formats, fov_mm=fov_mm, overwrite=overwrite)
     evaluator = KneeBatchEvaluator(dataset, inferer, postprocessing, output_dir, side=side_key,

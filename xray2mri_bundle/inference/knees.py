@@ -1,11 +1,11 @@
 """One X-ray file -> the knee crop(s) the model is conditioned on, with the training preprocessing.
 
-Shared by ``xray2mri generate``, ``configs/inference.json`` (its ``preprocessing`` spells out the same chain)
-and the MONAI Label app: the file is loaded and validated (a clear ``InvalidXrayError`` naming it otherwise),
-a bilateral film is split into one item per knee (:class:`SplitKneesd`), the joint is located and the 140 mm
-crop is taken exactly as for training (``xray2mri_bundle.data.xray_transforms``).
-:func:`knee_preprocessing` is that chain as a list of dictionary transforms; :func:`knee_input` turns one
-of its output items into a :class:`KneeInput`.
+Shared by ``xray2mri generate``, ``configs/inference.json`` and the MONAI Label app: the file is loaded and
+validated (a clear ``InvalidXrayError`` naming it otherwise), a bilateral film is split into one item per knee
+(:class:`SplitKneesd`), the joint is located and the 140 mm crop is taken exactly as for training (the
+transforms of ``xray2mri_bundle.data.xray_transforms``). :func:`knee_preprocessing` builds that chain from
+``configs/inference.json``'s ``preprocessing`` (packaged with the library, so it is written once);
+:func:`knee_input` turns one of its output items into a :class:`KneeInput`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 from monai.config import KeysCollection
-from monai.transforms import MapTransform
+from monai.transforms import Compose, MapTransform
 
 __all__ = ["SIDES", "KneeInput", "SplitKneesd", "knee_input", "knee_preprocessing", "prepare_knees", "root_cause"]
 
@@ -129,19 +129,17 @@ class SplitKneesd(MapTransform):
 
 
 def knee_preprocessing(
-    keys: KeysCollection = "xray", side: str | None = "both", image_size: int = 256,
-    png_spacing_mm: float | None = None,
-) -> list:
-    """The inference X-ray chain, ``{keys: path}`` -> one item per knee (wrap in ``monai.transforms.Compose``):
-    load -> split knees -> invert MONOCHROME1 -> select knee -> locate joint -> 140 mm crop resized to
-    ``image_size`` -> percentiles (0.5, 99.5) to [-1, 1]: the training chain
-    (``data.xray_transforms.xray_transforms``) without the intensity code. ``configs/inference.json``'s
-    ``preprocessing`` lists the same transforms (a test keeps the two equal)."""
-    from xray2mri_bundle.data.xray_transforms import xray_transforms
+    side: str | None = "both", image_size: int = 256, png_spacing_mm: float | None = None,
+) -> Compose:
+    """The inference X-ray chain, ``{"xray": path}`` -> one item per knee: ``preprocessing`` of
+    ``configs/inference.json``, built from the packaged config with ``side``, ``image_size`` and
+    ``png_spacing_mm`` as its settings. load -> split knees -> invert MONOCHROME1 -> select knee -> locate joint
+    -> 140 mm crop resized to ``image_size`` -> percentiles (0.5, 99.5) to [-1, 1]: the training X-ray chain
+    without the intensity code."""
+    from xray2mri_bundle.data.bundle_configs import parse_config
 
-    chain = xray_transforms(keys, size=int(image_size), intensity_key=None, png_spacing_mm=png_spacing_mm)
-    chain.insert(1, SplitKneesd(keys, side=side))  # after loading: a bilateral film becomes one item per knee
-    return chain
+    return parse_config("inference.json", "preprocessing",
+                        {"side": side, "image_size": int(image_size), "png_spacing_mm": png_spacing_mm})
 
 
 def knee_input(item: Mapping[Hashable, Any], key: str = "xray") -> KneeInput:
@@ -176,9 +174,7 @@ def prepare_knees(
     side: "RIGHT", "LEFT" or None (a bilateral film gives both knees, a unilateral film its own knee).
     Raises ``InvalidXrayError`` (naming the file) for unusable input.
     """
-    from monai.transforms import Compose
-
-    chain = Compose(knee_preprocessing("xray", side, image_size, png_spacing_mm))
+    chain = knee_preprocessing(side, image_size, png_spacing_mm)
     try:
         items = chain({"xray": str(Path(path))})
     except RuntimeError as exc:
