@@ -39,7 +39,8 @@ CHECKPOINTS = {"full": "diffusion.pt", "xray_no_guidance": "diffusion_xray_no_gu
 
 
 def measure(model_dir: Path, dataset_dir: Path, knees: int, slices_per_knee: int, cache_dir: Path,
-            datalist_file: Path | None = None, split: str = "validation") -> dict[str, dict[str, float]]:
+            datalist_file: Path | None = None, split: str = "validation",
+            pose_template: Path | None = None) -> dict[str, dict[str, float]]:
     datalist = load_datalist(dataset_dir, datalist_file, seed=0, val_fraction=0.3)
     records = select_knees(datalist[split], knees)
     results: dict[str, dict[str, float]] = {}
@@ -49,7 +50,7 @@ def measure(model_dir: Path, dataset_dir: Path, knees: int, slices_per_knee: int
         gen = load_pipeline(model_dir, "small", "cpu", diffusion_checkpoint=filename)
         size = int(gen.image_size)
         knee_set = build_knee_dataset(records, cache="persistent", cache_dir=cache_dir / f"knees_{size}",
-                                      mri_size=size, xray_size=size)
+                                      mri_size=size, xray_size=size, pose_template=pose_template)
         slices = KneeSliceDataset(knee_set, depths="all")
         subset = torch.utils.data.Subset(slices, evenly_spaced(len(slices), knees * slices_per_knee))
         encoder = gen.condition_encoder
@@ -97,10 +98,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--knees", type=int, default=30)
     p.add_argument("--slices-per-knee", type=int, default=10)
     p.add_argument("--cache-dir", type=Path, default=Path("outputs/cache/conditioning"))
+    p.add_argument("--pose-template", type=Path, help="models trained in the canonical-pose MRI frame: its template")
     p.add_argument("--no-doc", action="store_true")
     args = p.parse_args(argv)
     results = measure(args.model_dir, args.dataset_dir, args.knees, args.slices_per_knee, args.cache_dir,
-                      args.datalist, args.split)
+                      args.datalist, args.split, args.pose_template)
     if not args.no_doc and args.split == "validation":
         replace_block(DOC, markdown(results, args.knees, args.dataset_dir))
     return 0

@@ -108,6 +108,17 @@ def test_disk_cache_is_reused_for_the_same_weights_and_not_for_new_ones(encoders
     assert third.digest != first.digest and len(list(tmp_path.iterdir())) == 2
 
 
+def test_disk_cache_is_not_shared_by_two_preprocessings_of_the_same_files(encoders, tmp_path):
+    """Same files, labels and shape, other pixels (e.g. the canonical-pose MRI frame): encoded anew, not reused."""
+    autoencoder, classifier = encoders
+    knees = _knees(1)
+    first = LatentKneeCache(knees, autoencoder, classifier, cache_dir=tmp_path, progress=False)
+    other = [dict(knees[0], mri=knees[0]["mri"].flip(1))]
+    second = LatentKneeCache(other, autoencoder, classifier, cache_dir=tmp_path, progress=False)
+    assert len(list((tmp_path / first.digest).glob("*.pt"))) == 2
+    assert not torch.equal(second[0]["mri_latent_mu"], first[0]["mri_latent_mu"])
+
+
 def test_scale_factor_from_cached_posteriors(encoders):
     autoencoder, _ = encoders
     dataset = KneeSliceDataset(LatentKneeCache(_knees(3), autoencoder, None, progress=False), slices=SLICES)

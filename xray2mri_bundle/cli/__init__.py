@@ -21,6 +21,7 @@ __all__ = ["SUBCOMMANDS", "main"]
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "make-cohort": ("xray2mri_bundle.cli.make_cohort", "write a synthetic OAI-like knee cohort (DICOM tree)"),
     "index": ("xray2mri_bundle.cli.index", "index an OAI-style tree or CSV manifest into a MONAI datalist"),
+    "pose-template": ("xray2mri_bundle.cli.pose_template", "build the canonical-pose MRI template from training knees"),
     "preview": ("xray2mri_bundle.cli.preview", "PNG of one datalist entry: film, crop box, crop, MRI slices"),
     "train": ("xray2mri_bundle.cli.train", "run the bundle's training (all stages) for a profile"),
     "training-record": ("xray2mri_bundle.cli.training_record", "record how weights were trained (from stage logs)"),

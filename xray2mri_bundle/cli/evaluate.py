@@ -57,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int,
                    help="slice / crop size (default: the model's autoencoder.pt size, else the profile's)")
     p.add_argument("--cache-dir", help="knee cache (default <out>/cache)")
+    p.add_argument("--pose-template", help="score in the canonical-pose MRI frame of this template (xray2mri "
+                   "pose-template; configs/pose_frame.json): for models trained in that frame")
     p.add_argument("--device", default=DEFAULTS.device, help="cpu, cuda, cuda:1 or auto (default)")
     p.add_argument("--nearest-metric", choices=("l2", "cosine"), default=DEFAULTS.nearest_metric,
                    help="nearest_xray / knn_xray distance on the 32 x 32 crop (default l2)")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import functools
+from collections.abc import Sequence
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
@@ -42,20 +43,26 @@ def _load(name: str) -> dict[str, Any]:
         return ConfigParser.load_config_file(path)
 
 
-def parse_config(name: str, id: str, overrides: dict[str, Any] | None = None) -> Any:
-    """Item ``id`` of the packaged config ``name``, built by MONAI's ``ConfigParser`` after setting ``overrides``
+def parse_config(name: str | Sequence[str], id: str, overrides: dict[str, Any] | None = None) -> Any:
+    """Item ``id`` of the packaged config ``name`` (several names: merged in order, as ``monai.bundle run
+    --config_file "[...]"`` merges them, e.g. ``["common.json", "pose_frame.json"]``), built by MONAI's
+    ``ConfigParser`` after setting ``overrides``
     (config id -> value; a value may be an object, e.g. a localiser). Only the item and what it refers to are
     built. The file's ``imports`` (the workflow's modules: engines, networks, ...) are left out; the chains'
     expressions need only ``xray2mri_bundle``."""
     from monai.bundle import ConfigParser
+    from monai.bundle.utils import merge_kv
 
     import xray2mri_bundle.constants  # noqa: F401  (the expressions read ``xray2mri_bundle.constants``)
 
-    config = copy.deepcopy(_load(name))
-    config.pop("imports", None)
-    parser = ConfigParser(config, globals={"xray2mri_bundle": "xray2mri_bundle"})
+    names = [name] if isinstance(name, str) else list(name)
+    parser = ConfigParser({}, globals={"xray2mri_bundle": "xray2mri_bundle"})
+    for each in names:
+        for key, value in copy.deepcopy(_load(each)).items():
+            if key != "imports":
+                merge_kv(parser, key, value)
     for key, value in (overrides or {}).items():
         if key not in parser:
-            raise KeyError(f"{name} has no setting {key!r}")
+            raise KeyError(f"{' + '.join(names)} has no setting {key!r}")
         parser[key] = value
     return parser.get_parsed_content(id)

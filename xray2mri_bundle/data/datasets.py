@@ -37,6 +37,8 @@ from xray2mri_bundle.data.plain import to_plain
 
 from .bundle_configs import given, parse_config
 from .localiser import JointLocaliser, MRIJointLocaliser
+from .mri_transforms import config_files
+from .pose import PoseTemplate
 
 __all__ = [
     "KneeSliceDataset",
@@ -100,6 +102,7 @@ def knee_transforms(
     slice_count: int | None = None, crop_mm: float | None = None, percentiles: tuple[float, float] | None = None,
     localiser: JointLocaliser | None = None, expected_slices: int | None = None,
     mri_localiser: MRIJointLocaliser | None = None, png_spacing_mm: float | None = None,
+    pose_template: PoseTemplate | str | os.PathLike | None = None,
 ) -> Compose:
     """Deterministic per-knee chain: record -> {mri (1, S, S, count), xray (1, N, N), intensity (16, 8, 8), kl,
     ..., mri_meta, xray_meta}, cache-friendly (plain tensors at the end). It is ``knee_preprocessing`` of
@@ -107,13 +110,15 @@ def knee_transforms(
     tools and training run one chain written once. Arguments left None keep the config's settings; the others
     replace them: ``mri_size``, ``xray_size``, ``slice_start`` / ``slice_count`` (``mri_slice_start`` /
     ``mri_slice_count``), ``crop_mm`` (``frame_mm``), ``percentiles`` (``intensity_percentiles``), ``localiser``
-    (``xray_localiser``), ``expected_slices`` (``mri_expected_slices``), ``mri_localiser``, ``png_spacing_mm``."""
+    (``xray_localiser``), ``expected_slices`` (``mri_expected_slices``), ``mri_localiser``, ``png_spacing_mm``;
+    ``pose_template`` (``mri_pose_template``) builds the canonical-pose frame of ``configs/pose_frame.json``."""
     overrides = given(
         mri_size=mri_size, xray_size=xray_size, mri_slice_start=slice_start, mri_slice_count=slice_count,
         frame_mm=crop_mm, intensity_percentiles=percentiles, xray_localiser=localiser,
         mri_expected_slices=expected_slices, mri_localiser=mri_localiser, png_spacing_mm=png_spacing_mm,
+        mri_pose_template=pose_template,
     )
-    return parse_config("common.json", "knee_preprocessing", overrides)
+    return parse_config(config_files(pose_template), "knee_preprocessing", overrides)
 
 
 _PRIMITIVES = (str, int, float, bool, type(None))

@@ -13,8 +13,11 @@ joint-centred 140 mm frame shared with the X-ray (:mod:`.frame`), resampled to 2
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 from collections.abc import Hashable, Mapping
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -27,10 +30,13 @@ from .dicom_utils import DataFileError
 from .frame import FRAME_MM, crop_frame, frame_box
 from .localiser import MRIJointLocaliser
 from .mri_io import load_mri_volume
+from .pose import PoseTemplate, align_volume, register
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "AlignMRIPose",
+    "AlignMRIPosed",
     "CropMRIJoint",
     "CropMRIJointd",
     "LocaliseMRIJoint",
@@ -167,6 +173,69 @@ class CropMRIJoint(Transform):
                             joint_rc=tuple(float(v) for v in joint_rc))
 
 
+class AlignMRIPose(Transform):
+    """Resample a coronal volume (C, H, W, D) in the canonical pose of a :class:`~.pose.PoseTemplate` (same shape
+    and spacing): the joint found in-plane (:class:`~.localiser.MRIJointLocaliser`) starts a rigid registration
+    to the template (:func:`~.pose.register`, channel 0), and every channel is resampled so that the joint lies at
+    the row / column centre and at slice ``template.depth_anchor``, the knee rotated as in the template.
+
+    Meta: ``joint_rc`` (the centre, for :class:`CropMRIJoint`), ``pose_omega`` (rad) / ``pose_t`` (mm) of the
+    registration, ``pose_ncc`` (its normalised cross-correlation; low = a knee unlike the template); the affine
+    follows, so the aligned volume still overlays the original in a viewer.
+    """
+
+    def __init__(self, template: PoseTemplate | str | os.PathLike, localiser: MRIJointLocaliser | None = None,
+                 iterations: int = 80) -> None:
+        if not isinstance(template, PoseTemplate):
+            if not Path(template).is_file():
+                raise FileNotFoundError(f"pose template {template} not found: build it from the training knees with "
+                                        f"`xray2mri pose-template --dataset-dir <tree> --out {template}`")
+            template = PoseTemplate.from_state_dict(torch.load(template, map_location="cpu", weights_only=True))
+        self.template, self.iterations = template, int(iterations)
+        # a primitive the cache fingerprint (datasets.transform_fingerprint) sees: caches of two templates never mix
+        self.template_digest = hashlib.sha256(template.image.float().numpy().tobytes()).hexdigest()[:16]
+        self.localiser = localiser if localiser is not None else MRIJointLocaliser()
+
+    def __call__(self, img: torch.Tensor, side: str | None = None) -> torch.Tensor:
+        x = torch.as_tensor(img).as_subclass(torch.Tensor).float()
+        spacing = tuple(img.meta.get("spacing", (1.0, 1.0, 1.0))) if isinstance(img, MetaTensor) else (1.0,) * 3
+        row, col = self.localiser(x[0].numpy(), spacing[:2], side)
+        dhw_spacing = (spacing[2], spacing[0], spacing[1])
+        anchor = (self.template.depth_anchor, float(row), float(col))
+        pose, ncc = register(x[0].permute(2, 0, 1), dhw_spacing, anchor, self.template.for_side(side),
+                             self.iterations)
+        channels, index_map = [], None
+        for channel in x:
+            aligned, index_map = align_volume(channel.permute(2, 0, 1), dhw_spacing, anchor, pose,
+                                              self.template.depth_anchor)
+            channels.append(aligned.permute(1, 2, 0))
+        affine = None
+        if isinstance(img, MetaTensor):
+            order = torch.tensor([[0, 1, 0, 0], [0, 0, 1, 0], [1, 0, 0, 0], [0, 0, 0, 1]], dtype=torch.float64)
+            affine = img.affine.double() @ order @ index_map @ order.T  # (h, w, d) -> (d, h, w) -> input (h, w, d)
+        h, w = x.shape[1:3]
+        return _meta_tensor(torch.stack(channels), img, affine, joint_rc=((h - 1) / 2.0, (w - 1) / 2.0),
+                            joint_localised=True, pose_omega=pose.omega, pose_t=pose.t, pose_ncc=ncc)
+
+
+class AlignMRIPosed(MapTransform):
+    """Dictionary wrapper of :class:`AlignMRIPose`; the knee's side (RIGHT / LEFT) from ``d[side_key]``."""
+
+    def __init__(self, keys: KeysCollection = "mri", template: PoseTemplate | str | os.PathLike | None = None,
+                 localiser: MRIJointLocaliser | None = None, side_key: str = "side", iterations: int = 80,
+                 allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        if template is None:
+            raise ValueError("AlignMRIPosed needs a pose template (xray2mri pose-template builds one)")
+        self.align, self.side_key = AlignMRIPose(template, localiser, iterations), side_key
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict[Hashable, object]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.align(d[key], d.get(self.side_key))
+        return d
+
+
 class LocaliseMRIJointd(MapTransform):
     """Dictionary wrapper of :class:`LocaliseMRIJoint`; the knee's side (RIGHT / LEFT) from ``d[side_key]``."""
 
@@ -231,13 +300,15 @@ def mri_transforms(
     size: int | None = None, start: int | None = None, count: int | None = None,
     percentiles: tuple[float, float] | None = None, expected_slices: int | None = None,
     frame_mm: float | None = None, localiser: MRIJointLocaliser | None = None,
+    pose_template: PoseTemplate | str | os.PathLike | None = None,
 ) -> list:
     """The MRI chain (key ``mri``) as a list of dictionary transforms (wrap in ``monai.transforms.Compose``):
     ``mri_preprocessing`` of ``configs/common.json``, built from the packaged config so that the chain is written
     once. Arguments left None keep the config's settings; the others replace them: ``size`` (``mri_size``),
     ``start`` / ``count`` (``mri_slice_start`` / ``mri_slice_count``), ``percentiles``
     (``intensity_percentiles``), ``expected_slices`` (``mri_expected_slices``), ``frame_mm``, ``localiser``
-    (``mri_localiser``).
+    (``mri_localiser``). ``pose_template`` (a :class:`~.pose.PoseTemplate` or its file) switches to the
+    canonical-pose frame of ``configs/pose_frame.json`` (:class:`AlignMRIPosed` before the slices are kept).
 
     load -> slices ``start``.. (``count``) -> joint found on the slab -> ``frame_mm`` square around it resampled to
     ``size`` (the joint-centred frame shared with the X-ray, docs/data.md section 3a) -> percentiles to [-1, 1].
@@ -247,8 +318,14 @@ def mri_transforms(
     if frame_mm is not None and frame_mm <= 0:  # the whole-field-of-view layout before the frame is gone (issue 13)
         raise ValueError(f"frame_mm must be a positive side length in mm, got {frame_mm!r}")
     overrides = given(mri_size=size, mri_slice_start=start, mri_slice_count=count, intensity_percentiles=percentiles,
-                      mri_expected_slices=expected_slices, frame_mm=frame_mm, mri_localiser=localiser)
-    return list(parse_config("common.json", "mri_preprocessing", overrides))
+                      mri_expected_slices=expected_slices, frame_mm=frame_mm, mri_localiser=localiser,
+                      mri_pose_template=pose_template)
+    return list(parse_config(config_files(pose_template), "mri_preprocessing", overrides))
+
+
+def config_files(pose_template: object = None) -> list[str]:
+    """The packaged configs a chain is built from: ``common.json``, plus ``pose_frame.json`` with a pose template."""
+    return ["common.json"] if pose_template is None else ["common.json", "pose_frame.json"]
 
 
 def frame_centre_ras(path: str, side: str | None = None, start: int = 13, count: int = 50) -> np.ndarray:

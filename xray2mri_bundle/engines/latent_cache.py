@@ -63,14 +63,18 @@ def _plain(value: Any) -> torch.Tensor:
 
 
 def _knee_identity(knee: Mapping[str, Any]) -> str:
-    """The knee's files and labels as a short digest (the disk-cache file name)."""
-    source = {
+    """The knee's files, labels and preprocessed pixels as a short digest (the disk-cache file name): the pixels
+    count so that two preprocessing chains (e.g. the joint-centred and the canonical-pose MRI frame) sharing one
+    ``cache_dir`` never serve each other's latents."""
+    sha = hashlib.sha256(json.dumps({
         "mri": (knee.get("mri_meta") or {}).get("filename_or_obj"),
         "xray": (knee.get("xray_meta") or {}).get("filename_or_obj"),
         "side": knee.get("side"), "subject": knee.get("subject"), "visit": knee.get("visit"),
         "shape": list(torch.as_tensor(knee["mri"]).shape),
-    }
-    return hashlib.sha256(json.dumps(source, sort_keys=True, default=str).encode()).hexdigest()[:20]
+    }, sort_keys=True, default=str).encode())
+    for key in ("mri", "xray"):
+        sha.update(_plain(knee[key]).numpy().tobytes())
+    return sha.hexdigest()[:20]
 
 
 class LatentKneeCache(Dataset):

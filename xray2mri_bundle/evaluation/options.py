@@ -52,6 +52,7 @@ class EvaluationOptions:
     profile: str | None = None
     image_size: int | None = None
     cache_dir: str | None = None
+    pose_template: str | None = None
     device: str = "auto"
     nearest_metric: str = "l2"
     knn: int = 5

@@ -183,7 +183,7 @@ def run_evaluation(args: EvaluationOptions | Mapping[str, Any], argv: Sequence[s
     if not val_records:
         raise SystemExit(f"xray2mri evaluate: no validation knees in {source}")
     dataset_kwargs = {"cache": "persistent", "cache_dir": cache / f"knees_{size}", "mri_size": size,
-                      "xray_size": size}
+                      "xray_size": size, "pose_template": args.pose_template}
     val = build_knee_dataset(val_records, **dataset_kwargs)
     train = build_knee_dataset(train_records, **dataset_kwargs)
     ground_truth = read_ground_truth(args.dataset_dir)

@@ -1,0 +1,162 @@
+"""Rigid alignment of a coronal MRI to a template knee (data/pose.py, AlignMRIPose): a known pose is recovered,
+and the aligned volume still overlays the original in world coordinates."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from monai.data import MetaTensor
+
+from xray2mri_bundle.data.localiser import MRIJointLocaliser
+from xray2mri_bundle.data.mri_transforms import AlignMRIPose, LoadMRISeries
+from xray2mri_bundle.data.pose import PoseTemplate, RigidPose, align_volume, build_template, register, rotation_matrix
+
+
+def _cohort_knee(cohort: Path, truth: list[dict]) -> tuple[torch.Tensor, tuple, tuple, str]:
+    """Knee 0 of the test cohort as ((D, H, W) volume, spacing (D, H, W) mm, anchor (slice 36, joint), side)."""
+    row = truth[0]
+    image = LoadMRISeries()(str(cohort / row["mri_folder"]))
+    spacing = tuple(image.meta["spacing"])
+    volume = image.as_tensor()[0]
+    jr, jc = MRIJointLocaliser()(volume.numpy(), spacing[:2], row["side"])
+    return (volume.permute(2, 0, 1).contiguous(), (spacing[2], spacing[0], spacing[1]), (36.0, jr, jc),
+            row["side"].upper())
+
+
+def test_rotation_matrix_is_a_rotation_about_the_given_axis() -> None:
+    R = rotation_matrix(torch.tensor([0.0, 0.0, math.radians(5.0)]))
+    assert torch.allclose(R @ R.T, torch.eye(3), atol=1e-6)
+    assert float(torch.det(R)) == pytest.approx(1.0, abs=1e-6)
+    assert torch.allclose(R[2], torch.tensor([0.0, 0.0, 1.0]), atol=1e-7)  # the axis is fixed
+    assert math.degrees(math.acos(float(R[0, 0]))) == pytest.approx(5.0, abs=1e-3)
+    assert RigidPose((0.0, 0.0, math.radians(5.0)), (0.0, 0.0, 0.0)).angle_deg == pytest.approx(5.0, abs=1e-4)
+
+
+def test_register_recovers_a_known_pose(cohort: Path, truth: list[dict]) -> None:
+    """A cohort knee moved by a known rigid map is registered back onto a template of the unmoved knee."""
+    volume, spacing, anchor, side = _cohort_knee(cohort, truth)
+    template, _ = build_template([(volume, spacing, anchor, side)], rounds=0)
+    known = RigidPose((math.radians(3.0), math.radians(-2.0), math.radians(4.0)), (2.0, -3.0, 1.5))
+    moved, _ = align_volume(volume, spacing, anchor, known, anchor[0])  # moved(q) = volume(R q + t)
+    moved_anchor = (anchor[0], (volume.shape[1] - 1) / 2.0, (volume.shape[2] - 1) / 2.0)
+    found, ncc = register(moved, spacing, moved_anchor, template.for_side(side), iterations=120)
+    # moved(R2 q + t2) = volume(q) needs R R2 = I and R t2 + t = 0
+    R, t = known.matrix, torch.tensor(known.t, dtype=torch.float64)
+    residual_R = R @ found.matrix
+    residual_t = R @ torch.tensor(found.t, dtype=torch.float64) + t
+    angle = math.degrees(math.acos(min(1.0, (float(torch.trace(residual_R)) - 1.0) / 2.0)))
+    assert ncc > 0.9
+    assert angle < 1.0, f"rotation not recovered: residual {angle:.2f} deg"
+    assert float(torch.linalg.vector_norm(residual_t)) < 1.0, f"translation residual {residual_t.tolist()} mm"
+
+
+def test_aligned_volume_overlays_the_original_in_world_coordinates() -> None:
+    """Three small blobs at known world positions: after AlignMRIPose (a template rotated 6 degrees away) each blob
+    sits at the same world position, read through the output's affine."""
+    shape, spacing = (48, 48, 40), (2.0, 2.0, 3.0)  # (H, W, D), mm
+    affine = np.array([[0, -spacing[1], 0, 40.0], [0, 0, spacing[2], -50.0], [-spacing[0], 0, 0, 30.0],
+                       [0, 0, 0, 1.0]])
+    blobs = [(20, 22, 18), (30, 15, 24), (14, 31, 12)]  # (h, w, d) voxel indices
+    grid = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), -1).astype(np.float64)
+    volume = np.zeros(shape, dtype=np.float32)
+    for b in blobs:
+        volume += np.exp(-(((grid - b) * spacing) ** 2).sum(-1) / (2 * 4.0 ** 2)).astype(np.float32)
+    image = MetaTensor(torch.from_numpy(volume)[None], affine=torch.as_tensor(affine), meta={"spacing": spacing})
+
+    dhw = torch.from_numpy(volume).permute(2, 0, 1)
+    dhw_spacing = (spacing[2], spacing[0], spacing[1])
+    anchor = (18.0, 22.0, 22.0)
+    rotated, _ = align_volume(dhw, dhw_spacing, anchor, RigidPose((0.0, math.radians(6.0), 0.0), (0.0, 0.0, 0.0)),
+                              anchor[0])
+    template, _ = build_template([(rotated, dhw_spacing, (anchor[0], 23.5, 23.5), "RIGHT")], rounds=0)
+
+    class Fixed:  # the localiser's answer for this phantom: the anchor, so that only the pose is estimated
+        def __call__(self, *_: object) -> tuple[float, float]:
+            return anchor[1], anchor[2]
+
+    out = AlignMRIPose(PoseTemplate(template.image, anchor[0]), localiser=Fixed(), iterations=120)(image, "RIGHT")
+    assert out.shape == image.shape
+    assert abs(math.degrees(float(np.linalg.norm(out.meta["pose_omega"]))) - 6.0) < 1.0
+    aligned = out.as_tensor()[0].numpy()
+    in_world = [affine @ np.array([*b, 1.0]) for b in blobs]
+    out_affine = out.affine.numpy()
+    inv = np.linalg.inv(out_affine)
+    for world in in_world:
+        h, w, d = (inv @ world)[:3]
+        assert all(0 <= v < n for v, n in zip((h, w, d), shape, strict=True))
+        # the blob's peak in the aligned volume is where the affine puts the original blob
+        r = 2
+        window = aligned[int(round(h)) - r:int(round(h)) + r + 1, int(round(w)) - r:int(round(w)) + r + 1,
+                         int(round(d)) - r:int(round(d)) + r + 1]
+        assert window.max() > 0.5 * volume.max()
+        peak = np.unravel_index(np.argmax(window), window.shape)
+        assert max(abs(p - r) for p in peak) <= 1
+
+
+def test_template_state_round_trip_and_left_knee_mirror(tmp_path: Path) -> None:
+    template = PoseTemplate(torch.rand(31, 57, 57), 36.0)
+    torch.save(template.state_dict(), tmp_path / "t.pt")
+    back = PoseTemplate.from_state_dict(torch.load(tmp_path / "t.pt", weights_only=True))
+    assert torch.allclose(back.image, template.image, atol=1e-3)
+    assert torch.equal(back.for_side("LEFT"), back.image.flip(-1))
+    assert torch.equal(back.for_side("RIGHT"), back.image)
+
+
+def test_pose_frame_config_builds_the_aligned_chain(cohort: Path, truth: list[dict], tmp_path: Path) -> None:
+    """configs/pose_frame.json merged after common.json (what knee_transforms(pose_template=...) and the bundle's
+    --config_file list build): AlignMRIPosed before the slices are kept; the knee comes out aligned, in shape."""
+    from monai.transforms import Compose
+
+    from xray2mri_bundle.data.datasets import knee_transforms, transform_fingerprint
+    from xray2mri_bundle.data.mri_transforms import mri_transforms
+
+    volume, spacing, anchor, side = _cohort_knee(cohort, truth)
+    template, _ = build_template([(volume, spacing, anchor, side)], rounds=0)
+    path = tmp_path / "mri_pose_template.pt"
+    torch.save(template.state_dict(), path)
+    names = [type(t).__name__ for t in mri_transforms(size=32, pose_template=path)]
+    assert names == ["LoadMRISeriesd", "AlignMRIPosed", "SelectSlicesd", "CropMRIJointd", "ScalePercentilesd"]
+    assert "AlignMRIPosed" not in [type(t).__name__ for t in mri_transforms(size=32)]
+    chain = knee_transforms(mri_size=32, xray_size=32, pose_template=path)
+    assert transform_fingerprint(chain) != transform_fingerprint(knee_transforms(mri_size=32, xray_size=32))
+    row = truth[0]
+    out = Compose(mri_transforms(size=32, pose_template=path))({"mri": str(cohort / row["mri_folder"]),
+                                                                "side": row["side"]})["mri"]
+    assert out.shape == (1, 32, 32, 50)
+    assert float(out.min()) >= -1.0 and float(out.max()) <= 1.0
+    assert out.meta["pose_ncc"] > 0.9  # the template is this knee: it registers onto itself
+
+
+def test_pose_template_command_writes_a_readable_template(cohort: Path, tmp_path: Path) -> None:
+    from xray2mri_bundle.cli import main
+
+    out = tmp_path / "tpl" / "mri_pose_template.pt"
+    assert main(["pose-template", "--dataset-dir", str(cohort), "--knees", "3", "--rounds", "1",
+                 "--out", str(out)]) == 0
+    template = PoseTemplate.from_state_dict(torch.load(out, weights_only=True))
+    assert template.image.shape == (31, 57, 57) and float(template.image.max()) > 0.5
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert report["knees"] == 3 and report["skipped"] == [] and len(report["median_rotation_deg"]) == 1
+
+
+def test_pose_template_reports_unreadable_knees(cohort: Path, truth: list[dict], tmp_path: Path) -> None:
+    from xray2mri_bundle.data.pose import template_from_records
+
+    broken = tmp_path / "broken_series"
+    broken.mkdir()
+    (broken / "1.dcm").write_bytes(b"not a dicom file")
+    records = [{"mri": str(broken), "side": "RIGHT"},
+               {"mri": str(cohort / truth[0]["mri_folder"]), "side": truth[0]["side"]}]
+    template, report = template_from_records(records, count=2, rounds=0)
+    assert report["knees"] == 1 and template.image.shape == (31, 57, 57)
+    assert [s["mri"] for s in report["skipped"]] == [str(broken)] and report["skipped"][0]["reason"]
+
+
+def test_a_missing_template_names_the_file_and_the_command(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="xray2mri pose-template"):
+        AlignMRIPose(tmp_path / "none.pt")

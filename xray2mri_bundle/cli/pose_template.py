@@ -1,0 +1,45 @@
+"""``xray2mri pose-template``: build the canonical-pose template of the MRI frame from training knees
+(``data.pose.template_from_records``; used by ``AlignMRIPosed`` in ``configs/pose_frame.json``).
+
+Argument parsing only. Only training knees should go in: the template is part of the learned frame.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from xray2mri_bundle.data.atomic import write_atomic, write_bytes_atomic
+from xray2mri_bundle.engines.datalist import load_datalist
+
+__all__ = ["main"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``pose-template`` subcommand."""
+    from xray2mri_bundle.data.pose import template_from_records
+
+    p = argparse.ArgumentParser(prog="xray2mri pose-template",
+                                description="Build the canonical-pose MRI template from the training knees.")
+    p.add_argument("--dataset-dir", required=True, help="cohort / OAI-style tree")
+    p.add_argument("--datalist", help="datalist JSON (its training knees are used); default: the tree's split")
+    p.add_argument("--knees", type=int, default=40, help="training knees averaged (default 40)")
+    p.add_argument("--rounds", type=int, default=3, help="register-and-average rounds (default 3)")
+    p.add_argument("--out", required=True, help="template file to write (.pt)")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    records = load_datalist(args.dataset_dir, args.datalist)["training"]
+    template, report = template_from_records(records, count=args.knees, rounds=args.rounds)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(out, lambda handle: torch.save(template.state_dict(), handle))
+    write_bytes_atomic(out.with_suffix(".json"),
+                       json.dumps({"dataset_dir": str(args.dataset_dir), **report}, indent=1).encode())
+    print(f"pose template: {out} ({report['knees']} knees, {len(report['skipped'])} skipped; median rotation per "
+          f"round {', '.join(f'{v:.2f}' for v in report['median_rotation_deg'])} deg)")
+    return 0
