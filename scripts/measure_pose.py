@@ -62,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--template", required=True, help="pose template (xray2mri pose-template)")
     parser.add_argument("--knees", type=int, default=60, help="first knees of ground_truth.csv")
     parser.add_argument("--iterations", type=int, default=80, help="registration steps (AlignMRIPose's default 80)")
+    parser.add_argument("--scale", action="store_true", help="fit an isotropic size factor too (register scale=True)")
+    parser.add_argument("--subjects", help="comma-separated participant IDs to measure (default: the first --knees)")
     parser.add_argument("--out", help="JSON with the per-knee errors")
     args = parser.parse_args(argv)
     root = Path(args.cohort)
@@ -70,13 +72,16 @@ def main(argv: list[str] | None = None) -> int:
     template = PoseTemplate.from_state_dict(torch.load(args.template, weights_only=True))
     localiser = MRIJointLocaliser()
     rows = []
-    for (pid, side), gt in list(read_ground_truth(root).items())[: args.knees]:
+    table = read_ground_truth(root)
+    chosen = [k for k in table if k[0] in args.subjects.split(",")] if args.subjects else list(table)[: args.knees]
+    for pid, side in chosen:
+        gt = table[(pid, side)]
         volume, _, meta = load_mri_volume(root / gt["mri_folder"])
         spacing = tuple(float(s) for s in meta["spacing"])
         row, col = localiser(volume, spacing[:2], side)
         found, ncc = register(torch.from_numpy(volume).permute(2, 0, 1), (spacing[2], spacing[0], spacing[1]),
                               (template.depth_anchor, row, col), template.for_side(side),
-                              args.iterations)
+                              args.iterations, scale=args.scale)
         estimate = rotation_matrix(torch.tensor(found.omega, dtype=torch.float64)).numpy()
         if side == "LEFT":  # registered to the mirrored template: the same rotation in the right-knee frame
             estimate = MIRROR_COLUMNS @ estimate @ MIRROR_COLUMNS

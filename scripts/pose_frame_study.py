@@ -21,8 +21,8 @@ that frame. Writes ``<out>/pose_frame_study.json`` (resumable per frame and knee
 from __future__ import annotations
 
 import argparse
+import functools
 import json
-import shutil
 import statistics
 import time
 from pathlib import Path
@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from monai.transforms import Compose
-from rescan_ceiling import METRICS, stored_knee, subject_index, twin_volume, write_twin
+from rescan_ceiling import METRICS, score_twins, stored_knee, subject_index
 
 from xray2mri_bundle.cohort.generate import CohortConfig
 from xray2mri_bundle.data import pose as pose_module
@@ -86,6 +86,11 @@ def template_for(records: list[dict], count: int, path: Path) -> pose_module.Pos
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(template.state_dict(), path)
     return template
+
+
+def read_mri(chain: Compose, keep: list[int], folder: str, side: str, _joint: float | None = None) -> torch.Tensor:
+    """The kept slices (1, size, size, n) of one MRI series through ``chain``."""
+    return chain({"mri": folder, "side": side})["mri"].as_tensor()[..., keep]
 
 
 def score(prediction: torch.Tensor, truth: torch.Tensor) -> dict[str, float]:
@@ -149,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
             pid, side = str(record["subject"]), str(record["side"]).upper()
             if (pid, side) in done:
                 continue
-            truth = chain({"mri": record["mri"], "side": side})["mri"].as_tensor()[..., keep]
+            truth = read_mri(chain, keep, record["mri"], side)
             xray = xray_chain(dict(record))["xray"].as_tensor()
             order = knn.neighbours(xray)
             row = {"subject": pid, "side": side, "kl": record.get("kl"),
@@ -158,13 +163,9 @@ def main(argv: list[str] | None = None) -> int:
             index = subject_index(cfg.seed, pid)
             knee = stored_knee(cfg, index, side)
             for twin in TWINS:
-                draws = []
-                for draw in range(args.draws):
-                    volume, geom, _ = twin_volume(cfg, index, side, knee, twin, draw)
-                    folder = write_twin(out / "twins" / f"{pid}_{side}_{twin}_{draw}", volume, geom, cfg.seed, side)
-                    other = chain({"mri": str(folder), "side": side})["mri"].as_tensor()[..., keep]
-                    shutil.rmtree(folder)
-                    draws.append(score(other, truth))
+                draws = [dict(zip(METRICS, d, strict=True)) for d in score_twins(
+                    cfg, index, side, knee, twin, args.draws, out / "twins" / f"{pid}_{side}_{twin}",
+                    functools.partial(read_mri, chain, keep), truth, keep_first=False)]
                 row[twin] = {m: float(np.mean([d[m] for d in draws])) for m in METRICS}
                 row[twin]["draws"] = draws
             rows.append(row)

@@ -31,7 +31,9 @@ import argparse
 import json
 import shutil
 import statistics
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from monai.transforms import Compose
@@ -80,6 +82,24 @@ def twin_volume(cfg: CohortConfig, index: int, side: str, knee: tuple[list, mri.
         geom, pose = new_geom, (Pose(M=pose.M, t=new_pose.t) if twin == "shifted" else new_pose)
     volume, _ = mri.simulate_mri(layers, pose, geom, fresh)
     return volume, geom, float(geom.to_pixel(pose.t)[0])
+
+
+def score_twins(cfg: CohortConfig, index: int, side: str, knee: tuple[list, mri.MriGeometry, Pose], twin: str,
+                draws: int, prefix: Path, preprocess: Callable[[str, str, float], Any], truth: Any,
+                keep_first: bool = True) -> list[tuple[float, float, float]]:
+    """(PSNR, SSIM, RSSIM) against ``truth`` of ``draws`` twins of kind ``twin``, each written as a DICOM series
+    ``<prefix>_<draw>`` and read back through ``preprocess(folder, side, twin joint slice)``; the first stays on disk
+    for a viewer (80 slices of 256 x 256: 10 MB a series) unless ``keep_first`` is False."""
+    scores = []
+    for draw in range(draws):
+        volume, geom, twin_joint = twin_volume(cfg, index, side, knee, twin, draw)
+        folder = write_twin(Path(f"{prefix}_{draw}"), volume, geom, cfg.seed, side)
+        other = preprocess(str(folder), side, twin_joint)
+        if draw or not keep_first:
+            shutil.rmtree(folder)
+        scores.append((float(volume_psnr(other, truth)), float(volume_ssim(other, truth)),
+                       float(volume_rssim(other, truth))))
+    return scores
 
 
 def slab_start(frame: str, joint_slice: float | None) -> int:
@@ -179,14 +199,8 @@ def main(argv: list[str] | None = None) -> int:
         index = subject_index(cfg.seed, pid)
         knee = stored_knee(cfg, index, side)
         for twin in TWINS:
-            scores = []
-            for draw in range(args.draws):
-                volume, geom, twin_joint = twin_volume(cfg, index, side, knee, twin, draw)
-                folder = write_twin(out / "twins" / f"{pid}_{side}_{twin}_{draw}", volume, geom, cfg.seed, side)
-                other = preprocess(str(folder), side, twin_joint)
-                if draw:  # one twin of each kind stays for a viewer (80 slices of 256 x 256: 10 MB a series)
-                    shutil.rmtree(folder)
-                scores.append((volume_psnr(other, truth), volume_ssim(other, truth), volume_rssim(other, truth)))
+            scores = score_twins(cfg, index, side, knee, twin, args.draws, out / "twins" / f"{pid}_{side}_{twin}",
+                                 preprocess, truth)
             row[twin] = dict(zip(METRICS, (float(v) for v in np.mean(scores, axis=0)), strict=True))
             row[twin]["draws"] = [[float(v) for v in score] for score in scores]
         rows.append(row)

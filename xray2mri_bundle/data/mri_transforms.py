@@ -179,19 +179,23 @@ class AlignMRIPose(Transform):
     to the template (:func:`~.pose.register`, channel 0), and every channel is resampled so that the joint lies at
     the row / column centre and at slice ``template.depth_anchor``, the knee rotated as in the template.
 
+    ``fit_size``: fit an isotropic size factor during the registration (the resampling stays rigid): measured
+    more robust for knees far from the template's size (docs/data.md section 3b), off by default until the
+    models are retrained with it.
+
     Meta: ``joint_rc`` (the centre, for :class:`CropMRIJoint`), ``pose_omega`` (rad) / ``pose_t`` (mm) of the
     registration, ``pose_ncc`` (its normalised cross-correlation; low = a knee unlike the template); the affine
     follows, so the aligned volume still overlays the original in a viewer.
     """
 
     def __init__(self, template: PoseTemplate | str | os.PathLike, localiser: MRIJointLocaliser | None = None,
-                 iterations: int = 80) -> None:
+                 iterations: int = 80, fit_size: bool = False) -> None:
         if not isinstance(template, PoseTemplate):
             if not Path(template).is_file():
                 raise FileNotFoundError(f"pose template {template} not found: build it from the training knees with "
                                         f"`xray2mri pose-template --dataset-dir <tree> --out {template}`")
             template = PoseTemplate.from_state_dict(torch.load(template, map_location="cpu", weights_only=True))
-        self.template, self.iterations = template, int(iterations)
+        self.template, self.iterations, self.fit_size = template, int(iterations), bool(fit_size)
         # a primitive the cache fingerprint (datasets.transform_fingerprint) sees: caches of two templates never mix
         self.template_digest = hashlib.sha256(template.image.float().numpy().tobytes()).hexdigest()[:16]
         self.localiser = localiser if localiser is not None else MRIJointLocaliser()
@@ -203,7 +207,7 @@ class AlignMRIPose(Transform):
         dhw_spacing = (spacing[2], spacing[0], spacing[1])
         anchor = (self.template.depth_anchor, float(row), float(col))
         pose, ncc = register(x[0].permute(2, 0, 1), dhw_spacing, anchor, self.template.for_side(side),
-                             self.iterations)
+                             self.iterations, scale=self.fit_size)
         channels, index_map = [], None
         for channel in x:
             aligned, index_map = align_volume(channel.permute(2, 0, 1), dhw_spacing, anchor, pose,
@@ -223,11 +227,11 @@ class AlignMRIPosed(MapTransform):
 
     def __init__(self, keys: KeysCollection = "mri", template: PoseTemplate | str | os.PathLike | None = None,
                  localiser: MRIJointLocaliser | None = None, side_key: str = "side", iterations: int = 80,
-                 allow_missing_keys: bool = False) -> None:
+                 fit_size: bool = False, allow_missing_keys: bool = False) -> None:
         super().__init__(keys, allow_missing_keys)
         if template is None:
             raise ValueError("AlignMRIPosed needs a pose template (xray2mri pose-template builds one)")
-        self.align, self.side_key = AlignMRIPose(template, localiser, iterations), side_key
+        self.align, self.side_key = AlignMRIPose(template, localiser, iterations, fit_size), side_key
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict[Hashable, object]:
         d = dict(data)

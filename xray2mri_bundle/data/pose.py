@@ -146,19 +146,22 @@ class PoseTemplate:
 
 
 def register(volume: torch.Tensor, spacing: Sequence[float], anchor: Sequence[float], template: torch.Tensor,
-             iterations: int = 80, init: RigidPose | None = None) -> tuple[RigidPose, float]:
+             iterations: int = 80, init: RigidPose | None = None, scale: bool = False) -> tuple[RigidPose, float]:
     """Rigid pose of ``volume`` (D, H, W) against ``template`` (template grid, same side): maximise the normalised
-    cross-correlation over the template's foreground. Returns (pose, final NCC)."""
+    cross-correlation over the template's foreground. ``scale``: also fit an isotropic size factor (a knee larger
+    or smaller than the template), used for the fit only: the pose returned is rigid. Returns (pose, final NCC)."""
     points = _template_points()
     smooth = _smooth_to(volume.float(), spacing) / _scale(volume)
     mask = template > 0.05
     omega = torch.tensor(init.omega if init else (0.0, 0.0, 0.0), dtype=torch.float32, requires_grad=True)
     t = torch.tensor(init.t if init else (0.0, 0.0, 0.0), dtype=torch.float32, requires_grad=True)
-    opt = torch.optim.Adam([{"params": [omega], "lr": 0.004}, {"params": [t], "lr": 0.4}])
+    log_size = torch.zeros((), requires_grad=scale)
+    groups = [{"params": [omega], "lr": 0.004}, {"params": [t], "lr": 0.4}]
+    opt = torch.optim.Adam(groups + ([{"params": [log_size], "lr": 0.004}] if scale else []))
     best = (-2.0, omega.detach().clone(), t.detach().clone())
     for step in range(iterations):
         opt.zero_grad()
-        warped = sample_rigid(smooth, spacing, anchor, rotation_matrix(omega), t, points)
+        warped = sample_rigid(smooth, spacing, anchor, log_size.exp() * rotation_matrix(omega), t, points)
         score = _ncc(warped, template, mask)
         if score.item() > best[0]:
             best = (score.item(), omega.detach().clone(), t.detach().clone())
