@@ -34,14 +34,7 @@ from rescan_ceiling import METRICS, score_twins, stored_knee, subject_index
 
 from xray2mri_bundle.cohort.generate import CohortConfig
 from xray2mri_bundle.data import pose as pose_module
-from xray2mri_bundle.data.intensity import ScalePercentilesd
-from xray2mri_bundle.data.localiser import MRIJointLocaliser
 from xray2mri_bundle.data.mri_transforms import (
-    AlignMRIPosed,
-    CropMRIJointd,
-    LoadMRISeries,
-    LoadMRISeriesd,
-    SelectSlicesd,
     mri_transforms,
 )
 from xray2mri_bundle.data.xray_transforms import xray_transforms
@@ -58,34 +51,20 @@ REFERENCES = ("mean_volume", "nearest_xray", "knn5_xray")
 
 
 def mri_chain(frame: str, size: int, template: pose_module.PoseTemplate | None) -> Compose:
-    """The MRI preprocessing of ``frame`` -> (1, size, size, 50) in [-1, 1]."""
-    if frame == "coil":
-        return Compose(mri_transforms(size=size))
-    return Compose([LoadMRISeriesd("mri"), AlignMRIPosed("mri", template=template), SelectSlicesd("mri"),
-                    CropMRIJointd("mri", size=size),
-                    ScalePercentilesd("mri", lower=0.5, upper=99.5, b_min=-1.0, b_max=1.0, clip=True)])
+    """The MRI preprocessing of ``frame`` -> (1, size, size, 50) in [-1, 1] (the bundle's chains)."""
+    return Compose(mri_transforms(size=size, pose_template=template if frame == "pose" else None))
 
 
 def template_for(records: list[dict], count: int, path: Path) -> pose_module.PoseTemplate:
-    """The pose template of the first ``count`` training knees (built once, then read from ``path``)."""
-    if path.is_file():
-        return pose_module.PoseTemplate.from_state_dict(torch.load(path, weights_only=True))
-    load, localiser = LoadMRISeries(), MRIJointLocaliser()
-    knees = []
-    for record in records[:count]:
-        image = load(record["mri"])
-        spacing = tuple(image.meta["spacing"])
-        volume = image.as_tensor()[0]
-        row, col = localiser(volume.numpy(), spacing[:2], record["side"])
-        knees.append((volume.permute(2, 0, 1).contiguous(), (spacing[2], spacing[0], spacing[1]),
-                      (36.0, row, col), str(record["side"]).upper()))
-    start = time.time()
-    template, history = pose_module.build_template(knees)
-    print(f"template from {len(knees)} knees in {time.time() - start:.0f} s; median rotation per round (deg): "
-          + ", ".join(f"{statistics.median(p.angle_deg for p in poses):.2f}" for poses in history), flush=True)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(template.state_dict(), path)
-    return template
+    """The pose template of the first ``count`` readable training knees (built once, then read from ``path``; the
+    stored copy is used from the start, so a resumed run scores with the same float16 template)."""
+    if not path.is_file():
+        template, report = pose_module.template_from_records(records, count=count)
+        print(f"template from {report['knees']} knees ({len(report['skipped'])} skipped): median rotation per "
+              f"round {report['median_rotation_deg']} deg", flush=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(template.state_dict(), path)
+    return pose_module.load_pose_template(path)
 
 
 def read_mri(chain: Compose, keep: list[int], folder: str, side: str, _joint: float | None = None) -> torch.Tensor:

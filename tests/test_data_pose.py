@@ -175,3 +175,37 @@ def test_size_fit_recovers_the_pose_of_a_knee_larger_than_the_template(cohort: P
     found, _ = register(larger, spacing, centre, template.for_side(side), iterations=120, scale=True)
     residual = known.matrix @ found.matrix
     assert math.degrees(math.acos(min(1.0, (float(torch.trace(residual)) - 1.0) / 2.0))) < 1.0
+
+
+def test_cache_fingerprint_tells_templates_and_size_fit_apart(tmp_path: Path) -> None:
+    from xray2mri_bundle.data.datasets import transform_fingerprint
+    from xray2mri_bundle.data.mri_transforms import AlignMRIPosed
+
+    one, two = PoseTemplate(torch.rand(31, 57, 57), 36.0), PoseTemplate(torch.rand(31, 57, 57), 36.0)
+    prints = {transform_fingerprint(AlignMRIPosed("mri", template=one)),
+              transform_fingerprint(AlignMRIPosed("mri", template=two)),
+              transform_fingerprint(AlignMRIPosed("mri", template=one, fit_size=True))}
+    assert len(prints) == 3
+    # the bundle command line delivers "false" as a string
+    assert AlignMRIPosed("mri", template=one, fit_size="false").align.fit_size is False
+
+
+def test_a_left_knee_registers_to_the_mirrored_template(cohort: Path, truth: list[dict]) -> None:
+    """The right knee mirrored along the columns, labelled LEFT, matches the template's mirror image: high NCC and
+    the mirrored pose (a rotation about the row axis changes sign under the mirror)."""
+    volume, spacing, anchor, side = _cohort_knee(cohort, truth)
+    template, _ = build_template([(volume, spacing, anchor, side)], rounds=0)
+    known = RigidPose((0.0, math.radians(5.0), 0.0), (0.0, 0.0, 0.0))
+    moved, _ = align_volume(volume, spacing, anchor, known, anchor[0])
+    centre = (anchor[0], (volume.shape[1] - 1) / 2.0, (volume.shape[2] - 1) / 2.0)
+    other = "LEFT" if side == "RIGHT" else "RIGHT"
+    found, ncc = register(moved.flip(-1), spacing, centre, template.for_side(other), iterations=120)
+    assert ncc > 0.9
+    # moved(q) = volume(R q); the mirror D conjugates: the template -> knee map is D R^T D, +5 deg about the row axis
+    assert math.degrees(found.omega[1]) == pytest.approx(5.0, abs=1.0)
+
+
+def test_align_needs_the_side(tmp_path: Path) -> None:
+    image = MetaTensor(torch.rand(1, 16, 16, 8), meta={"spacing": (2.0, 2.0, 3.0), "filename_or_obj": "knee.nii"})
+    with pytest.raises(ValueError, match="knee.nii.*side"):
+        AlignMRIPose(PoseTemplate(torch.rand(31, 57, 57), 36.0))(image, None)

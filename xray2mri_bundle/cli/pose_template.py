@@ -32,6 +32,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=3, help="register-and-average rounds (default 3)")
     p.add_argument("--out", required=True, help="template file to write (.pt)")
     args = p.parse_args(argv)
+    if args.knees < 1 or args.rounds < 0:
+        p.error(f"--knees must be >= 1 and --rounds >= 0, got {args.knees} and {args.rounds}")
+    if not args.out.endswith(".pt"):
+        p.error(f"--out must name a .pt file (the report goes beside it as .json), got {args.out}")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     records = load_datalist(args.dataset_dir, args.datalist)["training"]
     template, report = template_from_records(records, count=args.knees, rounds=args.rounds)

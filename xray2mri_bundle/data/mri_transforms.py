@@ -17,7 +17,6 @@ import hashlib
 import logging
 import os
 from collections.abc import Hashable, Mapping
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -30,7 +29,7 @@ from .dicom_utils import DataFileError
 from .frame import FRAME_MM, crop_frame, frame_box
 from .localiser import MRIJointLocaliser
 from .mri_io import load_mri_volume
-from .pose import PoseTemplate, align_volume, register
+from .pose import PoseTemplate, align_volume, load_pose_template, register
 
 logger = logging.getLogger(__name__)
 
@@ -173,6 +172,11 @@ class CropMRIJoint(Transform):
                             joint_rc=tuple(float(v) for v in joint_rc))
 
 
+#: below this normalised cross-correlation with the template a knee's alignment is reported (docs/data.md 3b:
+#: the rigid fit's failures had 0.60-0.71, the median knee 0.85)
+LOW_POSE_NCC = 0.7
+
+
 class AlignMRIPose(Transform):
     """Resample a coronal volume (C, H, W, D) in the canonical pose of a :class:`~.pose.PoseTemplate` (same shape
     and spacing): the joint found in-plane (:class:`~.localiser.MRIJointLocaliser`) starts a rigid registration
@@ -189,12 +193,10 @@ class AlignMRIPose(Transform):
     """
 
     def __init__(self, template: PoseTemplate | str | os.PathLike, localiser: MRIJointLocaliser | None = None,
-                 iterations: int = 80, fit_size: bool = False) -> None:
-        if not isinstance(template, PoseTemplate):
-            if not Path(template).is_file():
-                raise FileNotFoundError(f"pose template {template} not found: build it from the training knees with "
-                                        f"`xray2mri pose-template --dataset-dir <tree> --out {template}`")
-            template = PoseTemplate.from_state_dict(torch.load(template, map_location="cpu", weights_only=True))
+                 iterations: int = 80, fit_size: bool | str = False) -> None:
+        template = load_pose_template(template)
+        if isinstance(fit_size, str):  # `--mri_pose_fit_size false` arrives from the bundle command line as a string
+            fit_size = fit_size.strip().lower() in ("1", "true", "yes", "on")
         self.template, self.iterations, self.fit_size = template, int(iterations), bool(fit_size)
         # a primitive the cache fingerprint (datasets.transform_fingerprint) sees: caches of two templates never mix
         self.template_digest = hashlib.sha256(template.image.float().numpy().tobytes()).hexdigest()[:16]
@@ -203,6 +205,9 @@ class AlignMRIPose(Transform):
     def __call__(self, img: torch.Tensor, side: str | None = None) -> torch.Tensor:
         x = torch.as_tensor(img).as_subclass(torch.Tensor).float()
         spacing = tuple(img.meta.get("spacing", (1.0, 1.0, 1.0))) if isinstance(img, MetaTensor) else (1.0,) * 3
+        if str(side or "").upper() not in ("RIGHT", "LEFT"):
+            raise ValueError(f"{_source(img)}: AlignMRIPose needs the knee's side (RIGHT / LEFT) to pick the "
+                             f"template's mirror image, got {side!r}")
         row, col = self.localiser(x[0].numpy(), spacing[:2], side)
         dhw_spacing = (spacing[2], spacing[0], spacing[1])
         anchor = (self.template.depth_anchor, float(row), float(col))
@@ -217,6 +222,9 @@ class AlignMRIPose(Transform):
         if isinstance(img, MetaTensor):
             order = torch.tensor([[0, 1, 0, 0], [0, 0, 1, 0], [1, 0, 0, 0], [0, 0, 0, 1]], dtype=torch.float64)
             affine = img.affine.double() @ order @ index_map @ order.T  # (h, w, d) -> (d, h, w) -> input (h, w, d)
+        if ncc < LOW_POSE_NCC:
+            logger.warning("%s: the knee matches the pose template poorly (NCC %.2f < %.2f); its alignment may be off",
+                           _source(img), ncc, LOW_POSE_NCC)
         h, w = x.shape[1:3]
         return _meta_tensor(torch.stack(channels), img, affine, joint_rc=((h - 1) / 2.0, (w - 1) / 2.0),
                             joint_localised=True, pose_omega=pose.omega, pose_t=pose.t, pose_ncc=ncc)
@@ -227,7 +235,7 @@ class AlignMRIPosed(MapTransform):
 
     def __init__(self, keys: KeysCollection = "mri", template: PoseTemplate | str | os.PathLike | None = None,
                  localiser: MRIJointLocaliser | None = None, side_key: str = "side", iterations: int = 80,
-                 fit_size: bool = False, allow_missing_keys: bool = False) -> None:
+                 fit_size: bool | str = False, allow_missing_keys: bool = False) -> None:
         super().__init__(keys, allow_missing_keys)
         if template is None:
             raise ValueError("AlignMRIPosed needs a pose template (xray2mri pose-template builds one)")

@@ -19,16 +19,21 @@ ground truth; real OAI data builds its own.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PoseTemplate", "RigidPose", "build_template", "coarse_volume", "register", "rotation_matrix",
-           "sample_rigid"]
+__all__ = ["POSE_TEMPLATE_FILE", "PoseTemplate", "RigidPose", "build_template", "coarse_volume", "load_pose_template",
+           "register", "rotation_matrix", "sample_rigid"]
+
+#: the template's file name in a model folder (models trained in the canonical-pose frame carry it)
+POSE_TEMPLATE_FILE = "mri_pose_template.pt"
 
 #: the template grid: (depth, row, col) mm spacing and half extents around the anchor (the joint)
 TEMPLATE_SPACING_MM: tuple[float, float, float] = (3.0, 2.5, 2.5)
@@ -124,8 +129,8 @@ def _ncc(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 @dataclass
 class PoseTemplate:
     """The canonical right knee on the template grid: ``image`` (D, H, W) (intensities / 99th percentile) and
-    ``depth_anchor``, the slice index of an 80-slice series that the template's anchor depth corresponds to (where
-    the joint sits in depth after alignment)."""
+    ``depth_anchor``, the slice index that the template's anchor depth corresponds to (where the joint sits in
+    depth after alignment; 36 assumes OAI's 80-slice COR_T1_3D_FLASH, whose joint lies near slice 36)."""
 
     image: torch.Tensor
     depth_anchor: float = 36.0
@@ -142,7 +147,24 @@ class PoseTemplate:
         if tuple(state["spacing_mm"]) != TEMPLATE_SPACING_MM or tuple(state["half_mm"]) != TEMPLATE_HALF_MM:
             raise ValueError(f"pose template grid {state['spacing_mm']} / {state['half_mm']} is not this version's "
                              f"{TEMPLATE_SPACING_MM} / {TEMPLATE_HALF_MM}: build the template again")
-        return cls(state["image"].float(), float(state["depth_anchor"]))
+        image = state["image"].float()
+        if tuple(image.shape) != tuple(_template_points().shape[:3]):
+            raise ValueError(f"pose template image {tuple(image.shape)} does not fill the template grid "
+                             f"{tuple(_template_points().shape[:3])}")
+        return cls(image, float(state["depth_anchor"]))
+
+
+def load_pose_template(path: str | os.PathLike | PoseTemplate) -> PoseTemplate:
+    """A template file (``xray2mri pose-template``); errors name the file and what is wrong with it."""
+    if isinstance(path, PoseTemplate):
+        return path
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"pose template {path} not found: build it from the training knees with "
+                                f"`xray2mri pose-template --dataset-dir <tree> --out {path}`")
+    try:
+        return PoseTemplate.from_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    except Exception as exc:  # noqa: BLE001 - torch / a foreign file raise many types: name the file in all
+        raise ValueError(f"{path} is not a readable pose template ({type(exc).__name__}: {exc})") from exc
 
 
 def register(volume: torch.Tensor, spacing: Sequence[float], anchor: Sequence[float], template: torch.Tensor,
@@ -236,12 +258,12 @@ def template_from_records(records: Sequence[dict], count: int = 40, rounds: int 
             break
         try:
             volume, _, info = load_mri_volume(str(record["mri"]))
+            spacing = tuple(float(s) for s in info["spacing"])
+            row, col = localiser(volume, spacing[:2], record.get("side"))
         except Exception as exc:  # noqa: BLE001 - a broken series is reported and skipped, the others still count
             skipped.append({"mri": str(record["mri"]), "reason": f"{type(exc).__name__}: {exc}"})
             logger.warning("pose template: skipped %s (%s)", record["mri"], exc)
             continue
-        spacing = tuple(float(s) for s in info["spacing"])
-        row, col = localiser(volume, spacing[:2], record.get("side"))
         knees.append((torch.from_numpy(volume).permute(2, 0, 1).contiguous(), (spacing[2], spacing[0], spacing[1]),
                       (depth_anchor, row, col), str(record.get("side", "RIGHT")).upper()))
         logger.info("pose template: read knee %d/%d", len(knees), count)

@@ -304,9 +304,12 @@ class KneeRecorder:
         self, method: str, ground_truth: Mapping[tuple[str, str], Mapping[str, Any]] | None = None,
         examples: Sequence[str] = (), example_fraction: float = 0.5, steps: int | None = None,
         measure_jsw: bool = True, real_cache: dict[str, dict[str, Any]] | None = None,
-        mri_matrix: int | None = None,
+        mri_matrix: int | None = None, aligned_joint_slice: float | None = None,
     ) -> None:
         self.method = method
+        # the canonical-pose frame (AlignMRIPose): the joint sits at the crop's centre column and at this slice of
+        # the series, where the coil-frame ground truth (mri_joint_col / mri_joint_slice) no longer applies
+        self.aligned_joint_slice = aligned_joint_slice
         self.ground_truth = dict(ground_truth or {})
         self.examples = {k for k in examples if k}
         self.example_fraction = float(example_fraction)
@@ -331,7 +334,10 @@ class KneeRecorder:
 
     def _joint_col(self, knee: Mapping[str, Any], width: int) -> float | None:
         """Ground-truth joint-centre column mapped to the evaluated grid (None when unknown): through the MRI's
-        joint-centred crop box when the knee has one (``mri_meta['crop_box']``), else the resized field of view."""
+        joint-centred crop box when the knee has one (``mri_meta['crop_box']``), else the resized field of view; in
+        the canonical-pose frame the centre column, where the alignment put the joint."""
+        if self.aligned_joint_slice is not None:
+            return (width - 1) / 2.0
         truth = self._truth(knee)
         col = _float(truth.get("mri_joint_col"))
         box = (knee.get("mri_meta") or {}).get("crop_box")
@@ -346,7 +352,8 @@ class KneeRecorder:
     def _example_slice(self, knee: Mapping[str, Any], depths: torch.Tensor | None, count: int) -> int:
         """Compared slice for Table 1: the one nearest the ground-truth joint-centre slice when known (the
         slice "that best represents the complete knee joint"), else ``example_fraction`` of the way."""
-        joint = _float(self._truth(knee).get("mri_joint_slice"))
+        joint = self.aligned_joint_slice if self.aligned_joint_slice is not None else \
+            _float(self._truth(knee).get("mri_joint_slice"))
         meta = knee.get("mri_meta") or {}
         if joint is not None and depths is not None and len(depths) == count:
             total = int(meta.get("slice_count") or 50)

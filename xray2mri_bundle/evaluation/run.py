@@ -37,6 +37,7 @@ from xray2mri_bundle.constants import SUMMARY_DISCLAIMER
 from xray2mri_bundle.data.atomic import write_bytes_atomic
 from xray2mri_bundle.data.datasets import build_knee_dataset
 from xray2mri_bundle.data.plain import to_plain
+from xray2mri_bundle.data.pose import POSE_TEMPLATE_FILE, PoseTemplate, load_pose_template
 from xray2mri_bundle.inference.generator import resolve_model_dir
 from xray2mri_bundle.networks.profiles import PROFILE_NAMES, get_profile
 
@@ -108,6 +109,20 @@ def _datalist(args: EvaluationOptions, out: Path) -> tuple[dict[str, list[dict]]
     datalist = load_datalist(args.dataset_dir, datalist_file, seed=args.split_seed, val_fraction=args.val_fraction,
                              cache_file=out / "datalist_index.json")
     return datalist, str(datalist_file or f"{args.dataset_dir} (indexed, split seed {args.split_seed})")
+
+
+def _pose_template(args: EvaluationOptions) -> PoseTemplate | None:
+    """The canonical-pose template of the run: ``--pose-template``, else the model folder's own
+    ``mri_pose_template.pt`` (models trained in that frame are scored in it), else None (the joint-centred frame).
+    Fills ``args.pose_template`` so that the report names the frame."""
+    path = args.pose_template
+    if path is None and (Path(args.model_dir) / POSE_TEMPLATE_FILE).is_file():
+        path = str(Path(args.model_dir) / POSE_TEMPLATE_FILE)
+        logger.info("scoring in the canonical-pose MRI frame of %s (the models were trained in it)", path)
+    if path is None:
+        return None
+    args.pose_template = str(path)
+    return load_pose_template(path)
 
 
 def _sweep_method(args: EvaluationOptions, methods: Sequence[str]) -> str | None:
@@ -182,8 +197,9 @@ def run_evaluation(args: EvaluationOptions | Mapping[str, Any], argv: Sequence[s
     train_records = select_knees(datalist["training"], args.max_train_knees)
     if not val_records:
         raise SystemExit(f"xray2mri evaluate: no validation knees in {source}")
+    pose = _pose_template(args)
     dataset_kwargs = {"cache": "persistent", "cache_dir": cache / f"knees_{size}", "mri_size": size,
-                      "xray_size": size, "pose_template": args.pose_template}
+                      "xray_size": size, "pose_template": pose}
     val = build_knee_dataset(val_records, **dataset_kwargs)
     train = build_knee_dataset(train_records, **dataset_kwargs)
     ground_truth = read_ground_truth(args.dataset_dir)
@@ -219,7 +235,8 @@ def run_evaluation(args: EvaluationOptions | Mapping[str, Any], argv: Sequence[s
             label = variant.name
             recorder = KneeRecorder(label, ground_truth, examples=[k for k in examples.values() if k],
                                     steps=args.steps if is_diffusion else None, measure_jsw=not args.no_jsw,
-                                    real_cache=real_cache, mri_matrix=read_mri_matrix(args.dataset_dir))
+                                    real_cache=real_cache, mri_matrix=read_mri_matrix(args.dataset_dir),
+                                    aligned_joint_slice=None if pose is None else pose.depth_anchor)
             evaluator = build_evaluator(variant, val, recorder, slices=args.slices or None, device=device,
                                         seed=args.seed)
             evaluator.run()
@@ -297,7 +314,8 @@ def _write_outputs(
                                            f"{args.nearest_metric} distance; knn_xray averages {args.knn}",
         "samples": f"diffusion methods scored on 1 sample and on the mean of {args.samples} (`<name>_mean"
                    f"{args.samples}`)" if args.samples > 1 else "1 sample per knee",
-        "frame": "joint-centred, 140 mm of the patient for X-ray and MRI (film magnification removed)",
+        "frame": "joint-centred, 140 mm of the patient for X-ray and MRI (film magnification removed)" + (
+            "" if args.pose_template is None else f"; MRI in the canonical pose of template {args.pose_template}"),
     }
     write_summary(run.summary, out / "summary.json", settings={k: str(v) for k, v in settings.items()},
                   engine_metrics=run.metrics, skipped=run.skipped, bootstrap=run.bootstrap,
