@@ -209,3 +209,23 @@ def test_align_needs_the_side(tmp_path: Path) -> None:
     image = MetaTensor(torch.rand(1, 16, 16, 8), meta={"spacing": (2.0, 2.0, 3.0), "filename_or_obj": "knee.nii"})
     with pytest.raises(ValueError, match="knee.nii.*side"):
         AlignMRIPose(PoseTemplate(torch.rand(31, 57, 57), 36.0))(image, None)
+
+
+def test_evaluation_scores_a_pose_frame_model_in_its_frame(tmp_path: Path) -> None:
+    """A model folder holding mri_pose_template.pt is evaluated in that frame without --pose-template; the
+    KneeRecorder then takes the joint from the alignment (centre column, the template's slice)."""
+    from xray2mri_bundle.evaluation.evaluator import KneeRecorder
+    from xray2mri_bundle.evaluation.options import EvaluationOptions
+    from xray2mri_bundle.evaluation.run import _pose_template
+
+    assert _pose_template(EvaluationOptions(model_dir=str(tmp_path))) is None
+    torch.save(PoseTemplate(torch.rand(31, 57, 57), 36.0).state_dict(), tmp_path / "mri_pose_template.pt")
+    options = EvaluationOptions(model_dir=str(tmp_path))
+    template = _pose_template(options)
+    assert template is not None and options.pose_template == str(tmp_path / "mri_pose_template.pt")
+    recorder = KneeRecorder("full", {("1", "RIGHT"): {"mri_joint_col": "10", "mri_joint_slice": "40"}},
+                            aligned_joint_slice=template.depth_anchor)
+    knee = {"subject": "1", "side": "RIGHT", "mri_meta": {"crop_box": [0, 0, 128, 128], "slice_start": 13}}
+    assert recorder._joint_col(knee, 64) == pytest.approx(31.5)  # the centre, not the coil-frame column 10
+    depths = torch.linspace(0, 1, 50)
+    assert recorder._example_slice(knee, depths, 50) == 23  # slice 36 of the series = kept index 23
