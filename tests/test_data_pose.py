@@ -229,3 +229,12 @@ def test_evaluation_scores_a_pose_frame_model_in_its_frame(tmp_path: Path) -> No
     assert recorder._joint_col(knee, 64) == pytest.approx(31.5)  # the centre, not the coil-frame column 10
     depths = torch.linspace(0, 1, 50)
     assert recorder._example_slice(knee, depths, 50) == 23  # slice 36 of the series = kept index 23
+
+
+def test_alignment_runs_inside_inference_mode(cohort: Path, truth: list[dict]) -> None:
+    """Preprocessing may run under torch.inference_mode() (scripts, evaluation): the registration still fits."""
+    volume, spacing, anchor, side = _cohort_knee(cohort, truth)
+    template, _ = build_template([(volume, spacing, anchor, side)], rounds=0)
+    with torch.inference_mode():
+        found, ncc = register(volume.clone(), spacing, anchor, template.for_side(side), iterations=10)
+    assert ncc > 0.9 and found.angle_deg < 1.0

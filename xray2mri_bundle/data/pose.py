@@ -172,6 +172,14 @@ def register(volume: torch.Tensor, spacing: Sequence[float], anchor: Sequence[fl
     """Rigid pose of ``volume`` (D, H, W) against ``template`` (template grid, same side): maximise the normalised
     cross-correlation over the template's foreground. ``scale``: also fit an isotropic size factor (a knee larger
     or smaller than the template), used for the fit only: the pose returned is rigid. Returns (pose, final NCC)."""
+    # the fit needs autograd even when the caller runs without it (e.g. preprocessing inside torch.no_grad() or
+    # torch.inference_mode()); clones leave inference tensors behind
+    with torch.inference_mode(False), torch.enable_grad():
+        return _register(volume.clone(), spacing, anchor, template.clone(), iterations, init, scale)
+
+
+def _register(volume: torch.Tensor, spacing: Sequence[float], anchor: Sequence[float], template: torch.Tensor,
+              iterations: int, init: RigidPose | None, scale: bool) -> tuple[RigidPose, float]:
     points = _template_points()
     smooth = _smooth_to(volume.float(), spacing) / _scale(volume)
     mask = template > 0.05
