@@ -30,7 +30,7 @@ from xray2mri_bundle.cohort import mri
 from xray2mri_bundle.cohort.generate import subject_streams
 from xray2mri_bundle.data.localiser import MRIJointLocaliser
 from xray2mri_bundle.data.mri_io import load_mri_volume
-from xray2mri_bundle.data.pose import PoseTemplate, register, rotation_matrix
+from xray2mri_bundle.data.pose import load_pose_template, register, rotation_matrix, template_axes
 from xray2mri_bundle.evaluation.evaluator import read_ground_truth
 
 #: world (x: patient left, y: posterior, z: superior) -> image mm (depth = y, row = -z, col = x)
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(args.cohort)
     info = json.loads((root / "cohort.json").read_text())
     seed, matrix = int(info["seed"]), int(info["mri_matrix"])
-    template = PoseTemplate.from_state_dict(torch.load(args.template, weights_only=True))
+    template = load_pose_template(args.template)
     localiser = MRIJointLocaliser()
     rows = []
     table = read_ground_truth(root)
@@ -77,11 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     for pid, side in chosen:
         gt = table[(pid, side)]
         volume, _, meta = load_mri_volume(root / gt["mri_folder"])
-        spacing = tuple(float(s) for s in meta["spacing"])
-        row, col = localiser(volume, spacing[:2], side)
-        found, ncc = register(torch.from_numpy(volume).permute(2, 0, 1), (spacing[2], spacing[0], spacing[1]),
-                              (template.depth_anchor, row, col), template.for_side(side),
-                              args.iterations, scale=args.scale)
+        dhw, spacing, anchor = template_axes(volume, meta["spacing"], side, localiser, template.depth_anchor)
+        found, ncc = register(dhw, spacing, anchor, template.for_side(side), args.iterations, scale=args.scale)
         estimate = rotation_matrix(torch.tensor(found.omega, dtype=torch.float64)).numpy()
         if side == "LEFT":  # registered to the mirrored template: the same rotation in the right-knee frame
             estimate = MIRROR_COLUMNS @ estimate @ MIRROR_COLUMNS

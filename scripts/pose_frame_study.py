@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from monai.transforms import Compose
-from rescan_ceiling import METRICS, score_twins, stored_knee, subject_index
+from rescan_ceiling import METRICS, metric_triple, score_twins, stored_knee, subject_index
 
 from xray2mri_bundle.cohort.generate import CohortConfig
 from xray2mri_bundle.data import pose as pose_module
@@ -42,8 +42,6 @@ from xray2mri_bundle.engines.datalist import load_datalist
 from xray2mri_bundle.evaluation.baselines import NearestXray, crop_feature
 from xray2mri_bundle.evaluation.evaluator import select_knees, slice_indices
 from xray2mri_bundle.evaluation.records import bootstrap_differences
-from xray2mri_bundle.metrics.image_quality import volume_psnr, volume_ssim
-from xray2mri_bundle.metrics.rssim import volume_rssim
 
 FRAMES = ("coil", "pose")
 TWINS = ("shifted", "repositioned")
@@ -73,8 +71,7 @@ def read_mri(chain: Compose, keep: list[int], folder: str, side: str, _joint: fl
 
 
 def score(prediction: torch.Tensor, truth: torch.Tensor) -> dict[str, float]:
-    return dict(zip(METRICS, (float(volume_psnr(prediction, truth)), float(volume_ssim(prediction, truth)),
-                              float(volume_rssim(prediction, truth))), strict=True))
+    return dict(zip(METRICS, metric_triple(prediction, truth), strict=True))
 
 
 def main(argv: list[str] | None = None) -> int:

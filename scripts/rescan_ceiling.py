@@ -84,6 +84,12 @@ def twin_volume(cfg: CohortConfig, index: int, side: str, knee: tuple[list, mri.
     return volume, geom, float(geom.to_pixel(pose.t)[0])
 
 
+def metric_triple(prediction: Any, truth: Any) -> tuple[float, float, float]:
+    """(PSNR, SSIM, RSSIM) of ``prediction`` against ``truth`` with the evaluator's metrics (``METRICS`` order)."""
+    return (float(volume_psnr(prediction, truth)), float(volume_ssim(prediction, truth)),
+            float(volume_rssim(prediction, truth)))
+
+
 def score_twins(cfg: CohortConfig, index: int, side: str, knee: tuple[list, mri.MriGeometry, Pose], twin: str,
                 draws: int, prefix: Path, preprocess: Callable[[str, str, float], Any], truth: Any,
                 keep_first: bool = True) -> list[tuple[float, float, float]]:
@@ -97,8 +103,7 @@ def score_twins(cfg: CohortConfig, index: int, side: str, knee: tuple[list, mri.
         other = preprocess(str(folder), side, twin_joint)
         if draw or not keep_first:
             shutil.rmtree(folder)
-        scores.append((float(volume_psnr(other, truth)), float(volume_ssim(other, truth)),
-                       float(volume_rssim(other, truth))))
+        scores.append(metric_triple(other, truth))
     return scores
 
 

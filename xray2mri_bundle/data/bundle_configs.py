@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from importlib.resources.abc import Traversable
 
-__all__ = ["config_file", "given", "parse_config"]
+__all__ = ["chain_configs", "config_file", "given", "parse_config"]
 
 #: the folder (a link in a checkout, a copy in a wheel) of the bundle configs inside this package
 CONFIG_FOLDER = "configs"
@@ -28,6 +28,12 @@ CONFIG_FOLDER = "configs"
 def config_file(name: str) -> Traversable:
     """The packaged bundle config ``name`` (e.g. ``"common.json"``, ``"profiles/tiny.json"``)."""
     return resources.files(__package__).joinpath(CONFIG_FOLDER, *name.split("/"))
+
+
+def chain_configs(pose_template: object = None) -> list[str]:
+    """The packaged configs a preprocessing chain is built from: ``common.json``, plus the ``pose_frame.json``
+    overlay when a pose template is given (the order ``monai.bundle run --config_file`` merges them in)."""
+    return ["common.json"] if pose_template is None else ["common.json", "pose_frame.json"]
 
 
 def given(**settings: Any) -> dict[str, Any]:

@@ -35,9 +35,8 @@ from monai.transforms import Compose, MapTransform, Randomizable
 
 from xray2mri_bundle.data.plain import to_plain
 
-from .bundle_configs import given, parse_config
+from .bundle_configs import chain_configs, given, parse_config
 from .localiser import JointLocaliser, MRIJointLocaliser
-from .mri_transforms import config_files
 from .pose import PoseTemplate
 
 __all__ = [
@@ -118,7 +117,7 @@ def knee_transforms(
         mri_expected_slices=expected_slices, mri_localiser=mri_localiser, png_spacing_mm=png_spacing_mm,
         mri_pose_template=pose_template,
     )
-    return parse_config(config_files(pose_template), "knee_preprocessing", overrides)
+    return parse_config(chain_configs(pose_template), "knee_preprocessing", overrides)
 
 
 _PRIMITIVES = (str, int, float, bool, type(None))

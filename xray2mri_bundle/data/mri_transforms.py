@@ -24,12 +24,12 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform, SpatialCrop, Transform
 
-from .bundle_configs import given, parse_config
+from .bundle_configs import chain_configs, given, parse_config
 from .dicom_utils import DataFileError
 from .frame import FRAME_MM, crop_frame, frame_box
 from .localiser import MRIJointLocaliser
 from .mri_io import load_mri_volume
-from .pose import PoseTemplate, align_volume, load_pose_template, register
+from .pose import PoseTemplate, align_volume, load_pose_template, register, template_axes
 
 logger = logging.getLogger(__name__)
 
@@ -208,11 +208,9 @@ class AlignMRIPose(Transform):
         if str(side or "").upper() not in ("RIGHT", "LEFT"):
             raise ValueError(f"{_source(img)}: AlignMRIPose needs the knee's side (RIGHT / LEFT) to pick the "
                              f"template's mirror image, got {side!r}")
-        row, col = self.localiser(x[0].numpy(), spacing[:2], side)
-        dhw_spacing = (spacing[2], spacing[0], spacing[1])
-        anchor = (self.template.depth_anchor, float(row), float(col))
-        pose, ncc = register(x[0].permute(2, 0, 1), dhw_spacing, anchor, self.template.for_side(side),
-                             self.iterations, scale=self.fit_size)
+        dhw, dhw_spacing, anchor = template_axes(x[0], spacing, side, self.localiser, self.template.depth_anchor)
+        pose, ncc = register(dhw, dhw_spacing, anchor, self.template.for_side(side), self.iterations,
+                             scale=self.fit_size)
         channels, index_map = [], None
         for channel in x:
             aligned, index_map = align_volume(channel.permute(2, 0, 1), dhw_spacing, anchor, pose,
@@ -332,12 +330,8 @@ def mri_transforms(
     overrides = given(mri_size=size, mri_slice_start=start, mri_slice_count=count, intensity_percentiles=percentiles,
                       mri_expected_slices=expected_slices, frame_mm=frame_mm, mri_localiser=localiser,
                       mri_pose_template=pose_template)
-    return list(parse_config(config_files(pose_template), "mri_preprocessing", overrides))
+    return list(parse_config(chain_configs(pose_template), "mri_preprocessing", overrides))
 
-
-def config_files(pose_template: object = None) -> list[str]:
-    """The packaged configs a chain is built from: ``common.json``, plus ``pose_frame.json`` with a pose template."""
-    return ["common.json"] if pose_template is None else ["common.json", "pose_frame.json"]
 
 
 def frame_centre_ras(path: str, side: str | None = None, start: int = 13, count: int = 50) -> np.ndarray:

@@ -18,19 +18,22 @@ ground truth; real OAI data builds its own.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["POSE_TEMPLATE_FILE", "PoseTemplate", "RigidPose", "build_template", "coarse_volume", "load_pose_template",
-           "register", "rotation_matrix", "sample_rigid"]
+           "register", "rotation_matrix", "sample_rigid", "template_axes"]
 
 #: the template's file name in a model folder (models trained in the canonical-pose frame carry it)
 POSE_TEMPLATE_FILE = "mri_pose_template.pt"
@@ -90,17 +93,34 @@ def sample_rigid(volume: torch.Tensor, spacing: Sequence[float], anchor: Sequenc
 def coarse_volume(volume: torch.Tensor, spacing: Sequence[float], anchor: Sequence[float],
                   pose: RigidPose | None = None) -> torch.Tensor:
     """``volume`` (D, H, W) on the template grid (identity pose unless given), intensities / 99th percentile."""
-    points = _template_points()
+    return _on_template_grid(_normalised(volume, spacing), spacing, anchor, pose)
+
+
+def _on_template_grid(normalised: torch.Tensor, spacing: Sequence[float], anchor: Sequence[float],
+                      pose: RigidPose | None = None) -> torch.Tensor:
     R = pose.matrix.float() if pose is not None else torch.eye(3)
     t = torch.tensor(pose.t, dtype=torch.float32) if pose is not None else torch.zeros(3)
-    smooth = _smooth_to(volume.float(), spacing)
-    out = sample_rigid(smooth, spacing, anchor, R, t, points)
-    return out / _scale(volume)
+    return sample_rigid(normalised, spacing, anchor, R, t, _template_points())
 
 
+@functools.lru_cache(maxsize=1)
+def _template_shape() -> tuple[int, int, int]:
+    """(D, H, W) of the template grid: +-``TEMPLATE_HALF_MM`` at ``TEMPLATE_SPACING_MM``, odd (centred anchor)."""
+    d, h, w = (int(round(2 * h / s)) + 1 for h, s in zip(TEMPLATE_HALF_MM, TEMPLATE_SPACING_MM, strict=True))
+    return d, h, w
+
+
+@functools.lru_cache(maxsize=1)
 def _template_points() -> torch.Tensor:
-    shape = [int(round(2 * h / s)) + 1 for h, s in zip(TEMPLATE_HALF_MM, TEMPLATE_SPACING_MM, strict=True)]
+    """The template grid's points (D, H, W, 3) mm around its centre (built once; callers never modify it)."""
+    shape = _template_shape()
     return _grid_points(shape, TEMPLATE_SPACING_MM, [(n - 1) / 2 for n in shape])
+
+
+def _normalised(volume: torch.Tensor, spacing: Sequence[float]) -> torch.Tensor:
+    """``volume`` box-averaged to about the template spacing and divided by its 99th percentile: what the
+    registration and the template compare."""
+    return _smooth_to(volume.float(), spacing) / _scale(volume)
 
 
 def _scale(volume: torch.Tensor) -> float:
@@ -148,9 +168,9 @@ class PoseTemplate:
             raise ValueError(f"pose template grid {state['spacing_mm']} / {state['half_mm']} is not this version's "
                              f"{TEMPLATE_SPACING_MM} / {TEMPLATE_HALF_MM}: build the template again")
         image = state["image"].float()
-        if tuple(image.shape) != tuple(_template_points().shape[:3]):
+        if tuple(image.shape) != _template_shape():
             raise ValueError(f"pose template image {tuple(image.shape)} does not fill the template grid "
-                             f"{tuple(_template_points().shape[:3])}")
+                             f"{_template_shape()}")
         return cls(image, float(state["depth_anchor"]))
 
 
@@ -167,21 +187,38 @@ def load_pose_template(path: str | os.PathLike | PoseTemplate) -> PoseTemplate:
         raise ValueError(f"{path} is not a readable pose template ({type(exc).__name__}: {exc})") from exc
 
 
+def template_axes(volume: np.ndarray | torch.Tensor, spacing: Sequence[float], side: str | None, localiser: Any,
+                  depth_anchor: float = 36.0) -> tuple[torch.Tensor, tuple[float, float, float], tuple[float, ...]]:
+    """A coronal volume (H, W, D) with spacing (H, W, D) mm in this module's axes: (the volume (D, H, W), its
+    spacing (D, H, W), the anchor (``depth_anchor``, joint row, joint col) found by ``localiser``
+    (an :class:`~.localiser.MRIJointLocaliser`) on the volume)."""
+    array = volume.numpy() if isinstance(volume, torch.Tensor) else np.asarray(volume)
+    row, col = localiser(array, tuple(spacing[:2]), side)
+    dhw = torch.as_tensor(array).permute(2, 0, 1).contiguous()
+    return dhw, (float(spacing[2]), float(spacing[0]), float(spacing[1])), (float(depth_anchor), float(row),
+                                                                          float(col))
+
+
 def register(volume: torch.Tensor, spacing: Sequence[float], anchor: Sequence[float], template: torch.Tensor,
              iterations: int = 80, init: RigidPose | None = None, scale: bool = False) -> tuple[RigidPose, float]:
     """Rigid pose of ``volume`` (D, H, W) against ``template`` (template grid, same side): maximise the normalised
     cross-correlation over the template's foreground. ``scale``: also fit an isotropic size factor (a knee larger
     or smaller than the template), used for the fit only: the pose returned is rigid. Returns (pose, final NCC)."""
-    # the fit needs autograd even when the caller runs without it (e.g. preprocessing inside torch.no_grad() or
-    # torch.inference_mode()); clones leave inference tensors behind
+    return _fit(_normalised(volume, spacing), spacing, anchor, template, iterations, init, scale)
+
+
+def _fit(normalised: torch.Tensor, spacing: Sequence[float], anchor: Sequence[float], template: torch.Tensor,
+         iterations: int = 80, init: RigidPose | None = None, scale: bool = False) -> tuple[RigidPose, float]:
+    """:func:`register` of a volume already :func:`_normalised`. The fit needs autograd even when the caller runs
+    without it (preprocessing inside ``torch.no_grad()`` or ``torch.inference_mode()``); the clones leave
+    inference tensors behind."""
     with torch.inference_mode(False), torch.enable_grad():
-        return _register(volume.clone(), spacing, anchor, template.clone(), iterations, init, scale)
+        return _adam_fit(normalised.clone(), spacing, anchor, template.clone(), iterations, init, scale)
 
 
-def _register(volume: torch.Tensor, spacing: Sequence[float], anchor: Sequence[float], template: torch.Tensor,
+def _adam_fit(smooth: torch.Tensor, spacing: Sequence[float], anchor: Sequence[float], template: torch.Tensor,
               iterations: int, init: RigidPose | None, scale: bool) -> tuple[RigidPose, float]:
     points = _template_points()
-    smooth = _smooth_to(volume.float(), spacing) / _scale(volume)
     mask = template > 0.05
     omega = torch.tensor(init.omega if init else (0.0, 0.0, 0.0), dtype=torch.float32, requires_grad=True)
     t = torch.tensor(init.t if init else (0.0, 0.0, 0.0), dtype=torch.float32, requires_grad=True)
@@ -216,15 +253,17 @@ def build_template(volumes: Iterable[tuple[torch.Tensor, Sequence[float], Sequen
     def mirrored(image: torch.Tensor, side: str) -> torch.Tensor:
         return image.flip(-1) if side.upper() == "LEFT" else image
 
-    mean = torch.stack([mirrored(coarse_volume(v, s, a), side) for v, s, a, side in knees]).mean(0)
+    normalised = [_normalised(v, s) for v, s, _, _ in knees]  # once per knee, not once per round
+    mean = torch.stack([mirrored(_on_template_grid(n, s, a), side)
+                        for n, (_, s, a, side) in zip(normalised, knees, strict=True)]).mean(0)
     history: list[list[RigidPose]] = []
     for r in range(rounds):
         poses, aligned = [], []
-        for v, s, a, side in knees:
+        for n, (_, s, a, side) in zip(normalised, knees, strict=True):
             target = mean.flip(-1) if side.upper() == "LEFT" else mean
-            pose, _ = register(v, s, a, target)
+            pose, _ = _fit(n, s, a, target)
             poses.append(pose)
-            aligned.append(mirrored(coarse_volume(v, s, a, pose), side))
+            aligned.append(mirrored(_on_template_grid(n, s, a, pose), side))
         mean = torch.stack(aligned).mean(0)
         history.append(poses)
         logger.info("pose template round %d/%d: median rotation %.2f deg", r + 1, rounds,
@@ -266,14 +305,12 @@ def template_from_records(records: Sequence[dict], count: int = 40, rounds: int 
             break
         try:
             volume, _, info = load_mri_volume(str(record["mri"]))
-            spacing = tuple(float(s) for s in info["spacing"])
-            row, col = localiser(volume, spacing[:2], record.get("side"))
+            dhw, spacing, anchor = template_axes(volume, info["spacing"], record.get("side"), localiser, depth_anchor)
         except Exception as exc:  # noqa: BLE001 - a broken series is reported and skipped, the others still count
             skipped.append({"mri": str(record["mri"]), "reason": f"{type(exc).__name__}: {exc}"})
             logger.warning("pose template: skipped %s (%s)", record["mri"], exc)
             continue
-        knees.append((torch.from_numpy(volume).permute(2, 0, 1).contiguous(), (spacing[2], spacing[0], spacing[1]),
-                      (depth_anchor, row, col), str(record.get("side", "RIGHT")).upper()))
+        knees.append((dhw, spacing, anchor, str(record.get("side", "RIGHT")).upper()))
         logger.info("pose template: read knee %d/%d", len(knees), count)
     if not knees:
         raise ValueError(f"no readable MRI among {len(records)} records for the pose template ({len(skipped)} skipped)")
