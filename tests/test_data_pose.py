@@ -14,7 +14,15 @@ from monai.data import MetaTensor
 
 from xray2mri_bundle.data.localiser import MRIJointLocaliser
 from xray2mri_bundle.data.mri_transforms import AlignMRIPose, LoadMRISeries
-from xray2mri_bundle.data.pose import PoseTemplate, RigidPose, align_volume, build_template, register, rotation_matrix
+from xray2mri_bundle.data.pose import (
+    PoseTemplate,
+    RigidPose,
+    align_volume,
+    build_template,
+    load_pose_template,
+    register,
+    rotation_matrix,
+)
 
 
 def _cohort_knee(cohort: Path, truth: list[dict]) -> tuple[torch.Tensor, tuple, tuple, str]:
@@ -238,3 +246,33 @@ def test_alignment_runs_inside_inference_mode(cohort: Path, truth: list[dict]) -
     with torch.inference_mode():
         found, ncc = register(volume.clone(), spacing, anchor, template.for_side(side), iterations=10)
     assert ncc > 0.9 and found.angle_deg < 1.0
+
+
+def test_a_training_run_in_the_pose_frame_builds_its_template_once(cohort: Path, truth: list[dict],
+                                                                    tmp_path: Path) -> None:
+    """configs/pose_frame.json's ``mri_pose_template``: the model folder's template, built from the run's training
+    knees when absent (with its report), then used as it is by every later stage and run."""
+    from xray2mri_bundle.engines.pose_frame import ensure_pose_template
+
+    records = [{"mri": str(cohort / row["mri_folder"]), "side": row["side"]} for row in truth[:2]]
+    path = tmp_path / "models" / "mri_pose_template.pt"
+    assert ensure_pose_template(path, records, knees=2, rounds=0, source="cohort") == str(path)
+    assert load_pose_template(path).image.shape == (31, 57, 57)
+    report = json.loads(path.with_suffix(".json").read_text())
+    assert report["knees"] == 2 and report["source"] == "cohort" and report["skipped"] == []
+    stamp = path.stat().st_mtime_ns
+    assert ensure_pose_template(path, [], knees=2, rounds=0) == str(path)  # exists: nothing is read or rebuilt
+    assert path.stat().st_mtime_ns == stamp
+
+
+def test_scoring_a_pose_frame_model_without_its_template_is_refused(tmp_path: Path) -> None:
+    """A diffusion.pt trained in the canonical-pose frame (its settings say so) is not scored in the coil frame."""
+    from xray2mri_bundle.checkpoint import write_checkpoint
+    from xray2mri_bundle.evaluation.options import EvaluationOptions
+    from xray2mri_bundle.evaluation.run import _pose_template
+
+    write_checkpoint(tmp_path / "diffusion.pt", "diffusion", {}, settings={"mri_frame": "joint_centred"})
+    assert _pose_template(EvaluationOptions(model_dir=str(tmp_path))) is None
+    write_checkpoint(tmp_path / "diffusion.pt", "diffusion", {}, settings={"mri_frame": "canonical_pose"})
+    with pytest.raises(SystemExit, match="canonical-pose MRI frame.*mri_pose_template.pt"):
+        _pose_template(EvaluationOptions(model_dir=str(tmp_path)))

@@ -114,6 +114,7 @@ def test_all_stages_write_the_inference_checkpoints(trained):
     unet, encoder = diffusion["networks"]["unet"], diffusion["networks"]["xray_encoder"]
     assert diffusion["scale_factor"] > 0 and unet["ema"] and encoder["ema"]
     assert diffusion["settings"]["num_train_timesteps"] == 1000
+    assert diffusion["settings"]["mri_frame"] == "joint_centred"  # the default frame, recorded
     assert unet["config"] == build_unet("tiny").config  # the sizes of configs/profiles/tiny.json
     log = (trained / "run.log").read_text()
     assert "1 / std of the training latents" in log and "val_sample_psnr" in log
@@ -282,3 +283,23 @@ def test_missing_dataset_gives_a_clear_message(tmp_path, logging_conf):
     assert "No training data: the path does not exist" in message and str(missing) in message
     assert "--dataset_dir /path/to/OAI" in message and "xray2mri make-cohort --out DIR" in message
     assert "Traceback" not in result.stderr
+
+
+def test_pose_frame_overlay_trains_every_stage_in_that_frame(cohort, logging_conf, tmp_path):
+    """``configs/pose_frame.json`` merged after ``train.json``: the first stage builds the model folder's pose
+    template from the training knees, every stage trains on aligned MRIs, and diffusion.pt records the frame."""
+    from xray2mri_bundle.data.pose import load_pose_template
+
+    out = tmp_path / "pose"
+    config = "['configs/train.json','configs/pose_frame.json','configs/profiles/tiny.json']"
+    result = run_bundle(bundle_command(cohort, out, logging_conf, "--mri_pose_template_knees", "2",
+                                       "--mri_pose_template_rounds", "1", config_file=config))
+    log = result.stdout + result.stderr
+    template = out / "models" / "mri_pose_template.pt"
+    assert load_pose_template(template).image.shape == (31, 57, 57)
+    assert json.loads(template.with_suffix(".json").read_text())["knees"] == 2
+    assert log.count("pose frame: building the template") == 1  # built once, by the first stage
+    for stage in STAGES:
+        assert (out / "models" / f"{stage}.pt").is_file(), stage
+    settings = torch.load(out / "models" / "diffusion.pt", weights_only=True)["settings"]
+    assert settings["mri_frame"] == "canonical_pose"

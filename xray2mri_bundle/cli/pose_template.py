@@ -7,14 +7,9 @@ Argument parsing only. Only training knees should go in: the template is part of
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from collections.abc import Sequence
-from pathlib import Path
 
-import torch
-
-from xray2mri_bundle.data.atomic import write_atomic, write_bytes_atomic
 from xray2mri_bundle.engines.datalist import load_datalist
 
 __all__ = ["main"]
@@ -22,7 +17,7 @@ __all__ = ["main"]
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``pose-template`` subcommand."""
-    from xray2mri_bundle.data.pose import template_from_records
+    from xray2mri_bundle.data.pose import write_pose_template
 
     p = argparse.ArgumentParser(prog="xray2mri pose-template",
                                 description="Build the canonical-pose MRI template from the training knees.")
@@ -38,12 +33,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.error(f"--out must name a .pt file (the report goes beside it as .json), got {args.out}")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     records = load_datalist(args.dataset_dir, args.datalist)["training"]
-    template, report = template_from_records(records, count=args.knees, rounds=args.rounds)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(out, lambda handle: torch.save(template.state_dict(), handle))
-    write_bytes_atomic(out.with_suffix(".json"),
-                       json.dumps({"dataset_dir": str(args.dataset_dir), **report}, indent=1).encode())
-    print(f"pose template: {out} ({report['knees']} knees, {len(report['skipped'])} skipped; median rotation per "
+    report = write_pose_template(records, args.out, count=args.knees, rounds=args.rounds,
+                                 source=str(args.dataset_dir))
+    print(f"pose template: {args.out} ({report['knees']} knees, {len(report['skipped'])} skipped; median rotation per "
           f"round {', '.join(f'{v:.2f}' for v in report['median_rotation_deg'])} deg)")
     return 0

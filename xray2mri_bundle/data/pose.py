@@ -33,7 +33,8 @@ import torch.nn.functional as F
 logger = logging.getLogger(__name__)
 
 __all__ = ["POSE_TEMPLATE_FILE", "PoseTemplate", "RigidPose", "build_template", "coarse_volume", "load_pose_template",
-           "register", "rotation_matrix", "sample_rigid", "template_axes"]
+           "register", "rotation_matrix", "sample_rigid", "template_axes", "template_from_records",
+           "write_pose_template"]
 
 #: the template's file name in a model folder (models trained in the canonical-pose frame carry it)
 POSE_TEMPLATE_FILE = "mri_pose_template.pt"
@@ -318,3 +319,22 @@ def template_from_records(records: Sequence[dict], count: int = 40, rounds: int 
     report = {"knees": len(knees), "skipped": skipped, "rounds": rounds,
               "median_rotation_deg": [float(torch.tensor([p.angle_deg for p in poses]).median()) for poses in history]}
     return template, report
+
+
+def write_pose_template(records: Sequence[dict], out: str | os.PathLike, count: int = 40, rounds: int = 3,
+                        source: str | None = None) -> dict:
+    """Build the template of ``records`` (:func:`template_from_records`) and write it to ``out`` (.pt, read by
+    :func:`load_pose_template`) with its report beside it (.json: knees used, skipped and why, median rotation per
+    round; ``source`` names the data it came from). Both writes are atomic. Returns the report."""
+    import json
+
+    from .atomic import write_atomic, write_bytes_atomic
+
+    out = Path(out)
+    if out.suffix != ".pt":
+        raise ValueError(f"pose template {out}: the file must end in .pt (its report goes beside it as .json)")
+    template, report = template_from_records(records, count=count, rounds=rounds)
+    report = {"source": source, **report}
+    write_atomic(out, lambda handle: torch.save(template.state_dict(), handle))
+    write_bytes_atomic(out.with_suffix(".json"), json.dumps(report, indent=1).encode())
+    return report

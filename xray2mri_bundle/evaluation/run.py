@@ -120,6 +120,12 @@ def _pose_template(args: EvaluationOptions) -> PoseTemplate | None:
         path = str(Path(args.model_dir) / POSE_TEMPLATE_FILE)
         logger.info("scoring in the canonical-pose MRI frame of %s (the models were trained in it)", path)
     if path is None:
+        diffusion = Path(args.model_dir) / "diffusion.pt"
+        frame = (read_checkpoint(diffusion).get("settings") or {}).get("mri_frame") if diffusion.is_file() else None
+        if frame == "canonical_pose":
+            raise SystemExit(f"xray2mri evaluate: {diffusion} was trained in the canonical-pose MRI frame, but "
+                             f"{args.model_dir} holds no {POSE_TEMPLATE_FILE}: give the template it was trained with "
+                             "(--pose-template), or its scores would compare slices in two different frames")
         return None
     args.pose_template = str(path)
     return load_pose_template(path)
