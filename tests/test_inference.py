@@ -576,7 +576,7 @@ def test_numeric_oai_names_get_the_patient_id() -> None:
 def test_reference_mri_places_the_volume_in_the_real_mri_frame(bundle_dir: Path, cohort: Path, tmp_path: Path) -> None:
     import csv
 
-    from xray2mri_bundle.data.mri_transforms import LoadMRISeries, SelectSlices, frame_centre_ras
+    from xray2mri_bundle.data.mri_transforms import LoadMRISeries, SelectSlices, reference_frame
 
     with open(cohort / "ground_truth.csv", newline="") as handle:
         row = next(r for r in csv.DictReader(handle) if r["side"] == "RIGHT")
@@ -589,7 +589,9 @@ def test_reference_mri_places_the_volume_in_the_real_mri_frame(bundle_dir: Path,
     assert rc == 0
     image = nib.load(str(next(out.glob("*/pseudo_mri.nii.gz"))))
     centre = image.affine @ np.array([*(np.array(image.shape) - 1) / 2.0, 1.0])
-    np.testing.assert_allclose(centre[:3], frame_centre_ras(str(mri), "RIGHT"), atol=1e-4)
+    frame = reference_frame(str(mri), "RIGHT")
+    np.testing.assert_allclose(centre[:3], frame.centre_ras, atol=1e-4)
+    assert nib.aff2axcodes(image.affine) == ("I", "L", "P")  # the joint-centred frame keeps the coil's axes
     real = SelectSlices(13, 50)(LoadMRISeries()(str(mri)))  # the true joint, in the real MRI's world frame
     truth = real.affine.numpy() @ np.array([float(row["mri_joint_row"]), float(row["mri_joint_col"]),
                                             float(row["mri_joint_slice"]) - 13, 1.0])
@@ -681,3 +683,60 @@ def test_outputs_get_one_mode_from_the_umask(bundle_dir: Path, tmp_path: Path) -
     assert {p.name for p in files} >= {"pseudo_mri.nii.gz", "montage.png", "generation.json", "0001.dcm"}
     assert {stat.S_IMODE(p.stat().st_mode) for p in files} == {0o644}
     assert {stat.S_IMODE(p.stat().st_mode) for p in [knee, *[d for d in knee.rglob("*") if d.is_dir()]]} == {0o755}
+
+
+def test_reference_mri_places_a_pose_frame_volume_turned_with_the_knee(bundle_dir: Path, cohort: Path,
+                                                                     tmp_path: Path, capsys) -> None:
+    """A model trained in the canonical-pose frame: its volume is placed where the reference MRI, registered to
+    the model's template, lies: voxel for voxel on the aligned reference (its chain's own affine, read back by
+    nibabel and pydicom), with axes turned with the knee; without its template the placement is refused."""
+    import csv
+    import shutil
+
+    from monai.transforms import Compose
+
+    from xray2mri_bundle.checkpoint import read_checkpoint
+    from xray2mri_bundle.data.localiser import MRIJointLocaliser
+    from xray2mri_bundle.data.mri_transforms import LoadMRISeries, mri_transforms
+    from xray2mri_bundle.data.pose import build_template, template_axes
+
+    with open(cohort / "ground_truth.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    row = next(r for r in rows if r["side"] == "RIGHT")
+    other = next(r for r in rows if r["mri_folder"] != row["mri_folder"])
+    film, mri = next((cohort / row["xray_folder"]).iterdir()), cohort / row["mri_folder"]
+    # the template is another knee: the reference must turn to reach it
+    image = LoadMRISeries()(str(cohort / other["mri_folder"]))
+    dhw, spacing, anchor = template_axes(image.as_tensor()[0], image.meta["spacing"], other["side"],
+                                         MRIJointLocaliser())
+    template, _ = build_template([(dhw, spacing, anchor, other["side"].upper())], rounds=0)
+    models = tmp_path / "models"
+    shutil.copytree(bundle_dir / PROFILE, models)
+    diffusion = read_checkpoint(models / "diffusion.pt")
+    diffusion["settings"]["mri_frame"] = "canonical_pose"
+    atomic_save(diffusion, models / "diffusion.pt")
+    command = [str(film), "--model-dir", str(models), "--profile", PROFILE, "--steps", "1", "--slices", "50",
+               "--side", "right", "--reference-mri", str(mri), "--formats", "nifti,dicom,json", "--no-progress"]
+    assert generate_command.main([*command[:1], "-o", str(tmp_path / "refused"), *command[1:]]) != 0  # no template
+    assert "canonical-pose MRI frame" in capsys.readouterr().err
+    torch.save(template.state_dict(), models / "mri_pose_template.pt")
+    out = tmp_path / "out"
+    assert generate_command.main([*command[:1], "-o", str(out), *command[1:]]) == 0
+    volume = nib.load(str(next(out.glob("*/pseudo_mri.nii.gz"))))
+    aligned = Compose(mri_transforms(size=volume.shape[0], pose_template=models / "mri_pose_template.pt"))(
+        {"mri": str(mri), "side": "RIGHT"})["mri"]
+    assert tuple(aligned.shape[1:]) == volume.shape
+    np.testing.assert_allclose(volume.affine, aligned.affine.numpy(), atol=1e-3)  # voxel on voxel
+    axes = volume.affine[:3, :3] / np.linalg.norm(volume.affine[:3, :3], axis=0)
+    coil = np.array([[0.0, -1.0, 0.0], [0.0, 0.0, -1.0], [-1.0, 0.0, 0.0]])
+    turn = np.degrees(np.arccos(np.clip((np.trace(coil.T @ axes) - 1) / 2, -1, 1)))
+    assert turn > 0.5, turn  # the knee's turn between the two knees' poses
+    sidecar = json.loads(next(out.glob("*/generation.json")).read_text())
+    assert sidecar["frame"].startswith("canonical pose")
+    np.testing.assert_allclose(np.array(list(sidecar["frame_axes_ras"].values())).T, axes, atol=1e-5)
+    first = pydicom.dcmread(str(sorted(next(out.glob("*/dicom")).glob("*.dcm"))[0]))
+    lps = np.diag([-1.0, -1.0, 1.0])
+    np.testing.assert_allclose(np.array(first.ImageOrientationPatient, dtype=float),
+                               np.concatenate([lps @ axes[:, 1], lps @ axes[:, 0]]), atol=1e-5)
+    np.testing.assert_allclose(np.array(first.ImagePositionPatient, dtype=float),
+                               lps @ volume.affine[:3, 3], atol=1e-3)

@@ -14,12 +14,60 @@ leaves the image) and resamples it; both transforms (:class:`~.xray_transforms.C
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from xray2mri_bundle.constants import FRAME_MM
 
-__all__ = ["FRAME_MM", "crop_frame", "frame_box"]
+__all__ = ["CORONAL_AXES_RAS", "FRAME_MM", "WorldFrame", "crop_frame", "frame_box"]
+
+#: Unit directions (RAS+, columns) of a coronal stack's rows (inferior), columns (patient left) and slices
+#: (posterior): OAI's COR_T1 series, the cohort's MRI and every generated volume unless a reference MRI says
+#: otherwise.
+CORONAL_AXES_RAS: np.ndarray = np.array([[0.0, -1.0, 0.0], [0.0, 0.0, -1.0], [-1.0, 0.0, 0.0]])
+
+
+@dataclass(frozen=True)
+class WorldFrame:
+    """Where the model's frame lies in the world (RAS+ mm): the centre of the kept slab and the unit directions
+    (columns, (3, 3)) in which its rows, columns and slices run. The default is the world origin with the coronal
+    axes; ``mri_transforms.reference_frame`` reads it off a real MRI (the joint-centred frame, or the
+    canonical-pose frame, rotated with the knee), so that a generated volume written with it overlays that MRI."""
+
+    centre_ras: np.ndarray = field(default_factory=lambda: np.zeros(3))
+    axes_ras: np.ndarray = field(default_factory=lambda: CORONAL_AXES_RAS.copy())
+
+    def affine(self, shape: Sequence[int], spacing_mm: Sequence[float], slice_spacing_mm: float) -> np.ndarray:
+        """RAS+ voxel-to-world affine (4, 4) of an (H, W, S) stack with (row, column) ``spacing_mm`` and
+        ``slice_spacing_mm`` between slice centres, its centre voxel at :attr:`centre_ras`."""
+        row_mm, col_mm = (float(s) for s in spacing_mm)
+        if min(row_mm, col_mm, float(slice_spacing_mm)) <= 0:
+            raise ValueError(f"spacings must be positive, got {spacing_mm}, {slice_spacing_mm}")
+        rot = np.asarray(self.axes_ras, dtype=np.float64) @ np.diag([row_mm, col_mm, float(slice_spacing_mm)])
+        centre = (np.asarray(shape[:3], dtype=np.float64) - 1.0) / 2.0
+        affine = np.eye(4)
+        affine[:3, :3] = rot
+        affine[:3, 3] = np.asarray(self.centre_ras, dtype=np.float64) - rot @ centre
+        return affine
+
+    def as_dict(self) -> dict[str, list]:
+        """JSON form for a sidecar: ``centre_ras_mm`` (3,), ``axes_ras`` rows / columns / slices directions."""
+        return {"centre_ras_mm": [round(float(v), 4) for v in self.centre_ras],
+                "axes_ras": {name: [round(float(v), 6) for v in np.asarray(self.axes_ras)[:, i]]
+                             for i, name in enumerate(("rows", "columns", "slices"))}}
+
+    @classmethod
+    def of_affine(cls, affine: np.ndarray, shape: Sequence[int]) -> WorldFrame:
+        """The frame of a stack whose voxel-to-world (RAS+) ``affine`` and (H, W, S) ``shape`` are given: its
+        centre voxel and the normalised directions of its axes."""
+        affine = np.asarray(affine, dtype=np.float64)
+        centre = affine @ np.array([*((np.asarray(shape[:3], dtype=np.float64) - 1.0) / 2.0), 1.0])
+        axes = affine[:3, :3] / np.linalg.norm(affine[:3, :3], axis=0, keepdims=True)
+        return cls(centre[:3], axes)
 
 
 

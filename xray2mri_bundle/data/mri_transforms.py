@@ -26,7 +26,7 @@ from monai.transforms import MapTransform, SpatialCrop, Transform
 
 from .bundle_configs import chain_configs, given, parse_config
 from .dicom_utils import DataFileError
-from .frame import FRAME_MM, crop_frame, frame_box
+from .frame import FRAME_MM, WorldFrame, crop_frame, frame_box
 from .localiser import MRIJointLocaliser
 from .mri_io import load_mri_volume
 from .pose import PoseTemplate, align_volume, load_pose_template, register, template_axes
@@ -44,8 +44,8 @@ __all__ = [
     "LoadMRISeriesd",
     "SelectSlices",
     "SelectSlicesd",
-    "frame_centre_ras",
     "mri_transforms",
+    "reference_frame",
 ]
 
 
@@ -334,9 +334,17 @@ def mri_transforms(
 
 
 
-def frame_centre_ras(path: str, side: str | None = None, start: int = 13, count: int = 50) -> np.ndarray:
-    """World position (RAS mm, (3,)) of the centre of a real MRI's joint-centred frame: the localised joint
-    in-plane, the middle of the kept slices in depth. A generated volume centred there overlays that MRI."""
-    volume = SelectSlices(start, count)(LoadMRISeries()(path))
-    row, col = LocaliseMRIJoint()(volume, side).meta["joint_rc"]
-    return (volume.affine.numpy() @ np.array([row, col, (count - 1) / 2.0, 1.0]))[:3]
+def reference_frame(path: str, side: str | None = None, pose_template: str | os.PathLike | PoseTemplate | None = None,
+                    start: int = 13, count: int = 50, size: int = 64) -> WorldFrame:
+    """Where the model's frame lies in a real MRI series ``path`` (a :class:`~.frame.WorldFrame`): the MRI run
+    through the training chain (:func:`mri_transforms`; with ``pose_template``, the canonical-pose frame) and the
+    frame read off the affine that followed every step: the centre of the kept slab (the joint in-plane) and the
+    directions of its rows, columns and slices (rotated with the knee in the pose frame). A generated volume
+    written with it overlays that MRI (``xray2mri generate --reference-mri``). ``size`` only sets the pixel grid
+    the chain resamples to; the frame does not depend on it."""
+    from monai.transforms import Compose
+
+    item = Compose(mri_transforms(size=size, start=start, count=count, pose_template=pose_template))(
+        {"mri": str(path), "side": side})
+    volume = item["mri"]
+    return WorldFrame.of_affine(volume.affine.numpy(), tuple(volume.shape[1:]))

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from xray2mri_bundle.constants import MRI_FOV_MM
+from xray2mri_bundle.data.frame import WorldFrame
 from xray2mri_bundle.diffusion import DEFAULT_SAMPLING
 
 from .evaluator import BatchReport, KneeBatchEvaluator
@@ -68,12 +69,12 @@ def write_knee_outputs(
     formats: Iterable[str] = FORMATS,
     overwrite: bool = False,
     settings: dict[str, Any] | None = None,
-    centre_ras: Sequence[float] | None = None,
+    frame: WorldFrame | None = None,
 ) -> dict[str, Any]:
     """Write one knee's volume to ``folder`` (NIfTI, DICOM series, montage PNG, JSON sidecar), atomically, with
     the default :class:`~.postprocessing.KneeWriters`. Returns the sidecar dictionary."""
     return KneeWriters(formats=formats, fov_mm=fov_mm, overwrite=overwrite)(result, knee, folder, generator,
-                                                                           settings, centre_ras)
+                                                                           settings, frame)
 
 
 # ------------------------------------------------------------------------------------------------------ batch
@@ -132,20 +133,18 @@ def run_batch(
                             eta=eta, guidance_scale=guidance_scale, seed=seed, chunk_size=chunk_size,
                             shared_noise=shared_noise, per_slice_conditions=per_slice_conditions)
     paths = require_inputs(xrays)
-    centre = None
+    frame = None
     if reference_mri is not None:
-        from xray2mri_bundle.data.mri_transforms import frame_centre_ras
-
         if len(paths) != 1 or side_key == "both":
             raise ValueError("--reference-mri places ONE knee: give one X-ray and --side left|right")
-        centre = frame_centre_ras(str(reference_mri), SIDES[side_key])
+        frame = generator.reference_frame(reference_mri, SIDES[side_key])
         (log or (lambda _m: None))(f"placing the volume in the frame of {reference_mri} (joint centre at RAS "
-                                   f"{centre.round(1).tolist()} mm)")
+                                   f"{frame.centre_ras.round(1).tolist()} mm)")
     preprocessing = knee_preprocessing(side_key, generator.image_size or 256, png_spacing_mm)
     dataset = Dataset([{"xray": str(path)} for path in paths], transform=preprocessing)
     postprocessing = KneeWriters(formats=formats, fov_mm=fov_mm, overwrite=overwrite)
     evaluator = KneeBatchEvaluator(dataset, inferer, postprocessing, output_dir, side=side_key,
-                                   reference_mri=reference_mri, centre_ras=centre, progress=progress,
+                                   reference_mri=reference_mri, frame=frame, progress=progress,
                                    raise_on_failure=raise_on_failure, log=log)
     return evaluator.run()
 

@@ -12,10 +12,12 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from xray2mri_bundle.data.frame import WorldFrame
 
 from .inferer import VolumeInferer
 from .knees import knee_input, root_cause
@@ -42,17 +44,17 @@ class KneeBatchEvaluator:
     """Run ``dataset`` (items ``{key: path}``) -> ``inferer`` -> ``postprocessing`` per knee; :meth:`run` returns
     a :class:`BatchReport`.
 
-    ``side`` and ``reference_mri`` are recorded in every sidecar's settings; ``centre_ras`` (RAS mm) places
-    the volumes (``--reference-mri``). ``log`` gets one line per knee (None: quiet).
+    ``side`` and ``reference_mri`` are recorded in every sidecar's settings; ``frame`` (a ``WorldFrame``)
+    places the volumes (``--reference-mri``). ``log`` gets one line per knee (None: quiet).
     """
 
     def __init__(self, dataset: Any, inferer: VolumeInferer, postprocessing: KneeWriters,
                  output_dir: str | os.PathLike, side: str = "both", reference_mri: str | os.PathLike | None = None,
-                 centre_ras: Sequence[float] | None = None, progress: bool = True, raise_on_failure: bool = False,
+                 frame: WorldFrame | None = None, progress: bool = True, raise_on_failure: bool = False,
                  log: Callable[[str], None] | None = print, key: str = "xray") -> None:
         self.dataset, self.inferer, self.postprocessing = dataset, inferer, postprocessing
         self.output_dir, self.side, self.key = Path(output_dir), str(side).lower(), key
-        self.reference_mri, self.centre_ras = reference_mri, centre_ras
+        self.reference_mri, self.frame = reference_mri, frame
         self.progress, self.raise_on_failure, self.log = progress, raise_on_failure, log
 
     def __call__(self) -> BatchReport:
@@ -96,7 +98,7 @@ class KneeBatchEvaluator:
                         bar.close()
                     result.timings["preprocessing"] = preprocessing
                     folder = self.output_dir / label
-                    sidecar = self.postprocessing(result, knee, folder, generator, settings, self.centre_ras)
+                    sidecar = self.postprocessing(result, knee, folder, generator, settings, self.frame)
                     report.outputs.append({"input": str(path), "side": knee.side, "folder": str(folder),
                                            "sidecar": sidecar})
                     say(f"{path} ({(knee.side or 'knee').lower()}): wrote {folder} "

@@ -22,6 +22,8 @@ import torch
 from torch import nn
 
 from xray2mri_bundle.data.datasets import slice_depths
+from xray2mri_bundle.data.frame import WorldFrame
+from xray2mri_bundle.data.pose import POSE_TEMPLATE_FILE
 from xray2mri_bundle.diffusion import (
     DEFAULT_SAMPLING,
     ConditionEncoder,
@@ -130,12 +132,30 @@ class VolumeGenerator:
         self.checkpoints: dict[str, str] = {}
         self.weights: str = "model"
         self.image_size: int | None = None
+        #: the MRI frame it was trained in (``settings.mri_frame``) and, for the canonical-pose frame, the model
+        #: folder's template (``mri_pose_template.pt``; None when the folder has none)
+        self.mri_frame: str = "joint_centred"
+        self.pose_template: Path | None = None
         #: latents decoded together: the decoder's 128-256 px activations run faster in small batches on a CPU
         #: (50 slices at 16 per batch: 1.1 s, in one batch: 1.5 s, small profile, one thread); same slices
         self.decode_batch: int = 16
         # opt-in speed-ups (``inference.acceleration.accelerate``): UNet autocast dtype, what was switched on
         self.autocast_dtype: torch.dtype | None = None
         self.acceleration: dict[str, object] = {"precision": "fp32", "fast_attention_blocks": 0, "compile": False}
+
+    def reference_frame(self, mri: str | os.PathLike, side: str | None = None) -> WorldFrame:
+        """Where this model's frame lies in the real MRI series ``mri`` (``data.mri_transforms.reference_frame``:
+        the joint-centred frame, or, for a model trained in the canonical-pose frame, that frame found by
+        registering ``mri`` to the model's template), so that a generated volume written in it overlays ``mri``."""
+        from xray2mri_bundle.data.mri_transforms import reference_frame
+
+        template = None
+        if self.mri_frame == "canonical_pose":
+            if self.pose_template is None:
+                raise ValueError(f"the model was trained in the canonical-pose MRI frame, but its folder holds no "
+                                 f"{POSE_TEMPLATE_FILE}: the volume cannot be placed in {mri}")
+            template = self.pose_template
+        return reference_frame(str(mri), side, pose_template=template)
 
     def sampler(self, settings: SamplingSettings = DEFAULT_SAMPLING) -> DiffusionSampler:
         """A fresh ``DiffusionSampler`` of ``settings`` for this model's noise schedule."""
@@ -378,5 +398,12 @@ def load_pipeline(
     generator.weights = unet_key
     generator.sampler(DEFAULT_SAMPLING)  # the default solver's imports (diffusers) at load time, not per volume
     generator.image_size = int(settings.get("image_size") or get_profile(profile)["image_size"])
+    generator.mri_frame = str(settings.get("mri_frame") or "joint_centred")
+    if generator.mri_frame == "canonical_pose":
+        template = folder / POSE_TEMPLATE_FILE
+        generator.pose_template = template if template.is_file() else None
+        if generator.pose_template is None:
+            logger.warning("%s was trained in the canonical-pose MRI frame but %s has no %s: its volumes lie in that "
+                           "frame and cannot be placed in a reference MRI", diffusion_path, folder, POSE_TEMPLATE_FILE)
     logger.info("loaded the %s pipeline from %s (%s weights, scale factor %.4f)", profile, folder, unet_key, scale)
     return generator

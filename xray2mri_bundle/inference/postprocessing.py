@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,7 @@ import torch
 
 from xray2mri_bundle.constants import DISCLAIMER, MRI_FOV_MM
 from xray2mri_bundle.data.atomic import replace_dir, temp_dir
+from xray2mri_bundle.data.frame import WorldFrame
 
 from . import writers
 from .generator import GenerationResult, slice_spacing_mm
@@ -27,6 +28,7 @@ from .knees import KneeInput
 from .settings import FORMATS, check_formats
 
 __all__ = [
+    "FRAME_DESCRIPTIONS",
     "KneeVolume",
     "KneeWriters",
     "WriteDicomSeries",
@@ -37,17 +39,26 @@ __all__ = [
 ]
 
 
+#: the sidecar's words for the frame a model was trained in (``settings.mri_frame`` of its diffusion.pt)
+FRAME_DESCRIPTIONS: dict[str, str] = {
+    "joint_centred": "joint-centred: the in-plane centre of every slice is the knee joint found on the X-ray",
+    "canonical_pose": "canonical pose: the knee as it lies in the model's pose template (mri_pose_template.pt), "
+                      "the joint at the in-plane centre; the axes turn with the knee when placed in a reference MRI",
+}
+
+
 @dataclass
 class KneeVolume:
     """What a writer gets: the (H, W, S) volume in [-1, 1], (row, col) ``spacing`` and ``slice_spacing`` in mm,
-    the knee it came from, a caption, the frame centre (RAS mm, None: world origin) and the sidecar."""
+    the knee it came from, a caption, where it lies in the world (``frame``; None: centred at the origin, coronal
+    axes) and the sidecar."""
 
     volume: Any
     spacing: tuple[float, float]
     slice_spacing: float
     knee: KneeInput
     title: str
-    centre_ras: Sequence[float] | None = None
+    frame: WorldFrame | None = None
     sidecar: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -65,7 +76,7 @@ class WriteNifti:
 
     def __call__(self, out: KneeVolume, folder: Path) -> str:
         writers.write_nifti(out.volume, out.spacing, out.slice_spacing, folder / self.filename,
-                            description=out.knee.path.name, centre_ras=out.centre_ras)
+                            description=out.knee.path.name, frame=out.frame)
         return self.filename
 
 
@@ -80,7 +91,7 @@ class WriteDicomSeries:
     def __call__(self, out: KneeVolume, folder: Path) -> str:
         writers.write_dicom_series(out.volume, out.spacing, out.slice_spacing, folder / self.filename,
                                    source_info=out.knee.source_info,
-                                   series_description=f"Pseudo-MRI COR T1 {out.side}", centre_ras=out.centre_ras)
+                                   series_description=f"Pseudo-MRI COR T1 {out.side}", frame=out.frame)
         return self.filename
 
 
@@ -149,7 +160,7 @@ class KneeWriters:
         self.fov_mm, self.overwrite = float(fov_mm), bool(overwrite)
 
     def __call__(self, result: GenerationResult, knee: KneeInput, folder: str | os.PathLike, generator: Any,
-                 settings: dict[str, Any] | None = None, centre_ras: Sequence[float] | None = None) -> dict[str, Any]:
+                 settings: dict[str, Any] | None = None, frame: WorldFrame | None = None) -> dict[str, Any]:
         """Write ``result`` for ``knee`` to ``folder``; returns the sidecar dictionary."""
         folder = Path(folder)
         folder.parent.mkdir(parents=True, exist_ok=True)
@@ -159,7 +170,7 @@ class KneeWriters:
         spacing = (self.fov_mm / height, self.fov_mm / width)
         side = (knee.side or "unknown side").lower()
         out = KneeVolume(result.volume, spacing, slice_spacing_mm(slices), knee,
-                         f"Pseudo-MRI from {knee.path.name} ({side}) - {DISCLAIMER}", centre_ras)
+                         f"Pseudo-MRI from {knee.path.name} ({side}) - {DISCLAIMER}", frame)
         active = [w for w in self.writers if w.format in self.formats]
         start = time.perf_counter()
         outputs: dict[str, str] = {}
@@ -180,7 +191,7 @@ class KneeWriters:
     def sidecar(self, result: GenerationResult, knee: KneeInput, generator: Any, out: KneeVolume,
                 outputs: dict[str, str], settings: dict[str, Any] | None, writing_s: float) -> dict[str, Any]:
         """The JSON sidecar of one knee (``outputs`` is the dictionary the writers fill)."""
-        centre_ras = out.centre_ras
+        frame = out.frame or WorldFrame()
         return {
             "disclaimer": DISCLAIMER,
             "input": str(knee.path.resolve()),
@@ -201,8 +212,9 @@ class KneeWriters:
             "pixel_spacing_mm": list(out.spacing),
             "slice_spacing_mm": out.slice_spacing,
             "field_of_view_mm": self.fov_mm,
-            "frame": "joint-centred: the in-plane centre of every slice is the knee joint found on the X-ray",
-            "frame_centre_ras_mm": [0.0, 0.0, 0.0] if centre_ras is None else [float(v) for v in centre_ras],
+            "frame": FRAME_DESCRIPTIONS.get(getattr(generator, "mri_frame", None), FRAME_DESCRIPTIONS["joint_centred"]),
+            "frame_centre_ras_mm": frame.as_dict()["centre_ras_mm"],
+            "frame_axes_ras": frame.as_dict()["axes_ras"],
             "volume_layout": "(H, W, S): rows superior->inferior, columns to patient left, slices anterior->posterior",
             "classifier_kl_probabilities": result.kl_probs,  # the KOA classifier's output (not a grading)
             "timings_s": {**result.timings, "writing": writing_s},

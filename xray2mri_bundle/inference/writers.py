@@ -10,12 +10,14 @@ Volume layout: (H, W, S) float in [-1, 1], as ``VolumeGenerator`` returns it (to
 ``spacing_mm`` is (row spacing, column spacing) in mm, ``slice_spacing_mm`` the distance between slice centres
 (the caller computes it from the number of generated depths).
 
-World geometry (shared by the NIfTI and the DICOM series, volume centre at the world origin, or at
-``centre_ras``: the joint-centred frame's centre found in a reference MRI, ``xray2mri generate --reference-mri``):
-NIfTI is RAS+, so voxel (i=row, j=col, k=slice) maps with the columns of the affine
+World geometry (shared by the NIfTI and the DICOM series; ``frame``, a :class:`~xray2mri_bundle.data.frame.
+WorldFrame`: by default the volume centre at the world origin with the coronal axes, or the frame found in a
+reference MRI, ``xray2mri generate --reference-mri``, whose axes turn with the knee in the canonical-pose frame):
+NIfTI is RAS+; with the default axes voxel (i=row, j=col, k=slice) maps with the columns of the affine
 i -> (0, 0, -row mm) (inferior), j -> (-col mm, 0, 0) (left), k -> (0, -slice mm, 0) (posterior):
-``nibabel.aff2axcodes`` gives ("I", "L", "P"). DICOM is LPS+: ImageOrientationPatient [1, 0, 0, 0, 0, -1]
-and ImagePositionPatient of slice k = the LPS position of voxel (0, 0, k), stepping +y (posterior).
+``nibabel.aff2axcodes`` gives ("I", "L", "P"). DICOM is LPS+: ImageOrientationPatient the LPS directions of a
+row and a column ([1, 0, 0, 0, 0, -1] by default) and ImagePositionPatient of slice k = the LPS position of voxel
+(0, 0, k), stepping along the slice normal (+y, posterior, by default).
 
 Atomic writes: a file is written to a hidden temporary name in its destination folder and moved into place
 with ``os.replace``; the DICOM series is written to a hidden temporary folder that is then renamed. A failure
@@ -48,9 +50,9 @@ from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, MRIm
 from xray2mri_bundle.constants import DISCLAIMER as SERIES_DISCLAIMER
 from xray2mri_bundle.constants import MONTAGE_CAPTION
 from xray2mri_bundle.constants import VOLUME_CAPTION as DISCLAIMER
-from xray2mri_bundle.constants.geometry import CORONAL_ORIENTATION_LPS
 from xray2mri_bundle.data.atomic import atomic_dir, write_bytes_atomic
 from xray2mri_bundle.data.dicom_utils import grey_pixel_module, save_dataset
+from xray2mri_bundle.data.frame import WorldFrame
 from xray2mri_bundle.data.plain import to_plain
 
 __all__ = [
@@ -102,30 +104,14 @@ def coronal_affine(
     shape: Sequence[int],
     spacing_mm: Sequence[float],
     slice_spacing_mm: float,
-    centre_ras: Sequence[float] | None = None,
+    frame: WorldFrame | None = None,
 ) -> np.ndarray:
-    """RAS+ voxel-to-world affine (4, 4) of an (H, W, S) coronal stack, its centre at the world origin, or at
-    ``centre_ras`` (mm, RAS) - e.g. the joint-centred frame's centre in a real MRI, so the two overlay.
+    """RAS+ voxel-to-world affine (4, 4) of an (H, W, S) coronal stack placed in ``frame`` (default: centred at
+    the world origin, coronal axes; a reference MRI's frame makes the two overlay).
 
     spacing_mm: (row, column) in mm; slice_spacing_mm: between slice centres. See the module docstring.
     """
-    row_mm, col_mm = (float(s) for s in spacing_mm)
-    if min(row_mm, col_mm, float(slice_spacing_mm)) <= 0:
-        raise ValueError(f"spacings must be positive, got {spacing_mm}, {slice_spacing_mm}")
-    rot = np.array(
-        [
-            [0.0, -col_mm, 0.0],  # column index -> patient left (-x in RAS)
-            [0.0, 0.0, -float(slice_spacing_mm)],  # slice index -> posterior (-y in RAS)
-            [-row_mm, 0.0, 0.0],  # row index -> inferior (-z in RAS)
-        ]
-    )
-    centre = (np.asarray(shape[:3], dtype=np.float64) - 1.0) / 2.0
-    affine = np.eye(4)
-    affine[:3, :3] = rot
-    affine[:3, 3] = -rot @ centre
-    if centre_ras is not None:
-        affine[:3, 3] += np.asarray(centre_ras, dtype=np.float64)
-    return affine
+    return (frame or WorldFrame()).affine(shape, spacing_mm, slice_spacing_mm)
 
 
 # ------------------------------------------------------------------------------------------------ atomic I/O
@@ -146,7 +132,7 @@ def write_nifti(
     slice_spacing_mm: float,
     path: str | os.PathLike,
     description: str | None = None,
-    centre_ras: Sequence[float] | None = None,
+    frame: WorldFrame | None = None,
 ) -> Path:
     """Write an (H, W, S) volume as float32 NIfTI-1 (``.nii`` or ``.nii.gz``) with the coronal affine.
 
@@ -158,7 +144,7 @@ def write_nifti(
     path = Path(path)
     if not (path.name.endswith(".nii") or path.name.endswith(".nii.gz")):
         raise ValueError(f"NIfTI path must end with .nii or .nii.gz, got {path.name}")
-    affine = coronal_affine(v.shape, spacing_mm, slice_spacing_mm, centre_ras)
+    affine = coronal_affine(v.shape, spacing_mm, slice_spacing_mm, frame)
     img = nib.Nifti1Image(v, affine)
     header = img.header
     header.set_data_dtype(np.float32)
@@ -256,7 +242,7 @@ def write_dicom_series(
     series_number: int = 9001,
     study_instance_uid: str | None = None,
     overwrite: bool = False,
-    centre_ras: Sequence[float] | None = None,
+    frame: WorldFrame | None = None,
 ) -> DicomSeries:
     """Write an (H, W, S) volume in [-1, 1] as an MR series, one file per slice (``0001.dcm`` ...).
 
@@ -272,8 +258,11 @@ def write_dicom_series(
     height, width, n_slices = v.shape
     info, source_item = _source_items(source_info)
     info, notes, charset = _fit_text_values(info)
-    affine = coronal_affine(v.shape, spacing_mm, slice_spacing_mm, centre_ras)
+    affine = coronal_affine(v.shape, spacing_mm, slice_spacing_mm, frame)
     row_mm, col_mm = (float(s) for s in spacing_mm)
+    # LPS directions: along a row (increasing column index), down a column (increasing row index), slice normal
+    along_row, along_column, normal = (_LPS_FROM_RAS @ (affine[:3, i] / np.linalg.norm(affine[:3, i]))
+                                       for i in (1, 0, 2))
     pixels = np.rint((np.clip(v, -1.0, 1.0) + 1.0) * (_PIXEL_MAX / 2.0)).astype(np.uint16)
 
     study_uid = study_instance_uid or generate_uid()
@@ -294,7 +283,8 @@ def write_dicom_series(
         "ContentTime": time, "StudyID": "", "AccessionNumber": "", "ReferringPhysicianName": "",
         "SeriesNumber": int(series_number), "SeriesDescription": description, "ImageComments": comments,
         **_SYNTHETIC_MR_TAGS,
-        "ImageOrientationPatient": list(CORONAL_ORIENTATION_LPS), "PositionReferenceIndicator": "",
+        "ImageOrientationPatient": [_ds_number(float(x)) for x in (*along_row, *along_column)],
+        "PositionReferenceIndicator": "",
         "PixelSpacing": [_ds_number(row_mm), _ds_number(col_mm)], "SliceThickness": _ds_number(float(slice_spacing_mm)),
         "SpacingBetweenSlices": _ds_number(float(slice_spacing_mm)),
         **grey_pixel_module(height, width), "WindowCenter": _ds_number(_PIXEL_MAX / 2.0),
@@ -313,7 +303,7 @@ def write_dicom_series(
             ds.update(series_tags)
             ds.update({"SOPInstanceUID": sop_uid, "InstanceNumber": k + 1,
                        "ImagePositionPatient": [_ds_number(x) for x in position_lps],
-                       "SliceLocation": _ds_number(float(position_lps[1]))})
+                       "SliceLocation": _ds_number(float(position_lps @ normal))})
             if source_item is not None:
                 ds.SourceImageSequence = DicomSequence([source_item])
             for key, value in info.items():
