@@ -12,6 +12,9 @@
 # ~65 min on 2 cores instead of ~100 one after the other.
 # Writes models/small/{autoencoder,classifier,diffusion}.pt, the ablations
 # models/small/diffusion_{xray_no_guidance,ldm_depth_only}.pt and models/small/training_record.json.
+# FRAME=pose trains all of it in the opt-in canonical-pose MRI frame (configs/pose_frame.json, docs/data.md
+# section 3b): the first stage builds $MODELS/mri_pose_template.pt from 40 training knees, which ships beside the
+# weights (inference and evaluation read it from there).
 # The weights are DEMO weights trained on synthetic knees only: not for any clinical or research claim.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,13 +25,22 @@ MODELS=${MODELS:-models/small}
 SEED=1; KNEES=400; MATRIX=256
 [ -f "$COHORT/cohort.json" ] || "$PY" -m xray2mri_bundle.cohort --out "$COHORT" --knees $KNEES --seed $SEED --mri-matrix $MATRIX
 mkdir -p "$OUT" "$MODELS"
+case "${FRAME:-joint}" in
+  joint) OVERLAY="" ;;
+  pose) OVERLAY="'configs/pose_frame.json'," ;;
+  *) echo "FRAME must be joint or pose, got ${FRAME}" >&2; exit 2 ;;
+esac
+# the template first, once (the stages would build the same one; side-by-side diffusion runs must not race for it)
+if [ -n "$OVERLAY" ] && [ ! -f "$MODELS/mri_pose_template.pt" ]; then
+  "$PY" -m xray2mri_bundle.cli pose-template --dataset-dir "$COHORT" --knees 40 --out "$MODELS/mri_pose_template.pt"
+fi
 # one stage of configs/train.json; the wall time (s) goes to $OUT/<stage>.wall
 train_stage() {
   local stage=$1 start; start=$(date +%s); shift
   # an autoencoder epoch draws one slice per knee: 26 epochs of 280 knees ~ the 900 iterations it had before
   local epochs=(); [ "$stage" = autoencoder ] && epochs=(--autoencoder_max_epochs 26)
   "$PY" -m monai.bundle run training \
-    --config_file "['configs/train.json','configs/profiles/small.json']" \
+    --config_file "['configs/train.json',${OVERLAY}'configs/profiles/small.json']" \
     --stages "['$stage']" --dataset_dir "$COHORT" --output_dir "$OUT" --model_dir "$MODELS" "${epochs[@]}" "$@"
   echo $(( $(date +%s) - start )) > "$OUT/$stage.wall"
 }
@@ -41,7 +53,7 @@ train_ablation() {
   local name=$1 start; start=$(date +%s); shift
   # shellcheck disable=SC2086
   "$PY" -m monai.bundle run \
-    --config_file "['configs/common.json','configs/profiles/small.json','configs/train_diffusion.json']" \
+    --config_file "['configs/common.json',${OVERLAY}'configs/profiles/small.json','configs/train_diffusion.json']" \
     --dataset_dir "$COHORT" --output_dir "$OUT" --model_dir "$MODELS" ${ABLATION[$name]} \
     --final_path "$MODELS/$name.pt" --checkpoint_dir "$OUT/small/$name" "$@"
   echo $(( $(date +%s) - start )) > "$OUT/$name.wall"
@@ -70,6 +82,8 @@ mv "$MODELS"/*.pt "$OUT/full_exports/"
 CHECK_XRAY=$(find "$COHORT/0.E.1" -type f | sort | sed -n 1p)
 "$PY" scripts/slim_weights.py --models "$OUT/full_exports" --out "$MODELS" --check-xray "$CHECK_XRAY" \
   | tee "$OUT/slim_weights.json"
+# the pose frame's template (and its report) is part of the model: back beside the slim weights
+for file in "$OUT"/full_exports/mri_pose_template.{pt,json}; do if [ -f "$file" ]; then cp "$file" "$MODELS/"; fi; done
 "$PY" -m xray2mri_bundle.cli training-record --models "$MODELS" --logs "$OUT" --cohort "$COHORT" \
   --wall "${WALL_ARGS[@]}" \
-  --command "$([ "${PARALLEL:-0}" = 1 ] && echo "PARALLEL=1 ")scripts/train_small_demo.sh $*"
+  --command "$([ "${FRAME:-joint}" = pose ] && echo "FRAME=pose ")$([ "${PARALLEL:-0}" = 1 ] && echo "PARALLEL=1 ")scripts/train_small_demo.sh $*"
