@@ -30,9 +30,12 @@ case "${FRAME:-joint}" in
   pose) OVERLAY="'configs/pose_frame.json'," ;;
   *) echo "FRAME must be joint or pose, got ${FRAME}" >&2; exit 2 ;;
 esac
-# the template first, once (the stages would build the same one; side-by-side diffusion runs must not race for it)
-if [ -n "$OVERLAY" ] && [ ! -f "$MODELS/mri_pose_template.pt" ]; then
-  "$PY" -m xray2mri_bundle.cli pose-template --dataset-dir "$COHORT" --knees 40 --out "$MODELS/mri_pose_template.pt"
+# a pose-frame run trains every stage in that frame: checkpoints without a template are another frame's (a finished
+# stage would be kept, not retrained); the autoencoder stage, which runs first, builds the template
+if [ -n "$OVERLAY" ] && [ ! -f "$MODELS/mri_pose_template.pt" ] && compgen -G "$MODELS/*.pt" > /dev/null; then
+  echo "FRAME=pose: $MODELS holds checkpoints but no mri_pose_template.pt (trained in the joint-centred frame);" \
+       "give an empty MODELS folder" >&2
+  exit 2
 fi
 # one stage of configs/train.json; the wall time (s) goes to $OUT/<stage>.wall
 train_stage() {
@@ -77,13 +80,13 @@ for name in autoencoder classifier diffusion "${NAMES[@]}"; do WALL_ARGS+=("$nam
 # Inference-only copies (EMA weights, weight-only int8; docs/training.md gives the measured effect): the full exports move
 # to $OUT/full_exports (never into git), the slim ones take their place in $MODELS.
 mkdir -p "$OUT/full_exports"
-mv "$MODELS"/*.pt "$OUT/full_exports/"
+for file in "$MODELS"/*.pt; do  # the checkpoints; the pose frame's template stays beside the weights
+  if [ "${file##*/}" != mri_pose_template.pt ]; then mv "$file" "$OUT/full_exports/"; fi
+done
 # sed reads the whole list: `head -n 1` would close the pipe early and, under pipefail, stop the script
 CHECK_XRAY=$(find "$COHORT/0.E.1" -type f | sort | sed -n 1p)
 "$PY" scripts/slim_weights.py --models "$OUT/full_exports" --out "$MODELS" --check-xray "$CHECK_XRAY" \
   | tee "$OUT/slim_weights.json"
-# the pose frame's template (and its report) is part of the model: back beside the slim weights
-for file in "$OUT"/full_exports/mri_pose_template.{pt,json}; do if [ -f "$file" ]; then cp "$file" "$MODELS/"; fi; done
 "$PY" -m xray2mri_bundle.cli training-record --models "$MODELS" --logs "$OUT" --cohort "$COHORT" \
   --wall "${WALL_ARGS[@]}" \
   --command "$([ "${FRAME:-joint}" = pose ] && echo "FRAME=pose ")$([ "${PARALLEL:-0}" = 1 ] && echo "PARALLEL=1 ")scripts/train_small_demo.sh $*"

@@ -276,3 +276,27 @@ def test_scoring_a_pose_frame_model_without_its_template_is_refused(tmp_path: Pa
     write_checkpoint(tmp_path / "diffusion.pt", "diffusion", {}, settings={"mri_frame": "canonical_pose"})
     with pytest.raises(SystemExit, match="canonical-pose MRI frame.*mri_pose_template.pt"):
         _pose_template(EvaluationOptions(model_dir=str(tmp_path)))
+
+
+def test_one_rule_names_the_frame_of_a_model_folder(tmp_path: Path, caplog) -> None:
+    """data.pose.model_frame: the recorded frame decides; a stale template beside joint-centred weights is ignored;
+    a template that is not the one trained with is refused; unrecorded weights follow the folder."""
+    from xray2mri_bundle.data.pose import POSE_TEMPLATE_FILE, model_frame
+
+    assert model_frame({}, tmp_path) == ("joint_centred", None)
+    template = PoseTemplate(torch.rand(31, 57, 57), 36.0)
+    path = tmp_path / POSE_TEMPLATE_FILE
+    torch.save(template.state_dict(), path)
+    digest = load_pose_template(path).digest
+    assert model_frame({}, tmp_path) == ("canonical_pose", path)  # weights from before the frame was recorded
+    with caplog.at_level("WARNING"):
+        assert model_frame({"mri_frame": "joint_centred"}, tmp_path) == ("joint_centred", None)
+    assert "ignored" in caplog.text
+    assert model_frame({"mri_frame": "canonical_pose", "mri_pose_template_sha256": digest}, tmp_path) == (
+        "canonical_pose", path)
+    with pytest.raises(ValueError, match="not the template the weights"):
+        model_frame({"mri_frame": "canonical_pose", "mri_pose_template_sha256": "0123456789abcdef"}, tmp_path)
+    path.unlink()
+    assert model_frame({"mri_frame": "canonical_pose"}, tmp_path) == ("canonical_pose", None)
+    with pytest.raises(ValueError, match="unknown MRI frame"):
+        model_frame({"mri_frame": "coil"}, tmp_path)

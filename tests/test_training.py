@@ -459,6 +459,23 @@ def test_stage_decisions(tmp_path):
     assert decide("classifier", models, ckpts).action == "skip"
 
 
+def test_weights_of_another_mri_frame_are_retrained(tmp_path):
+    """A pose-frame run (configs/pose_frame.json) over joint-centred weights retrains the MRI stages, not the
+    classifier (X-ray only); weights that recorded the run's frame are kept."""
+    models, ckpts = tmp_path / "models", tmp_path / "runs"
+    models.mkdir()
+    for stage in ("autoencoder", "classifier", "diffusion"):  # no mri_frame recorded: the joint-centred frame
+        atomic_save(make_checkpoint(stage, {stage: small_net()}), final_checkpoint(models, stage))
+    assert decide("autoencoder", models, ckpts, mri_frame="joint_centred").action == "skip"
+    decision = decide("autoencoder", models, ckpts, mri_frame="canonical_pose")
+    assert decision.action == "retrain" and "joint_centred MRI frame" in decision.reason
+    assert decide("classifier", models, ckpts, mri_frame="canonical_pose").action == "skip"
+    atomic_save(make_checkpoint("diffusion", {"diffusion": small_net()}, settings={"mri_frame": "canonical_pose"}),
+                final_checkpoint(models, "diffusion"))
+    assert decide("diffusion", models, ckpts, mri_frame="canonical_pose").action == "skip"
+    assert decide("diffusion", models, ckpts, mri_frame="joint_centred").action == "retrain"
+
+
 def test_a_corrupt_final_checkpoint_is_not_a_finished_stage(tmp_path, caplog):
     models, ckpts = tmp_path / "models", tmp_path / "runs"
     ckpts.mkdir(parents=True)

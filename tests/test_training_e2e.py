@@ -115,6 +115,7 @@ def test_all_stages_write_the_inference_checkpoints(trained):
     assert diffusion["scale_factor"] > 0 and unet["ema"] and encoder["ema"]
     assert diffusion["settings"]["num_train_timesteps"] == 1000
     assert diffusion["settings"]["mri_frame"] == "joint_centred"  # the default frame, recorded
+    assert diffusion["settings"]["mri_pose_template_sha256"] is None
     assert unet["config"] == build_unet("tiny").config  # the sizes of configs/profiles/tiny.json
     log = (trained / "run.log").read_text()
     assert "1 / std of the training latents" in log and "val_sample_psnr" in log
@@ -302,4 +303,6 @@ def test_pose_frame_overlay_trains_every_stage_in_that_frame(cohort, logging_con
     for stage in STAGES:
         assert (out / "models" / f"{stage}.pt").is_file(), stage
     settings = torch.load(out / "models" / "diffusion.pt", weights_only=True)["settings"]
-    assert settings["mri_frame"] == "canonical_pose"
+    assert settings["mri_frame"] == "canonical_pose" and settings["mri_pose_fit_size"] is False
+    assert settings["mri_pose_template_sha256"] == load_pose_template(template).digest
+    assert torch.load(out / "models" / "autoencoder.pt", weights_only=True)["settings"]["mri_frame"] == "canonical_pose"

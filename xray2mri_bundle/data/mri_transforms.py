@@ -13,7 +13,6 @@ joint-centred 140 mm frame shared with the X-ray (:mod:`.frame`), resampled to 2
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from collections.abc import Hashable, Mapping
@@ -199,7 +198,7 @@ class AlignMRIPose(Transform):
             fit_size = fit_size.strip().lower() in ("1", "true", "yes", "on")
         self.template, self.iterations, self.fit_size = template, int(iterations), bool(fit_size)
         # a primitive the cache fingerprint (datasets.transform_fingerprint) sees: caches of two templates never mix
-        self.template_digest = hashlib.sha256(template.image.float().numpy().tobytes()).hexdigest()[:16]
+        self.template_digest = template.digest
         self.localiser = localiser if localiser is not None else MRIJointLocaliser()
 
     def __call__(self, img: torch.Tensor, side: str | None = None) -> torch.Tensor:
@@ -310,7 +309,7 @@ def mri_transforms(
     size: int | None = None, start: int | None = None, count: int | None = None,
     percentiles: tuple[float, float] | None = None, expected_slices: int | None = None,
     frame_mm: float | None = None, localiser: MRIJointLocaliser | None = None,
-    pose_template: PoseTemplate | str | os.PathLike | None = None,
+    pose_template: PoseTemplate | str | os.PathLike | None = None, pose_fit_size: bool | None = None,
 ) -> list:
     """The MRI chain (key ``mri``) as a list of dictionary transforms (wrap in ``monai.transforms.Compose``):
     ``mri_preprocessing`` of ``configs/common.json``, built from the packaged config so that the chain is written
@@ -329,13 +328,13 @@ def mri_transforms(
         raise ValueError(f"frame_mm must be a positive side length in mm, got {frame_mm!r}")
     overrides = given(mri_size=size, mri_slice_start=start, mri_slice_count=count, intensity_percentiles=percentiles,
                       mri_expected_slices=expected_slices, frame_mm=frame_mm, mri_localiser=localiser,
-                      mri_pose_template=pose_template)
+                      mri_pose_template=pose_template, mri_pose_fit_size=pose_fit_size)
     return list(parse_config(chain_configs(pose_template), "mri_preprocessing", overrides))
 
 
 
 def reference_frame(path: str, side: str | None = None, pose_template: str | os.PathLike | PoseTemplate | None = None,
-                    start: int = 13, count: int = 50, size: int = 64) -> WorldFrame:
+                    start: int = 13, count: int = 50, size: int = 64, pose_fit_size: bool = False) -> WorldFrame:
     """Where the model's frame lies in a real MRI series ``path`` (a :class:`~.frame.WorldFrame`): the MRI run
     through the training chain (:func:`mri_transforms`; with ``pose_template``, the canonical-pose frame) and the
     frame read off the affine that followed every step: the centre of the kept slab (the joint in-plane) and the
@@ -344,7 +343,8 @@ def reference_frame(path: str, side: str | None = None, pose_template: str | os.
     the chain resamples to; the frame does not depend on it."""
     from monai.transforms import Compose
 
-    item = Compose(mri_transforms(size=size, start=start, count=count, pose_template=pose_template))(
+    item = Compose(mri_transforms(size=size, start=start, count=count, pose_template=pose_template,
+                                  pose_fit_size=pose_fit_size if pose_template is not None else None))(
         {"mri": str(path), "side": side})
     volume = item["mri"]
     return WorldFrame.of_affine(volume.affine.numpy(), tuple(volume.shape[1:]))

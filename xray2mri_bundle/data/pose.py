@@ -19,6 +19,7 @@ ground truth; real OAI data builds its own.
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import os
 from collections.abc import Iterable, Sequence
@@ -33,8 +34,8 @@ import torch.nn.functional as F
 logger = logging.getLogger(__name__)
 
 __all__ = ["POSE_TEMPLATE_FILE", "PoseTemplate", "RigidPose", "build_template", "coarse_volume", "load_pose_template",
-           "register", "rotation_matrix", "sample_rigid", "template_axes", "template_from_records",
-           "write_pose_template"]
+           "model_frame", "register", "rotation_matrix", "sample_rigid", "template_axes", "template_digest",
+           "template_from_records", "write_pose_template"]
 
 #: the template's file name in a model folder (models trained in the canonical-pose frame carry it)
 POSE_TEMPLATE_FILE = "mri_pose_template.pt"
@@ -159,6 +160,11 @@ class PoseTemplate:
     def for_side(self, side: str | None) -> torch.Tensor:
         return self.image.flip(-1) if str(side or "").upper() == "LEFT" else self.image
 
+    @property
+    def digest(self) -> str:
+        """A short hash of the template image: names the frame (cache fingerprints, ``settings`` of diffusion.pt)."""
+        return hashlib.sha256(self.image.float().numpy().tobytes()).hexdigest()[:16]
+
     def state_dict(self) -> dict:
         return {"image": self.image.half(), "depth_anchor": self.depth_anchor,
                 "spacing_mm": TEMPLATE_SPACING_MM, "half_mm": TEMPLATE_HALF_MM}
@@ -186,6 +192,41 @@ def load_pose_template(path: str | os.PathLike | PoseTemplate) -> PoseTemplate:
         return PoseTemplate.from_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     except Exception as exc:  # noqa: BLE001 - torch / a foreign file raise many types: name the file in all
         raise ValueError(f"{path} is not a readable pose template ({type(exc).__name__}: {exc})") from exc
+
+
+def template_digest(template: str | os.PathLike | PoseTemplate | None) -> str | None:
+    """:attr:`PoseTemplate.digest` of a template or its file; None for None (the joint-centred frame)."""
+    return None if template is None else load_pose_template(template).digest
+
+
+def model_frame(settings: dict, folder: str | os.PathLike) -> tuple[str, Path | None]:
+    """The MRI frame a model folder's weights were trained in, and the template that frame needs: (``"joint_centred"``,
+    None) or (``"canonical_pose"``, the folder's :data:`POSE_TEMPLATE_FILE` or None when it is missing).
+
+    ``settings`` (of its diffusion.pt) decide: ``mri_frame``, and ``mri_pose_template_sha256``, which the template
+    beside the weights must match (``ValueError`` naming both otherwise). A template beside joint-centred weights is
+    stale and ignored (logged). Weights from before the frame was recorded count as canonical-pose when the folder
+    holds a template. One rule for evaluation and generation alike."""
+    path = Path(folder) / POSE_TEMPLATE_FILE
+    found = path if path.is_file() else None
+    frame = settings.get("mri_frame")
+    if frame is None:
+        frame = "canonical_pose" if found else "joint_centred"
+        if found:
+            logger.info("%s: no MRI frame recorded with the weights; the %s beside them marks the canonical-pose "
+                        "frame", folder, POSE_TEMPLATE_FILE)
+    if frame not in ("joint_centred", "canonical_pose"):
+        raise ValueError(f"{folder}: unknown MRI frame {frame!r} in diffusion.pt (joint_centred or canonical_pose)")
+    if frame == "joint_centred":
+        if found:
+            logger.warning("%s holds %s, but its weights were trained in the joint-centred frame: the template is "
+                           "ignored", folder, POSE_TEMPLATE_FILE)
+        return frame, None
+    recorded = settings.get("mri_pose_template_sha256")
+    if found and recorded and template_digest(found) != recorded:
+        raise ValueError(f"{found} (digest {template_digest(found)}) is not the template the weights in {folder} were "
+                         f"trained with (digest {recorded}): put that template beside them")
+    return frame, found
 
 
 def template_axes(volume: np.ndarray | torch.Tensor, spacing: Sequence[float], side: str | None, localiser: Any,

@@ -15,7 +15,9 @@ Per stage the decision is (``decide``):
 - ``resume``: no final checkpoint, but interval checkpoints exist (a killed run) -> continue from the newest;
 - ``train``: nothing yet;
 - ``retrain``: ``force_retrain`` is set, or a stage it depends on (diffusion needs E1 and C) was retrained
-  after it: the stage's checkpoints are cleared and it starts from scratch.
+  after it, or its final checkpoint was trained in another MRI frame than the run's (``settings.mri_frame`` of
+  the MRI stages, autoencoder and diffusion; e.g. ``configs/pose_frame.json`` over joint-centred weights): the
+  stage's checkpoints are cleared and it starts from scratch.
 """
 
 from __future__ import annotations
@@ -58,6 +60,9 @@ STAGES: tuple[str, ...] = ("autoencoder", "classifier", "diffusion")
 DEPENDENCIES: dict[str, tuple[str, ...]] = {
     "autoencoder": (), "classifier": (), "diffusion": ("autoencoder", "classifier"),
 }
+
+#: stages whose weights depend on the MRI frame (their final checkpoints record ``settings.mri_frame``)
+MRI_FRAME_STAGES = frozenset({"autoencoder", "diffusion"})
 
 #: keys of the pipeline config that are not settings for the stages
 PIPELINE_KEYS = frozenset({
@@ -102,9 +107,11 @@ def unreadable_reason(path: str | os.PathLike) -> str | None:
 
 
 def decide(
-    stage: str, model_dir: str | os.PathLike, checkpoint_dir: str | os.PathLike, force: bool = False
+    stage: str, model_dir: str | os.PathLike, checkpoint_dir: str | os.PathLike, force: bool = False,
+    mri_frame: str | None = None,
 ) -> StageDecision:
-    """Skip, resume, train or retrain ``stage`` from the files on disk (see the module docstring)."""
+    """Skip, resume, train or retrain ``stage`` from the files on disk (see the module docstring); ``mri_frame``:
+    the run's MRI frame, checked against a finished MRI stage's (None: not checked)."""
     final = final_checkpoint(model_dir, stage)
     if force:
         return StageDecision(stage, "retrain", "force_retrain is set")
@@ -123,6 +130,11 @@ def decide(
         ]
         if newer:
             return StageDecision(stage, "retrain", f"{', '.join(newer)} changed after {final.name} was trained")
+        if mri_frame is not None and stage in MRI_FRAME_STAGES:
+            trained = (read_checkpoint(final).get("settings") or {}).get("mri_frame") or "joint_centred"
+            if trained != mri_frame:
+                return StageDecision(stage, "retrain", f"{final.name} was trained in the {trained} MRI frame, this "
+                                                       f"run's is {mri_frame}")
         return StageDecision(stage, "skip", f"{final} exists (use --force_retrain true to train again)")
     saved = interval_checkpoints(checkpoint_dir)
     empty = [path.name for _, path in saved if path.stat().st_size == 0]
@@ -259,8 +271,9 @@ def run_training(
     decisions = []
     for stage in selected:
         files = stage_config_files(config_dir, stage)
-        model_dir, checkpoint_dir, final_path = _resolve(files, overrides, "model_dir", "checkpoint_dir", "final_path")
-        decision = dist_utils.broadcast_object(decide(stage, model_dir, checkpoint_dir, force))
+        model_dir, checkpoint_dir, final_path, mri_frame = _resolve(files, overrides, "model_dir", "checkpoint_dir",
+                                                                    "final_path", "mri_frame")
+        decision = dist_utils.broadcast_object(decide(stage, model_dir, checkpoint_dir, force, mri_frame))
         decisions.append(decision)
         logger.info("stage %s", decision)
         if decision.action == "skip":

@@ -37,7 +37,7 @@ from xray2mri_bundle.constants import SUMMARY_DISCLAIMER
 from xray2mri_bundle.data.atomic import write_bytes_atomic
 from xray2mri_bundle.data.datasets import build_knee_dataset
 from xray2mri_bundle.data.plain import to_plain
-from xray2mri_bundle.data.pose import POSE_TEMPLATE_FILE, PoseTemplate, load_pose_template
+from xray2mri_bundle.data.pose import POSE_TEMPLATE_FILE, PoseTemplate, load_pose_template, model_frame
 from xray2mri_bundle.inference.generator import resolve_model_dir
 from xray2mri_bundle.networks.profiles import PROFILE_NAMES, get_profile
 
@@ -116,17 +116,20 @@ def _pose_template(args: EvaluationOptions) -> PoseTemplate | None:
     ``mri_pose_template.pt`` (models trained in that frame are scored in it), else None (the joint-centred frame).
     Fills ``args.pose_template`` so that the report names the frame."""
     path = args.pose_template
-    if path is None and (Path(args.model_dir) / POSE_TEMPLATE_FILE).is_file():
-        path = str(Path(args.model_dir) / POSE_TEMPLATE_FILE)
-        logger.info("scoring in the canonical-pose MRI frame of %s (the models were trained in it)", path)
     if path is None:
         diffusion = Path(args.model_dir) / "diffusion.pt"
-        frame = (read_checkpoint(diffusion).get("settings") or {}).get("mri_frame") if diffusion.is_file() else None
-        if frame == "canonical_pose":
+        settings = (read_checkpoint(diffusion).get("settings") or {}) if diffusion.is_file() else {}
+        try:
+            frame, path = model_frame(settings, args.model_dir)
+        except ValueError as exc:
+            raise SystemExit(f"xray2mri evaluate: {exc}") from exc
+        if frame == "canonical_pose" and path is None:
             raise SystemExit(f"xray2mri evaluate: {diffusion} was trained in the canonical-pose MRI frame, but "
                              f"{args.model_dir} holds no {POSE_TEMPLATE_FILE}: give the template it was trained with "
                              "(--pose-template), or its scores would compare slices in two different frames")
-        return None
+        if path is None:
+            return None
+        logger.info("scoring in the canonical-pose MRI frame of %s (the models were trained in it)", path)
     args.pose_template = str(path)
     return load_pose_template(path)
 

@@ -23,7 +23,7 @@ from torch import nn
 
 from xray2mri_bundle.data.datasets import slice_depths
 from xray2mri_bundle.data.frame import WorldFrame
-from xray2mri_bundle.data.pose import POSE_TEMPLATE_FILE
+from xray2mri_bundle.data.pose import POSE_TEMPLATE_FILE, model_frame
 from xray2mri_bundle.diffusion import (
     DEFAULT_SAMPLING,
     ConditionEncoder,
@@ -136,6 +136,7 @@ class VolumeGenerator:
         #: folder's template (``mri_pose_template.pt``; None when the folder has none)
         self.mri_frame: str = "joint_centred"
         self.pose_template: Path | None = None
+        self.pose_fit_size: bool = False
         #: latents decoded together: the decoder's 128-256 px activations run faster in small batches on a CPU
         #: (50 slices at 16 per batch: 1.1 s, in one batch: 1.5 s, small profile, one thread); same slices
         self.decode_batch: int = 16
@@ -155,7 +156,7 @@ class VolumeGenerator:
                 raise ValueError(f"the model was trained in the canonical-pose MRI frame, but its folder holds no "
                                  f"{POSE_TEMPLATE_FILE}: the volume cannot be placed in {mri}")
             template = self.pose_template
-        return reference_frame(str(mri), side, pose_template=template)
+        return reference_frame(str(mri), side, pose_template=template, pose_fit_size=self.pose_fit_size)
 
     def sampler(self, settings: SamplingSettings = DEFAULT_SAMPLING) -> DiffusionSampler:
         """A fresh ``DiffusionSampler`` of ``settings`` for this model's noise schedule."""
@@ -398,12 +399,10 @@ def load_pipeline(
     generator.weights = unet_key
     generator.sampler(DEFAULT_SAMPLING)  # the default solver's imports (diffusers) at load time, not per volume
     generator.image_size = int(settings.get("image_size") or get_profile(profile)["image_size"])
-    generator.mri_frame = str(settings.get("mri_frame") or "joint_centred")
-    if generator.mri_frame == "canonical_pose":
-        template = folder / POSE_TEMPLATE_FILE
-        generator.pose_template = template if template.is_file() else None
-        if generator.pose_template is None:
-            logger.warning("%s was trained in the canonical-pose MRI frame but %s has no %s: its volumes lie in that "
-                           "frame and cannot be placed in a reference MRI", diffusion_path, folder, POSE_TEMPLATE_FILE)
+    generator.mri_frame, generator.pose_template = model_frame(settings, folder)
+    generator.pose_fit_size = bool(settings.get("mri_pose_fit_size", False))
+    if generator.mri_frame == "canonical_pose" and generator.pose_template is None:
+        logger.warning("%s was trained in the canonical-pose MRI frame but %s has no %s: its volumes lie in that "
+                       "frame and cannot be placed in a reference MRI", diffusion_path, folder, POSE_TEMPLATE_FILE)
     logger.info("loaded the %s pipeline from %s (%s weights, scale factor %.4f)", profile, folder, unet_key, scale)
     return generator

@@ -16,11 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from xray2mri_bundle.constants import DISCLAIMER, MRI_FOV_MM
 from xray2mri_bundle.data.atomic import replace_dir, temp_dir
-from xray2mri_bundle.data.frame import WorldFrame
+from xray2mri_bundle.data.frame import CORONAL_AXES_RAS, WorldFrame
 
 from . import writers
 from .generator import GenerationResult, slice_spacing_mm
@@ -215,7 +216,9 @@ class KneeWriters:
             "frame": FRAME_DESCRIPTIONS.get(getattr(generator, "mri_frame", None), FRAME_DESCRIPTIONS["joint_centred"]),
             "frame_centre_ras_mm": frame.as_dict()["centre_ras_mm"],
             "frame_axes_ras": frame.as_dict()["axes_ras"],
-            "volume_layout": "(H, W, S): rows superior->inferior, columns to patient left, slices anterior->posterior",
+            "volume_layout": "(H, W, S): rows superior->inferior, columns to patient left, slices anterior->posterior"
+                             + ("" if np.allclose(frame.axes_ras, CORONAL_AXES_RAS)
+                                else " of the knee (frame_axes_ras: their directions in the world)"),
             "classifier_kl_probabilities": result.kl_probs,  # the KOA classifier's output (not a grading)
             "timings_s": {**result.timings, "writing": writing_s},
             "device": str(generator.device),
