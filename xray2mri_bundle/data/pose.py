@@ -223,8 +223,8 @@ def model_frame(settings: dict, folder: str | os.PathLike) -> tuple[str, Path | 
                            "ignored", folder, POSE_TEMPLATE_FILE)
         return frame, None
     recorded = settings.get("mri_pose_template_sha256")
-    if found and recorded and template_digest(found) != recorded:
-        raise ValueError(f"{found} (digest {template_digest(found)}) is not the template the weights in {folder} were "
+    if found and recorded and (digest := template_digest(found)) != recorded:
+        raise ValueError(f"{found} (digest {digest}) is not the template the weights in {folder} were "
                          f"trained with (digest {recorded}): put that template beside them")
     return frame, found
 

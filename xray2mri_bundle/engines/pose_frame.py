@@ -28,7 +28,7 @@ def ensure_pose_template(path: str | os.PathLike, records: Sequence[dict], knees
     path = Path(path)
     # one decision for all ranks (a rank that looked after rank 0 wrote the file would skip the barrier)
     if dist_utils.broadcast_object(not path.is_file()):
-        failure, error = None, None
+        error = None
         if dist_utils.is_rank0():
             logger.info("pose frame: building the template %s from %d of %d training knees (%d rounds)",
                         path, min(knees, len(records)), len(records), rounds)
@@ -38,8 +38,8 @@ def ensure_pose_template(path: str | os.PathLike, records: Sequence[dict], knees
                             report["knees"], len(report["skipped"]),
                             ", ".join(f"{v:.2f}" for v in report["median_rotation_deg"]))
             except Exception as exc:  # noqa: BLE001 - every rank must learn of it, not wait for the timeout
-                failure, error = f"{type(exc).__name__}: {exc}", exc
-        failure = dist_utils.broadcast_object(failure)
+                error = exc
+        failure = dist_utils.broadcast_object(None if error is None else f"{type(error).__name__}: {error}")
         if error is not None:
             raise error
         if failure is not None:

@@ -95,15 +95,20 @@ def final_checkpoint(model_dir: str | os.PathLike, stage: str) -> Path:
     return Path(model_dir) / f"{stage}.pt"
 
 
-def unreadable_reason(path: str | os.PathLike) -> str | None:
-    """Why the final checkpoint ``path`` cannot be used (None when it loads as a final export)."""
+def _read_final(path: str | os.PathLike) -> tuple[dict | None, str | None]:
+    """The final checkpoint ``path`` and None, or None and why it cannot be used."""
     try:
         checkpoint = read_checkpoint(path)
     except Exception as exc:  # noqa: BLE001 - torch raises many types for truncated or foreign files
-        return f"{type(exc).__name__}: {exc}"
+        return None, f"{type(exc).__name__}: {exc}"
     if not any(entry.get("model") or entry.get("ema") for entry in checkpoint["networks"].values()):
-        return "no 'model' or 'ema' weights in it"
-    return None
+        return None, "no 'model' or 'ema' weights in it"
+    return checkpoint, None
+
+
+def unreadable_reason(path: str | os.PathLike) -> str | None:
+    """Why the final checkpoint ``path`` cannot be used (None when it loads as a final export)."""
+    return _read_final(path)[1]
 
 
 def decide(
@@ -115,8 +120,10 @@ def decide(
     final = final_checkpoint(model_dir, stage)
     if force:
         return StageDecision(stage, "retrain", "force_retrain is set")
-    moved = ""
-    if final.is_file() and (problem := unreadable_reason(final)) is not None:
+    moved, checkpoint, problem = "", None, None
+    if final.is_file():
+        checkpoint, problem = _read_final(final)
+    if problem is not None:
         aside = final.with_name(final.name + ".corrupt")
         if dist_utils.is_rank0():
             os.replace(final, aside)
@@ -130,8 +137,8 @@ def decide(
         ]
         if newer:
             return StageDecision(stage, "retrain", f"{', '.join(newer)} changed after {final.name} was trained")
-        if mri_frame is not None and stage in MRI_FRAME_STAGES:
-            trained = (read_checkpoint(final).get("settings") or {}).get("mri_frame") or "joint_centred"
+        if mri_frame is not None and stage in MRI_FRAME_STAGES and checkpoint is not None:
+            trained = (checkpoint.get("settings") or {}).get("mri_frame") or "joint_centred"
             if trained != mri_frame:
                 return StageDecision(stage, "retrain", f"{final.name} was trained in the {trained} MRI frame, this "
                                                        f"run's is {mri_frame}")

@@ -214,8 +214,7 @@ class KneeWriters:
             "slice_spacing_mm": out.slice_spacing,
             "field_of_view_mm": self.fov_mm,
             "frame": FRAME_DESCRIPTIONS.get(getattr(generator, "mri_frame", None), FRAME_DESCRIPTIONS["joint_centred"]),
-            "frame_centre_ras_mm": frame.as_dict()["centre_ras_mm"],
-            "frame_axes_ras": frame.as_dict()["axes_ras"],
+            **{f"frame_{key}": value for key, value in frame.as_dict().items()},  # frame_centre_ras_mm, _axes_ras
             "volume_layout": "(H, W, S): rows superior->inferior, columns to patient left, slices anterior->posterior"
                              + ("" if np.allclose(frame.axes_ras, CORONAL_AXES_RAS)
                                 else " of the knee (frame_axes_ras: their directions in the world)"),
