@@ -253,6 +253,55 @@ def test_lambda_linear_warm_up_then_constant():
     assert accumulated(19) == accumulated(16) == pytest.approx(LambdaLinear(warm_up_steps=10)(4))
 
 
+def test_lambda_linear_holds_until_the_decay_then_falls_linearly_to_f_min():
+    schedule = LambdaLinear(warm_up_steps=10, f_min=0.0, decay_start=100, cycle_length=40)
+    assert schedule(10) == schedule(100) == pytest.approx(1.0)
+    assert schedule(110) == pytest.approx(0.75)
+    assert schedule(140) == schedule(1000) == pytest.approx(0.0)
+    accumulated = LambdaLinear(warm_up_steps=10, f_min=0.0, decay_start=100, cycle_length=40, accumulation_steps=2)
+    assert accumulated(221) == pytest.approx(schedule(110))
+
+
+def _diffusion_schedule(epochs: int, decay_steps: int) -> tuple[ConfigParser, torch.optim.Optimizer]:
+    """train_diffusion.json's optimiser and scheduler over a 1-parameter model, 10 batches an epoch."""
+    parser = ConfigParser()
+    parser.read_config([str(CONFIGS / "common.json"), str(CONFIGS / "train_diffusion.json")])
+    parser.update({"network_raw": "$torch.nn.Linear(1, 1)", "train#dataloader": "$list(range(10))",
+                   "diffusion_batch_size": 4, "diffusion_max_epochs": epochs, "diffusion_lr_decay_steps": decay_steps})
+    return parser, parser.get_parsed_content("optimizer")
+
+
+def test_the_config_decays_the_last_steps_and_a_resumed_run_follows_the_config_not_the_checkpoint():
+    """``diffusion_lr_decay_steps`` = the run's last optimiser steps fall linearly to 0 (0: constant after the
+    warm-up); the checkpoint's scheduler state restores the step count only, so a run resumed with a decay
+    added (or a longer budget) follows its config from the step it stood at."""
+    from torch.optim.lr_scheduler import LambdaLR
+
+    parser, _ = _diffusion_schedule(epochs=30, decay_steps=100)  # 300 optimiser steps, decay from 200
+    scheduler = parser.get_parsed_content("lr_scheduler")
+    lr = parser.get_parsed_content("lr")
+    assert isinstance(scheduler, LambdaLR) and parser.get_parsed_content("optimiser_steps") == 300
+    factor = scheduler.lr_lambdas[0]
+    assert factor(199) == pytest.approx(1.0) and factor(250) == pytest.approx(0.5) and factor(300) == 0.0
+    assert _diffusion_schedule(epochs=30, decay_steps=0)[0].get_parsed_content("lr_scheduler").lr_lambdas[0](299) == 1.0
+
+    # a constant run checkpointed at step 250 of 300 ...
+    constant, _ = _diffusion_schedule(epochs=30, decay_steps=0)
+    saved_scheduler = constant.get_parsed_content("lr_scheduler")
+    for _ in range(250):
+        saved_scheduler.optimizer.step()
+        saved_scheduler.step()
+    state = constant.get_parsed_content("train#checkpoint_dict#lr_scheduler").state_dict()
+    # ... resumed with 100 decay steps added: the lr is the decayed one at once, and moves on from step 250
+    resumed, optimiser = _diffusion_schedule(epochs=30, decay_steps=100)
+    progress = resumed.get_parsed_content("train#checkpoint_dict#lr_scheduler")
+    progress.load_state_dict(state)
+    assert optimiser.param_groups[0]["lr"] == pytest.approx(0.5 * lr)
+    optimiser.step()
+    progress.scheduler.step()
+    assert optimiser.param_groups[0]["lr"] == pytest.approx(0.49 * lr)
+
+
 def _ema_run(model: torch.nn.Module, ema, iterations: int, accumulation: int = 1, start: int = 0) -> None:
     """``iterations`` fake iterations (weights += 1 each), ``ema`` attached as train_diffusion.json does."""
     engine = Engine(lambda e, b: model.weight.data.add_(1.0))

@@ -4,11 +4,20 @@ LDM / Zero-1-to-3 train with ``LambdaLinearScheduler(warm_up_steps=[100], f_star
 f_min=[1.0], cycle_lengths=[1e13])``: the factor rises linearly from ``f_start`` to ``f_max`` over the warm-up
 steps, then moves linearly towards ``f_min`` over the (practically infinite) cycle, i.e. stays at ``f_max``.
 The paper: "a lambda linear scheduler incorporating a warm-up period every 100 steps".
+
+``decay_start`` adds the warmup-stable-decay shape: the factor holds ``f_max`` until that step and only then
+moves to ``f_min`` over ``cycle_length`` steps (the diffusion stage's ``diffusion_lr_decay_steps``: the run's
+last steps decay to 0). ``ScheduleProgress`` checkpoints where a run stands in the schedule and not the
+schedule itself, so a resumed run follows the config's schedule (a longer run, a decay added later).
 """
 
 from __future__ import annotations
 
-__all__ = ["LambdaLinear"]
+from typing import Any
+
+from torch.optim.lr_scheduler import LambdaLR
+
+__all__ = ["LambdaLinear", "ScheduleProgress"]
 
 
 class LambdaLinear:
@@ -23,8 +32,10 @@ class LambdaLinear:
         f_start: factor at step 0 (1e-6).
         f_max: factor at the end of the warm-up (1.0).
         f_min: factor at the end of the cycle (1.0: constant after the warm-up).
-        cycle_length: optimiser steps from the end of the warm-up to ``f_min``.
+        cycle_length: optimiser steps from ``decay_start`` to ``f_min``.
         accumulation_steps: iterations per optimiser step.
+        decay_start: optimiser step where the move to ``f_min`` begins (``None``: at the end of the warm-up,
+            LDM's shape); the factor holds ``f_max`` until then.
     """
 
     def __init__(
@@ -35,15 +46,49 @@ class LambdaLinear:
         f_min: float = 1.0,
         cycle_length: float = 1e13,
         accumulation_steps: int = 1,
+        decay_start: int | None = None,
     ) -> None:
         self.warm_up_steps = max(0, int(warm_up_steps))
         self.f_start, self.f_max, self.f_min = float(f_start), float(f_max), float(f_min)
         self.cycle_length = float(cycle_length)
         self.accumulation_steps = max(1, int(accumulation_steps))
+        self.decay_start = self.warm_up_steps if decay_start is None else max(self.warm_up_steps, int(decay_start))
 
     def __call__(self, step: int) -> float:
         step = step // self.accumulation_steps
         if step < self.warm_up_steps:
             return self.f_start + (self.f_max - self.f_start) * step / self.warm_up_steps
-        progress = min(1.0, (step - self.warm_up_steps) / self.cycle_length)
+        progress = min(1.0, max(0.0, (step - self.decay_start) / self.cycle_length))
         return self.f_max + (self.f_min - self.f_max) * progress
+
+
+class ScheduleProgress:
+    """A ``LambdaLR`` as the checkpoint sees it: saved whole, restored only as far as the run's position.
+
+    ``LambdaLR.load_state_dict`` would also restore its base learning rates and every attribute of its factor
+    object, so a resumed run would keep the schedule it started with even after the config changed it (a
+    longer run whose decay must move, a decay added to a run that has plateaued). Here the config owns the
+    schedule and the checkpoint only says how many steps were taken; the optimiser's learning rate is set
+    from the config's schedule at that step at once.
+
+    Args:
+        scheduler: the stage's ``LambdaLR``.
+    """
+
+    def __init__(self, scheduler: LambdaLR) -> None:
+        self.scheduler = scheduler
+
+    def state_dict(self) -> dict[str, Any]:
+        """The scheduler's full state (older code reads it as a plain ``LambdaLR`` state)."""
+        return self.scheduler.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Take the step count from ``state``; learning rates follow the config's schedule from there."""
+        scheduler = self.scheduler
+        scheduler.last_epoch = int(state["last_epoch"])
+        scheduler._step_count = int(state.get("_step_count", scheduler.last_epoch + 1))
+        rates = [base * factor(scheduler.last_epoch)
+                 for base, factor in zip(scheduler.base_lrs, scheduler.lr_lambdas, strict=True)]
+        for group, rate in zip(scheduler.optimizer.param_groups, rates, strict=True):
+            group["lr"] = rate
+        scheduler._last_lr = rates
