@@ -12,6 +12,7 @@ import pytest
 import torch
 from monai.data import MetaTensor
 
+from xray2mri_bundle.data.frame import CANONICAL_POSE
 from xray2mri_bundle.data.localiser import MRIJointLocaliser
 from xray2mri_bundle.data.mri_transforms import AlignMRIPose, LoadMRISeries
 from xray2mri_bundle.data.pose import (
@@ -226,11 +227,21 @@ def test_evaluation_scores_a_pose_frame_model_in_its_frame(tmp_path: Path) -> No
     from xray2mri_bundle.evaluation.options import EvaluationOptions
     from xray2mri_bundle.evaluation.run import _pose_template
 
-    assert _pose_template(EvaluationOptions(model_dir=str(tmp_path))) is None
+    assert _pose_template(EvaluationOptions(model_dir=str(tmp_path)), "small") is None
     torch.save(PoseTemplate(torch.rand(31, 57, 57), 36.0).state_dict(), tmp_path / "mri_pose_template.pt")
     options = EvaluationOptions(model_dir=str(tmp_path))
-    template = _pose_template(options)
+    template = _pose_template(options, "small")
     assert template is not None and options.pose_template == str(tmp_path / "mri_pose_template.pt")
+    # a models root with one folder per profile: the frame and the template are the profile folder's
+    from xray2mri_bundle.checkpoint import write_checkpoint
+
+    small = tmp_path / "root" / "small"
+    write_checkpoint(small / "diffusion.pt", "diffusion", {}, settings={"mri_frame": CANONICAL_POSE})
+    with pytest.raises(SystemExit, match="holds no mri_pose_template.pt"):
+        _pose_template(EvaluationOptions(model_dir=str(tmp_path / "root")), "small")
+    (tmp_path / "mri_pose_template.pt").rename(small / "mri_pose_template.pt")
+    options = EvaluationOptions(model_dir=str(tmp_path / "root"))
+    assert _pose_template(options, "small") is not None and options.pose_template == str(small / "mri_pose_template.pt")
     recorder = KneeRecorder("full", {("1", "RIGHT"): {"mri_joint_col": "10", "mri_joint_slice": "40"}},
                             aligned_joint_slice=template.depth_anchor)
     knee = {"subject": "1", "side": "RIGHT", "mri_meta": {"crop_box": [0, 0, 128, 128], "slice_start": 13}}
@@ -272,10 +283,10 @@ def test_scoring_a_pose_frame_model_without_its_template_is_refused(tmp_path: Pa
     from xray2mri_bundle.evaluation.run import _pose_template
 
     write_checkpoint(tmp_path / "diffusion.pt", "diffusion", {}, settings={"mri_frame": "joint_centred"})
-    assert _pose_template(EvaluationOptions(model_dir=str(tmp_path))) is None
+    assert _pose_template(EvaluationOptions(model_dir=str(tmp_path)), "small") is None
     write_checkpoint(tmp_path / "diffusion.pt", "diffusion", {}, settings={"mri_frame": "canonical_pose"})
     with pytest.raises(SystemExit, match="canonical-pose MRI frame.*mri_pose_template.pt"):
-        _pose_template(EvaluationOptions(model_dir=str(tmp_path)))
+        _pose_template(EvaluationOptions(model_dir=str(tmp_path)), "small")
 
 
 def test_one_rule_names_the_frame_of_a_model_folder(tmp_path: Path, caplog) -> None:

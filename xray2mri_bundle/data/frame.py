@@ -23,7 +23,24 @@ import torch.nn.functional as F
 
 from xray2mri_bundle.constants import FRAME_MM
 
-__all__ = ["CORONAL_AXES_RAS", "FRAME_MM", "WorldFrame", "crop_frame", "frame_box"]
+__all__ = [
+    "CANONICAL_POSE", "CORONAL_AXES_RAS", "FRAME_DESCRIPTIONS", "FRAME_MM", "JOINT_CENTRED", "MRI_FRAMES", "WorldFrame",
+    "crop_frame", "frame_box",
+]
+
+#: The MRI frames a model can be trained in (``mri_frame`` of the configs, ``settings.mri_frame`` of its weights):
+#: the joint-centred frame (the default) and the canonical-pose frame (each MRI registered to a template knee
+#: first, :mod:`.pose`; ``configs/pose_frame.json``).
+JOINT_CENTRED = "joint_centred"
+CANONICAL_POSE = "canonical_pose"
+MRI_FRAMES = (JOINT_CENTRED, CANONICAL_POSE)
+
+#: Each frame in words (the sidecar JSON of a generated volume says which one its geometry follows).
+FRAME_DESCRIPTIONS: dict[str, str] = {
+    JOINT_CENTRED: "joint-centred: the in-plane centre of every slice is the knee joint found on the X-ray",
+    CANONICAL_POSE: "canonical pose: the knee as it lies in the model's pose template (mri_pose_template.pt), "
+                    "the joint at the in-plane centre; the axes turn with the knee when placed in a reference MRI",
+}
 
 #: Unit directions (RAS+, columns) of a coronal stack's rows (inferior), columns (patient left) and slices
 #: (posterior): OAI's COR_T1 series, the cohort's MRI and every generated volume unless a reference MRI says

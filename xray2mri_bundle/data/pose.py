@@ -31,6 +31,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .frame import CANONICAL_POSE, JOINT_CENTRED, MRI_FRAMES
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["POSE_TEMPLATE_FILE", "PoseTemplate", "RigidPose", "build_template", "coarse_volume", "load_pose_template",
@@ -211,13 +213,13 @@ def model_frame(settings: dict, folder: str | os.PathLike) -> tuple[str, Path | 
     found = path if path.is_file() else None
     frame = settings.get("mri_frame")
     if frame is None:
-        frame = "canonical_pose" if found else "joint_centred"
+        frame = CANONICAL_POSE if found else JOINT_CENTRED
         if found:
             logger.info("%s: no MRI frame recorded with the weights; the %s beside them marks the canonical-pose "
                         "frame", folder, POSE_TEMPLATE_FILE)
-    if frame not in ("joint_centred", "canonical_pose"):
-        raise ValueError(f"{folder}: unknown MRI frame {frame!r} in diffusion.pt (joint_centred or canonical_pose)")
-    if frame == "joint_centred":
+    if frame not in MRI_FRAMES:
+        raise ValueError(f"{folder}: unknown MRI frame {frame!r} in diffusion.pt (one of {', '.join(MRI_FRAMES)})")
+    if frame == JOINT_CENTRED:
         if found:
             logger.warning("%s holds %s, but its weights were trained in the joint-centred frame: the template is "
                            "ignored", folder, POSE_TEMPLATE_FILE)

@@ -35,6 +35,7 @@ from typing import Any
 from monai.bundle import ConfigParser, ConfigWorkflow
 
 from xray2mri_bundle.checkpoint import read_checkpoint
+from xray2mri_bundle.data.frame import JOINT_CENTRED
 from xray2mri_bundle.engines import distributed as dist_utils
 from xray2mri_bundle.engines.checkpoints import interval_checkpoints
 from xray2mri_bundle.engines.tracking import stage_tracking_settings, tracking_requested
@@ -138,7 +139,7 @@ def decide(
         if newer:
             return StageDecision(stage, "retrain", f"{', '.join(newer)} changed after {final.name} was trained")
         if mri_frame is not None and stage in MRI_FRAME_STAGES and checkpoint is not None:
-            trained = (checkpoint.get("settings") or {}).get("mri_frame") or "joint_centred"
+            trained = (checkpoint.get("settings") or {}).get("mri_frame") or JOINT_CENTRED
             if trained != mri_frame:
                 return StageDecision(stage, "retrain", f"{final.name} was trained in the {trained} MRI frame, this "
                                                        f"run's is {mri_frame}")

@@ -36,6 +36,7 @@ from xray2mri_bundle.checkpoint import read_checkpoint
 from xray2mri_bundle.constants import SUMMARY_DISCLAIMER
 from xray2mri_bundle.data.atomic import write_bytes_atomic
 from xray2mri_bundle.data.datasets import build_knee_dataset
+from xray2mri_bundle.data.frame import CANONICAL_POSE
 from xray2mri_bundle.data.plain import to_plain
 from xray2mri_bundle.data.pose import POSE_TEMPLATE_FILE, PoseTemplate, load_pose_template, model_frame
 from xray2mri_bundle.inference.generator import resolve_model_dir
@@ -111,21 +112,23 @@ def _datalist(args: EvaluationOptions, out: Path) -> tuple[dict[str, list[dict]]
     return datalist, str(datalist_file or f"{args.dataset_dir} (indexed, split seed {args.split_seed})")
 
 
-def _pose_template(args: EvaluationOptions) -> PoseTemplate | None:
+def _pose_template(args: EvaluationOptions, profile: str) -> PoseTemplate | None:
     """The canonical-pose template of the run: ``--pose-template``, else the model folder's own
     ``mri_pose_template.pt`` (models trained in that frame are scored in it), else None (the joint-centred frame).
+    The model folder is the one the methods load (``resolve_model_dir``: ``<model-dir>/<profile>`` or itself).
     Fills ``args.pose_template`` so that the report names the frame."""
     path = args.pose_template
     if path is None:
-        diffusion = Path(args.model_dir) / "diffusion.pt"
+        folder = resolve_model_dir(args.model_dir, profile)
+        diffusion = folder / "diffusion.pt"
         settings = (read_checkpoint(diffusion).get("settings") or {}) if diffusion.is_file() else {}
         try:
-            frame, path = model_frame(settings, args.model_dir)
+            frame, path = model_frame(settings, folder)
         except ValueError as exc:
             raise SystemExit(f"xray2mri evaluate: {exc}") from exc
-        if frame == "canonical_pose" and path is None:
+        if frame == CANONICAL_POSE and path is None:
             raise SystemExit(f"xray2mri evaluate: {diffusion} was trained in the canonical-pose MRI frame, but "
-                             f"{args.model_dir} holds no {POSE_TEMPLATE_FILE}: give the template it was trained with "
+                             f"{folder} holds no {POSE_TEMPLATE_FILE}: give the template it was trained with "
                              "(--pose-template), or its scores would compare slices in two different frames")
         if path is None:
             return None
@@ -206,7 +209,7 @@ def run_evaluation(args: EvaluationOptions | Mapping[str, Any], argv: Sequence[s
     train_records = select_knees(datalist["training"], args.max_train_knees)
     if not val_records:
         raise SystemExit(f"xray2mri evaluate: no validation knees in {source}")
-    pose = _pose_template(args)
+    pose = _pose_template(args, profile)
     dataset_kwargs = {"cache": "persistent", "cache_dir": cache / f"knees_{size}", "mri_size": size,
                       "xray_size": size, "pose_template": pose}
     val = build_knee_dataset(val_records, **dataset_kwargs)

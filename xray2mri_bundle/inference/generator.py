@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from xray2mri_bundle.data.datasets import slice_depths
-from xray2mri_bundle.data.frame import WorldFrame
+from xray2mri_bundle.data.frame import CANONICAL_POSE, JOINT_CENTRED, WorldFrame
 from xray2mri_bundle.data.pose import POSE_TEMPLATE_FILE, model_frame
 from xray2mri_bundle.diffusion import (
     DEFAULT_SAMPLING,
@@ -134,7 +134,7 @@ class VolumeGenerator:
         self.image_size: int | None = None
         #: the MRI frame it was trained in (``settings.mri_frame``) and, for the canonical-pose frame, the model
         #: folder's template (``mri_pose_template.pt``; None when the folder has none)
-        self.mri_frame: str = "joint_centred"
+        self.mri_frame: str = JOINT_CENTRED
         self.pose_template: Path | None = None
         self.pose_fit_size: bool = False
         #: latents decoded together: the decoder's 128-256 px activations run faster in small batches on a CPU
@@ -151,7 +151,7 @@ class VolumeGenerator:
         from xray2mri_bundle.data.mri_transforms import reference_frame
 
         template = None
-        if self.mri_frame == "canonical_pose":
+        if self.mri_frame == CANONICAL_POSE:
             if self.pose_template is None:
                 raise ValueError(f"the model was trained in the canonical-pose MRI frame, but its folder holds no "
                                  f"{POSE_TEMPLATE_FILE}: the volume cannot be placed in {mri}")
@@ -401,7 +401,7 @@ def load_pipeline(
     generator.image_size = int(settings.get("image_size") or get_profile(profile)["image_size"])
     generator.mri_frame, generator.pose_template = model_frame(settings, folder)
     generator.pose_fit_size = bool(settings.get("mri_pose_fit_size", False))
-    if generator.mri_frame == "canonical_pose" and generator.pose_template is None:
+    if generator.mri_frame == CANONICAL_POSE and generator.pose_template is None:
         logger.warning("%s was trained in the canonical-pose MRI frame but %s has no %s: its volumes lie in that "
                        "frame and cannot be placed in a reference MRI", diffusion_path, folder, POSE_TEMPLATE_FILE)
     logger.info("loaded the %s pipeline from %s (%s weights, scale factor %.4f)", profile, folder, unet_key, scale)

@@ -21,7 +21,7 @@ import torch
 
 from xray2mri_bundle.constants import DISCLAIMER, MRI_FOV_MM
 from xray2mri_bundle.data.atomic import replace_dir, temp_dir
-from xray2mri_bundle.data.frame import CORONAL_AXES_RAS, WorldFrame
+from xray2mri_bundle.data.frame import CORONAL_AXES_RAS, FRAME_DESCRIPTIONS, JOINT_CENTRED, WorldFrame
 
 from . import writers
 from .generator import GenerationResult, slice_spacing_mm
@@ -29,7 +29,6 @@ from .knees import KneeInput
 from .settings import FORMATS, check_formats
 
 __all__ = [
-    "FRAME_DESCRIPTIONS",
     "KneeVolume",
     "KneeWriters",
     "WriteDicomSeries",
@@ -38,14 +37,6 @@ __all__ = [
     "WriteSidecarJson",
     "default_writers",
 ]
-
-
-#: the sidecar's words for the frame a model was trained in (``settings.mri_frame`` of its diffusion.pt)
-FRAME_DESCRIPTIONS: dict[str, str] = {
-    "joint_centred": "joint-centred: the in-plane centre of every slice is the knee joint found on the X-ray",
-    "canonical_pose": "canonical pose: the knee as it lies in the model's pose template (mri_pose_template.pt), "
-                      "the joint at the in-plane centre; the axes turn with the knee when placed in a reference MRI",
-}
 
 
 @dataclass
@@ -213,7 +204,7 @@ class KneeWriters:
             "pixel_spacing_mm": list(out.spacing),
             "slice_spacing_mm": out.slice_spacing,
             "field_of_view_mm": self.fov_mm,
-            "frame": FRAME_DESCRIPTIONS.get(getattr(generator, "mri_frame", None), FRAME_DESCRIPTIONS["joint_centred"]),
+            "frame": FRAME_DESCRIPTIONS.get(getattr(generator, "mri_frame", None), FRAME_DESCRIPTIONS[JOINT_CENTRED]),
             **{f"frame_{key}": value for key, value in frame.as_dict().items()},  # frame_centre_ras_mm, _axes_ras
             "volume_layout": "(H, W, S): rows superior->inferior, columns to patient left, slices anterior->posterior"
                              + ("" if np.allclose(frame.axes_ras, CORONAL_AXES_RAS)
