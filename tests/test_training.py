@@ -7,6 +7,7 @@ import json
 import os
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -262,43 +263,70 @@ def test_lambda_linear_holds_until_the_decay_then_falls_linearly_to_f_min():
     assert accumulated(221) == pytest.approx(schedule(110))
 
 
-def _diffusion_schedule(epochs: int, decay_steps: int) -> tuple[ConfigParser, torch.optim.Optimizer]:
-    """train_diffusion.json's optimiser and scheduler over a 1-parameter model, 10 batches an epoch."""
+def _diffusion_schedule(decay_steps: int, accumulation: int = 1) -> ConfigParser:
+    """train_diffusion.json's optimiser, scheduler and decay placement over a 1-parameter model."""
     parser = ConfigParser()
     parser.read_config([str(CONFIGS / "common.json"), str(CONFIGS / "train_diffusion.json")])
-    parser.update({"network_raw": "$torch.nn.Linear(1, 1)", "train#dataloader": "$list(range(10))",
-                   "diffusion_batch_size": 4, "diffusion_max_epochs": epochs, "diffusion_lr_decay_steps": decay_steps})
-    return parser, parser.get_parsed_content("optimizer")
+    parser.update({"network_raw": "$torch.nn.Linear(1, 1)", "diffusion_batch_size": 4,
+                   "diffusion_lr_decay_steps": decay_steps, "diffusion_accumulation_steps": accumulation})
+    return parser
 
 
-def test_the_config_decays_the_last_steps_and_a_resumed_run_follows_the_config_not_the_checkpoint():
-    """``diffusion_lr_decay_steps`` = the run's last optimiser steps fall linearly to 0 (0: constant after the
-    warm-up); the checkpoint's scheduler state restores the step count only, so a run resumed with a decay
-    added (or a longer budget) follows its config from the step it stood at."""
-    from torch.optim.lr_scheduler import LambdaLR
+def _started(epoch_length: int, max_epochs: int) -> SimpleNamespace:
+    """An engine as a handler sees it at STARTED (a resumed one carries its checkpoint's epoch length)."""
+    return SimpleNamespace(state=SimpleNamespace(epoch_length=epoch_length, max_epochs=max_epochs))
 
-    parser, _ = _diffusion_schedule(epochs=30, decay_steps=100)  # 300 optimiser steps, decay from 200
+
+def test_the_config_decays_the_last_steps_of_the_run_the_trainer_has(caplog):
+    """``diffusion_lr_decay_steps`` = the run's last optimiser steps fall linearly to 0, the run's length taken
+    from the trainer when it starts; 0 leaves LDM's constant schedule untouched."""
+    parser = _diffusion_schedule(decay_steps=100)
     scheduler = parser.get_parsed_content("lr_scheduler")
-    lr = parser.get_parsed_content("lr")
-    assert isinstance(scheduler, LambdaLR) and parser.get_parsed_content("optimiser_steps") == 300
+    assert any("lr_decay.attach(@train" in expr for expr in parser["run"])
+    parser.get_parsed_content("train#lr_decay")(_started(10, 30))  # 300 optimiser steps: decay from 200
     factor = scheduler.lr_lambdas[0]
-    assert factor(199) == pytest.approx(1.0) and factor(250) == pytest.approx(0.5) and factor(300) == 0.0
-    assert _diffusion_schedule(epochs=30, decay_steps=0)[0].get_parsed_content("lr_scheduler").lr_lambdas[0](299) == 1.0
+    assert factor(199) == pytest.approx(1.0) and factor(250) == pytest.approx(0.5) and factor(299) > 0.0
+    assert factor(300) == 0.0
+    parser.get_parsed_content("train#lr_decay")(_started(20, 30))  # a resumed run of epoch length 20
+    assert factor(500) == pytest.approx(1.0) and factor(550) == pytest.approx(0.5)
 
-    # a constant run checkpointed at step 250 of 300 ...
-    constant, _ = _diffusion_schedule(epochs=30, decay_steps=0)
-    saved_scheduler = constant.get_parsed_content("lr_scheduler")
+    constant = _diffusion_schedule(decay_steps=0)
+    constant.get_parsed_content("train#lr_decay")(_started(10, 30))
+    assert all(constant.get_parsed_content("lr_scheduler").lr_lambdas[0](s) == 1.0 for s in (100, 299, 300, 10**6))
+
+    accumulated = _diffusion_schedule(decay_steps=20, accumulation=4)  # 310 iterations = 78 optimiser steps
+    accumulated.update({"diffusion_warmup_steps": 10})
+    accumulated.get_parsed_content("train#lr_decay")(_started(10, 31))
+    last = accumulated.get_parsed_content("lr_scheduler").lr_lambdas[0](309)  # the last iteration's factor
+    assert last == pytest.approx(0.05)
+
+    too_long = _diffusion_schedule(decay_steps=500)  # 300 steps, 100 of them warm-up: 200 left to decay
+    with caplog.at_level("WARNING"):
+        too_long.get_parsed_content("train#lr_decay")(_started(10, 30))
+    assert "shortened to 200" in caplog.text
+    assert too_long.get_parsed_content("lr_scheduler").lr_lambdas[0](200) == pytest.approx(0.5)
+
+
+def test_a_resumed_run_follows_the_config_schedule_not_the_checkpoints():
+    """The checkpoint's scheduler state restores the step count only: a run resumed with a decay added (or a
+    longer budget, a lower learning rate) follows its config from the step it stood at, at once."""
+    constant = _diffusion_schedule(decay_steps=0)
+    saved = constant.get_parsed_content("lr_scheduler")
     for _ in range(250):
-        saved_scheduler.optimizer.step()
-        saved_scheduler.step()
+        saved.optimizer.step()
+        saved.step()
     state = constant.get_parsed_content("train#checkpoint_dict#lr_scheduler").state_dict()
-    # ... resumed with 100 decay steps added: the lr is the decayed one at once, and moves on from step 250
-    resumed, optimiser = _diffusion_schedule(epochs=30, decay_steps=100)
-    progress = resumed.get_parsed_content("train#checkpoint_dict#lr_scheduler")
-    progress.load_state_dict(state)
+
+    resumed = _diffusion_schedule(decay_steps=100)
+    resumed.update({"diffusion_base_lr": 5e-7})
+    optimiser, lr = resumed.get_parsed_content("optimizer"), resumed.get_parsed_content("lr")
+    assert lr == pytest.approx(0.5 * constant.get_parsed_content("lr"))
+    resumed.get_parsed_content("train#checkpoint_dict#lr_scheduler").load_state_dict(state)
+    assert optimiser.param_groups[0]["lr"] == pytest.approx(lr)  # the new base rate, constant so far
+    resumed.get_parsed_content("train#lr_decay")(_started(10, 30))  # then STARTED places the decay
     assert optimiser.param_groups[0]["lr"] == pytest.approx(0.5 * lr)
     optimiser.step()
-    progress.scheduler.step()
+    resumed.get_parsed_content("lr_scheduler").step()
     assert optimiser.param_groups[0]["lr"] == pytest.approx(0.49 * lr)
 
 

@@ -6,18 +6,34 @@ steps, then moves linearly towards ``f_min`` over the (practically infinite) cyc
 The paper: "a lambda linear scheduler incorporating a warm-up period every 100 steps".
 
 ``decay_start`` adds the warmup-stable-decay shape: the factor holds ``f_max`` until that step and only then
-moves to ``f_min`` over ``cycle_length`` steps (the diffusion stage's ``diffusion_lr_decay_steps``: the run's
-last steps decay to 0). ``ScheduleProgress`` checkpoints where a run stands in the schedule and not the
-schedule itself, so a resumed run follows the config's schedule (a longer run, a decay added later).
+moves to ``f_min`` over ``cycle_length`` steps. ``PlaceLrDecay`` puts that decay on the run's last
+``diffusion_lr_decay_steps`` optimiser steps, counted from the trainer's own length when it starts (a resumed
+run keeps its checkpoint's epoch length). ``ScheduleProgress`` checkpoints where a run stands in the schedule and
+not the schedule itself, so a resumed run follows the config's schedule (a longer run, a decay added later, a
+lower learning rate).
 """
 
 from __future__ import annotations
 
+import logging
+import math
 from typing import Any
 
+from ignite.engine import Engine, Events
 from torch.optim.lr_scheduler import LambdaLR
 
-__all__ = ["LambdaLinear", "ScheduleProgress"]
+__all__ = ["LambdaLinear", "PlaceLrDecay", "ScheduleProgress"]
+
+logger = logging.getLogger(__name__)
+
+
+def _apply_rates(scheduler: LambdaLR) -> None:
+    """Set the optimiser's learning rates to the schedule's at the step the scheduler stands at."""
+    rates = [base * factor(scheduler.last_epoch)
+             for base, factor in zip(scheduler.base_lrs, scheduler.lr_lambdas, strict=True)]
+    for group, rate in zip(scheduler.optimizer.param_groups, rates, strict=True):
+        group["lr"] = rate
+    scheduler._last_lr = rates
 
 
 class LambdaLinear:
@@ -87,8 +103,43 @@ class ScheduleProgress:
         scheduler = self.scheduler
         scheduler.last_epoch = int(state["last_epoch"])
         scheduler._step_count = int(state.get("_step_count", scheduler.last_epoch + 1))
-        rates = [base * factor(scheduler.last_epoch)
-                 for base, factor in zip(scheduler.base_lrs, scheduler.lr_lambdas, strict=True)]
-        for group, rate in zip(scheduler.optimizer.param_groups, rates, strict=True):
-            group["lr"] = rate
-        scheduler._last_lr = rates
+        _apply_rates(scheduler)
+
+
+class PlaceLrDecay:
+    """At ``STARTED`` (after a resume), move every ``LambdaLinear`` factor's decay onto the run's last
+    ``decay_steps`` optimiser steps, down to 0, and set the learning rate for the step the run stands at.
+
+    The run's length is the trainer's: ``ceil(epoch_length x max_epochs / accumulation_steps)`` optimiser steps
+    as the engine has them when it starts (a resumed run keeps its checkpoint's epoch length, so the decay
+    cannot fall short of or past the run's end; the ceiling keeps the last step's rate above 0). A decay longer
+    than the run after its warm-up is shortened to fit (logged). ``decay_steps`` 0 changes nothing: constant
+    after the warm-up, the LDM schedule. Attach after the resume handler.
+
+    Args:
+        lr_scheduler: the stage's ``LambdaLR`` over ``LambdaLinear`` factors.
+        decay_steps: optimiser steps of the final linear decay (``diffusion_lr_decay_steps``).
+        accumulation_steps: iterations per optimiser step.
+    """
+
+    def __init__(self, lr_scheduler: LambdaLR, decay_steps: int = 0, accumulation_steps: int = 1) -> None:
+        self.scheduler = lr_scheduler
+        self.decay_steps = max(0, int(decay_steps))
+        self.accumulation_steps = max(1, int(accumulation_steps))
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        if not self.decay_steps:
+            return
+        total = math.ceil(engine.state.epoch_length * engine.state.max_epochs / self.accumulation_steps)
+        for factor in self.scheduler.lr_lambdas:
+            start = max(factor.warm_up_steps, total - self.decay_steps)
+            if total - start < self.decay_steps:
+                logger.warning("learning-rate decay of %d optimiser steps shortened to %d: the run has %d steps, "
+                               "%d of them warm-up", self.decay_steps, total - start, total, factor.warm_up_steps)
+            factor.decay_start, factor.cycle_length, factor.f_min = start, float(max(1, total - start)), 0.0
+        _apply_rates(self.scheduler)
+        logger.info("learning rate: constant to optimiser step %d, then linearly to 0 at step %d (now at %d)",
+                    self.scheduler.lr_lambdas[0].decay_start, total, self.scheduler.last_epoch)
