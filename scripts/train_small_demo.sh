@@ -15,6 +15,8 @@
 # FRAME=pose trains all of it in the opt-in canonical-pose MRI frame (configs/pose_frame.json, docs/data.md
 # section 3b): the first stage builds $MODELS/mri_pose_template.pt from 40 training knees, which ships beside the
 # weights (inference and evaluation read it from there).
+# AE_EPOCHS (default 26, the shipped autoencoder's) sets the autoencoder's epochs: it was far from its plateau
+# there (docs/training.md, session 17: continued to 80 epochs its ceiling rose from RSSIM 0.625 to 0.786).
 # The weights are DEMO weights trained on synthetic knees only: not for any clinical or research claim.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -41,7 +43,7 @@ fi
 train_stage() {
   local stage=$1 start; start=$(date +%s); shift
   # an autoencoder epoch draws one slice per knee: 26 epochs of 280 knees ~ the 900 iterations it had before
-  local epochs=(); [ "$stage" = autoencoder ] && epochs=(--autoencoder_max_epochs 26)
+  local epochs=(); [ "$stage" = autoencoder ] && epochs=(--autoencoder_max_epochs "${AE_EPOCHS:-26}")
   "$PY" -m monai.bundle run training \
     --config_file "['configs/train.json',${OVERLAY}'configs/profiles/small.json']" \
     --stages "['$stage']" --dataset_dir "$COHORT" --output_dir "$OUT" --model_dir "$MODELS" "${epochs[@]}" "$@"
