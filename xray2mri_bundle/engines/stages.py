@@ -52,7 +52,6 @@ __all__ = [
     "prepare_stage",
     "run_training",
     "stage_config_files",
-    "unreadable_reason",
 ]
 
 logger = logging.getLogger(__name__)
@@ -105,11 +104,6 @@ def _read_final(path: str | os.PathLike) -> tuple[dict | None, str | None]:
     if not any(entry.get("model") or entry.get("ema") for entry in checkpoint["networks"].values()):
         return None, "no 'model' or 'ema' weights in it"
     return checkpoint, None
-
-
-def unreadable_reason(path: str | os.PathLike) -> str | None:
-    """Why the final checkpoint ``path`` cannot be used (None when it loads as a final export)."""
-    return _read_final(path)[1]
 
 
 def decide(
