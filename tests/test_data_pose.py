@@ -311,3 +311,26 @@ def test_one_rule_names_the_frame_of_a_model_folder(tmp_path: Path, caplog) -> N
     assert model_frame({"mri_frame": "canonical_pose"}, tmp_path) == ("canonical_pose", None)
     with pytest.raises(ValueError, match="unknown MRI frame"):
         model_frame({"mri_frame": "coil"}, tmp_path)
+
+
+def test_a_frame_the_mri_chain_does_not_build_is_refused(cohort: Path, truth: list[dict], tmp_path: Path) -> None:
+    """``mri_frame`` is recorded in the weights and trusted downstream: set by hand without
+    configs/pose_frame.json (or contradicting it), the chain refuses to be built, naming the file to merge."""
+    from xray2mri_bundle.data.bundle_configs import parse_config
+
+    def refusal(files: str | list[str], overrides: dict) -> str:
+        with pytest.raises(RuntimeError) as info:  # MONAI wraps the expression's error, the cause is ours
+            parse_config(files, "mri_preprocessing", overrides)
+        assert isinstance(info.value.__cause__, ValueError)
+        return str(info.value.__cause__)
+
+    assert "has no pose alignment" in refusal("common.json", {"mri_frame": CANONICAL_POSE})
+    assert "pose_frame.json" in refusal("common.json", {"mri_frame": CANONICAL_POSE})
+    assert "one of joint_centred, canonical_pose, got 'pose'" in refusal("common.json", {"mri_frame": "pose"})
+    volume, spacing, anchor, side = _cohort_knee(cohort, truth)
+    template, _ = build_template([(volume, spacing, anchor, side)], rounds=0)
+    pose_files = ["common.json", "pose_frame.json"]
+    assert "aligns every MRI to a pose template" in refusal(
+        pose_files, {"mri_frame": "joint_centred", "mri_pose_template": template})
+    names = [type(t).__name__ for t in parse_config(pose_files, "mri_preprocessing", {"mri_pose_template": template})]
+    assert "AlignMRIPosed" in names

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -25,7 +25,7 @@ from monai.transforms import MapTransform, SpatialCrop, Transform
 
 from .bundle_configs import chain_configs, given, parse_config
 from .dicom_utils import DataFileError
-from .frame import FRAME_MM, WorldFrame, crop_frame, frame_box
+from .frame import CANONICAL_POSE, FRAME_MM, MRI_FRAMES, WorldFrame, crop_frame, frame_box
 from .localiser import MRIJointLocaliser
 from .mri_io import load_mri_volume
 from .pose import PoseTemplate, align_volume, load_pose_template, register, template_axes
@@ -303,6 +303,23 @@ class SelectSlicesd(MapTransform):
         for key in self.key_iterator(d):
             d[key] = self.select(d[key])
         return d
+
+
+def chain_in_frame(frame: str, chain: Sequence[object]) -> list:
+    """The MRI ``chain`` (``mri_preprocessing``) as a list, after checking that it builds ``frame`` (``mri_frame``,
+    which the weights record and inference, evaluation and the stage decisions trust): the canonical-pose frame
+    needs the :class:`AlignMRIPosed` step that ``configs/pose_frame.json`` adds, the joint-centred frame must not
+    have one. A ``--mri_frame`` set by hand without that file (or the reverse) would label the weights with a frame
+    their training data was not in; it is refused before any knee is read."""
+    if frame not in MRI_FRAMES:
+        raise ValueError(f"mri_frame must be one of {', '.join(MRI_FRAMES)}, got {frame!r}")
+    steps = list(chain)
+    aligned = any(isinstance(step, AlignMRIPosed) for step in steps)
+    if aligned != (frame == CANONICAL_POSE):
+        built = "aligns every MRI to a pose template" if aligned else "has no pose alignment (AlignMRIPosed)"
+        raise ValueError(f"mri_frame is {frame!r} but the MRI preprocessing {built}: choose the frame by merging "
+                         "configs/pose_frame.json after common.json (or train.json), not by setting mri_frame alone")
+    return steps
 
 
 def mri_transforms(
