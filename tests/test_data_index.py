@@ -11,6 +11,7 @@ import numpy as np
 import pydicom
 import pytest
 from conftest import DATA_KNEES as KNEES  # noqa: E402
+from conftest import DATA_MATRIX, DATA_SEED
 
 from xray2mri_bundle.cli.index import main
 from xray2mri_bundle.data.index import (
@@ -101,6 +102,30 @@ def test_cli_writes_datalist_and_report(cohort: Path, tmp_path: Path, capsys: py
     assert report["counts"]["paired"] == KNEES and report["counts"]["skipped"] == 0
     assert rep.with_suffix(".txt").read_text().startswith("Ingestion report")
     assert "paired 12" in capsys.readouterr().out
+
+
+def test_cli_adds_the_knees_of_another_tree_to_training_only(cohort: Path, tmp_path: Path) -> None:
+    """``--add-training``: every knee of a second cohort joins training, the validation split stays the main
+    tree's; the main tree given again adds nothing: each of its knees is reported as a duplicate or as a
+    validation subject, none silently dropped, none leaking into training."""
+    from xray2mri_bundle.cohort import make_cohort
+
+    second = tmp_path / "second"
+    make_cohort(second, knees=4, seed=DATA_SEED + 100, mri_matrix=DATA_MATRIX, progress=False)
+    base, out, rep = tmp_path / "base.json", tmp_path / "dl.json", tmp_path / "rep.json"
+    assert main(["--root", str(cohort), "--out", str(base)]) == 0
+    assert main(["--root", str(cohort), "--out", str(out), "--report", str(rep),
+                 "--add-training", str(second), "--add-training", str(cohort)]) == 0
+    before, after = json.loads(base.read_text()), json.loads(out.read_text())
+    assert after["validation"] == before["validation"]
+    added = [r for r in after["training"] if r["mri"].startswith(str(second.resolve()))]
+    assert len(added) == 4 and len(after["training"]) == len(before["training"]) + 4
+    assert not {r["subject"] for r in after["training"]} & {r["subject"] for r in after["validation"]}
+    report = json.loads(rep.read_text())
+    assert report["counts"]["paired"] == KNEES + 4 and report["counts"]["training"] == len(after["training"])
+    assert report["skip_reasons"] == {"duplicate_knee": len(before["training"]),
+                                      "subject_in_validation": len(before["validation"])}
+    assert "(training only)" in report["source"]
 
 
 # ------------------------------------------------------------------------------------------ planted faults

@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from xray2mri_bundle.data.index import index_manifest, index_oai, write_datalist
+from xray2mri_bundle.data.index import add_training, index_manifest, index_oai, write_datalist
 
 __all__ = ["main"]
 
@@ -28,21 +28,29 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--val-fraction", type=float, default=0.3, help="validation share of subjects (default 0.3)")
     p.add_argument("--readprj", type=int, default=15, help="KL reading project to keep (default 15; -1 = all)")
     p.add_argument("--expected-slices", type=int, default=80, help="MRI slice count to require (0 = any)")
+    p.add_argument("--add-training", action="append", default=[], metavar="ROOT_OR_CSV",
+                   help="another OAI-style tree or CSV manifest whose knees all go to the training split (the "
+                        "validation split stays the main source's; a subject of it is kept out); repeatable")
     return p
+
+
+def _index(source: str, args: argparse.Namespace, manifest: bool) -> tuple:
+    """One source indexed with the command's settings: (datalist, report)."""
+    expected = args.expected_slices or None
+    if manifest:
+        return index_manifest(source, seed=args.seed, expected_slices=expected, val_fraction=args.val_fraction)
+    return index_oai(source, seed=args.seed, readprj=None if args.readprj < 0 else args.readprj,
+                     expected_slices=expected, val_fraction=args.val_fraction)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``index`` subcommand: write the datalist and the report, print the summary; exit 0 (1 if nothing paired)."""
     args = _parser().parse_args(argv)
-    expected = args.expected_slices or None
     try:
-        if args.root:
-            datalist, report = index_oai(args.root, seed=args.seed,
-                                         readprj=None if args.readprj < 0 else args.readprj,
-                                         expected_slices=expected, val_fraction=args.val_fraction)
-        else:
-            datalist, report = index_manifest(args.manifest, seed=args.seed, expected_slices=expected,
-                                              val_fraction=args.val_fraction)
+        datalist, report = _index(args.root or args.manifest, args, manifest=not args.root)
+        for extra in args.add_training:
+            extra_datalist, extra_report = _index(extra, args, manifest=Path(extra).suffix.lower() == ".csv")
+            datalist = add_training(datalist, report, extra_datalist, extra_report)
     except (ValueError, FileNotFoundError) as exc:  # a table that cannot be used at all: one line naming it
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -37,6 +37,7 @@ __all__ = [
     "SIDE_CODES",
     "VISIT_PREFIXES",
     "KneeKey",
+    "add_training",
     "index_manifest",
     "index_oai",
     "parse_side",
@@ -408,6 +409,37 @@ def index_manifest(
                 rec["film"] = row["film"].upper()
             records.append(rec)
     return _finish(records, report, seed, val_fraction), report
+
+
+def add_training(datalist: dict, report: IngestionReport, extra: dict, extra_report: IngestionReport) -> dict:
+    """``datalist`` with every paired knee of another indexed source (``extra``, both of its splits) added to the
+    training split; ``report`` takes over ``extra_report``'s counts, skipped knees and warnings.
+
+    Training on more knees than one tree holds (another OAI release, a second synthetic cohort) without touching
+    the validation split: a knee of ``extra`` whose subject is in ``datalist``'s validation split is left out
+    (``subject_in_validation``: no subject on both sides), one already in the datalist (same subject, visit,
+    side) too (``duplicate_knee``); both are listed in the report, nothing is dropped silently.
+    """
+    validation = {r["subject"] for r in datalist["validation"]}
+    present = {_record_key(r) for r in datalist["training"] + datalist["validation"]}
+    added = []
+    for rec in extra["training"] + extra["validation"]:
+        who = (rec["subject"], rec.get("visit", ""), rec["side"])
+        if rec["subject"] in validation:
+            report.skip(*who, "subject_in_validation", f"from {extra_report.source}", rec["mri"])
+        elif _record_key(rec) in present:
+            report.skip(*who, "duplicate_knee", f"from {extra_report.source}", rec["mri"])
+        else:
+            present.add(_record_key(rec))
+            added.append(rec)
+    training = sorted(datalist["training"] + added, key=_record_key)
+    report.source = f"{report.source} + {extra_report.source} (training only)"
+    report.knees_found += extra_report.knees_found
+    report.paired += len(added)
+    report.skipped.extend(extra_report.skipped)
+    report.warnings.extend(extra_report.warnings)
+    report.training, report.subjects_training = len(training), len({r["subject"] for r in training})
+    return {"training": training, "validation": list(datalist["validation"])}
 
 
 def write_datalist(datalist: dict, path: str | os.PathLike) -> Path:

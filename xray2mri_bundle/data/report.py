@@ -29,6 +29,9 @@ REASONS: dict[str, str] = {
     "missing_file": "a file named in the manifest does not exist",
     "invalid_row": "manifest row cannot be parsed (side, KL grade)",
     "unknown_visit": "folder prefix is not an OAI visit code",
+    "subject_in_validation": "an extra training source holds a subject of the validation split (kept out of "
+                             "training so that no subject is on both sides)",
+    "duplicate_knee": "the same knee (subject, visit, side) is already in the datalist",
 }
 
 
