@@ -27,6 +27,21 @@ MODELS=${MODELS:-models/small}
 SEED=1; KNEES=400; MATRIX=256
 [ -f "$COHORT/cohort.json" ] || "$PY" -m xray2mri_bundle.cohort --out "$COHORT" --knees $KNEES --seed $SEED --mri-matrix $MATRIX
 mkdir -p "$OUT" "$MODELS"
+# EXTRA_KNEES=N adds the N knees of a second cohort (generator seed 2, made once) to the training split, the
+# validation split stays the training cohort's (xray2mri index --add-training; docs/training.md, session 16: 1080
+# knees stop the memorising that 280 show at longer budgets). DIFF_EPOCHS and DECAY set the diffusion stage's
+# (and the ablations') --diffusion_max_epochs and --diffusion_lr_decay_steps (default: the configs').
+DATA_ARGS=()
+if [ "${EXTRA_KNEES:-0}" -gt 0 ]; then
+  EXTRA=${EXTRA_COHORT:-${COHORT}_seed2_${EXTRA_KNEES}}
+  [ -f "$EXTRA/cohort.json" ] || "$PY" -m xray2mri_bundle.cohort --out "$EXTRA" --knees "$EXTRA_KNEES" --seed 2 --mri-matrix $MATRIX
+  [ -f "$OUT/datalist.json" ] || "$PY" -m xray2mri_bundle.cli index --root "$COHORT" --add-training "$EXTRA" \
+    --out "$OUT/datalist.json"
+  DATA_ARGS=(--datalist_file "$OUT/datalist.json")
+fi
+DIFF_ARGS=()
+[ -n "${DIFF_EPOCHS:-}" ] && DIFF_ARGS+=(--diffusion_max_epochs "$DIFF_EPOCHS")
+[ -n "${DECAY:-}" ] && DIFF_ARGS+=(--diffusion_lr_decay_steps "$DECAY")
 case "${FRAME:-joint}" in
   joint) OVERLAY="" ;;
   pose) OVERLAY="'configs/pose_frame.json'," ;;
@@ -44,9 +59,11 @@ train_stage() {
   local stage=$1 start; start=$(date +%s); shift
   # an autoencoder epoch draws one slice per knee: 26 epochs of 280 knees ~ the 900 iterations it had before
   local epochs=(); [ "$stage" = autoencoder ] && epochs=(--autoencoder_max_epochs "${AE_EPOCHS:-26}")
+  [ "$stage" = diffusion ] && epochs=("${DIFF_ARGS[@]}")
   "$PY" -m monai.bundle run training \
     --config_file "['configs/train.json',${OVERLAY}'configs/profiles/small.json']" \
-    --stages "['$stage']" --dataset_dir "$COHORT" --output_dir "$OUT" --model_dir "$MODELS" "${epochs[@]}" "$@"
+    --stages "['$stage']" --dataset_dir "$COHORT" "${DATA_ARGS[@]}" --output_dir "$OUT" --model_dir "$MODELS" \
+    "${epochs[@]}" "$@"
   echo $(( $(date +%s) - start )) > "$OUT/$stage.wall"
 }
 # The ablations of docs/results.md: the diffusion stage alone, same settings, fewer conditions.
@@ -59,7 +76,7 @@ train_ablation() {
   # shellcheck disable=SC2086
   "$PY" -m monai.bundle run \
     --config_file "['configs/common.json',${OVERLAY}'configs/profiles/small.json','configs/train_diffusion.json']" \
-    --dataset_dir "$COHORT" --output_dir "$OUT" --model_dir "$MODELS" ${ABLATION[$name]} \
+    --dataset_dir "$COHORT" "${DATA_ARGS[@]}" --output_dir "$OUT" --model_dir "$MODELS" ${ABLATION[$name]} "${DIFF_ARGS[@]}" \
     --final_path "$MODELS/$name.pt" --checkpoint_dir "$OUT/small/$name" "$@"
   echo $(( $(date +%s) - start )) > "$OUT/$name.wall"
 }
@@ -91,4 +108,5 @@ CHECK_XRAY=$(find "$COHORT/0.E.1" -type f | sort | sed -n 1p)
   | tee "$OUT/slim_weights.json"
 "$PY" -m xray2mri_bundle.cli training-record --models "$MODELS" --logs "$OUT" --cohort "$COHORT" \
   --wall "${WALL_ARGS[@]}" \
-  --command "$([ "${FRAME:-joint}" = pose ] && echo "FRAME=pose ")$([ "${PARALLEL:-0}" = 1 ] && echo "PARALLEL=1 ")scripts/train_small_demo.sh $*"
+  --command "$(for knob in FRAME PARALLEL AE_EPOCHS EXTRA_KNEES DIFF_EPOCHS DECAY; do
+                [ -n "${!knob:-}" ] && printf '%s=%s ' "$knob" "${!knob}"; done)scripts/train_small_demo.sh $*"
