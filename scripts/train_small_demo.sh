@@ -31,12 +31,14 @@ mkdir -p "$OUT" "$MODELS"
 # validation split stays the training cohort's (xray2mri index --add-training; docs/training.md, session 16: 1080
 # knees stop the memorising that 280 show at longer budgets). DIFF_EPOCHS and DECAY set the diffusion stage's
 # (and the ablations') --diffusion_max_epochs and --diffusion_lr_decay_steps (default: the configs').
+# A stage already finished in $MODELS is kept whatever the data: give an empty MODELS folder for a new training set.
 DATA_ARGS=()
+[[ "${EXTRA_KNEES:-0}" =~ ^[0-9]+$ ]] || { echo "EXTRA_KNEES must be a whole number, got ${EXTRA_KNEES}" >&2; exit 2; }
 if [ "${EXTRA_KNEES:-0}" -gt 0 ]; then
   EXTRA=${EXTRA_COHORT:-${COHORT}_seed2_${EXTRA_KNEES}}
   [ -f "$EXTRA/cohort.json" ] || "$PY" -m xray2mri_bundle.cohort --out "$EXTRA" --knees "$EXTRA_KNEES" --seed 2 --mri-matrix $MATRIX
-  [ -f "$OUT/datalist.json" ] || "$PY" -m xray2mri_bundle.cli index --root "$COHORT" --add-training "$EXTRA" \
-    --out "$OUT/datalist.json"
+  # indexed anew on every run (minutes, next to hours of training), so the datalist always matches the knobs
+  "$PY" -m xray2mri_bundle.cli index --root "$COHORT" --add-training "$EXTRA" --out "$OUT/datalist.json"
   DATA_ARGS=(--datalist_file "$OUT/datalist.json")
 fi
 DIFF_ARGS=()
@@ -108,5 +110,5 @@ CHECK_XRAY=$(find "$COHORT/0.E.1" -type f | sort | sed -n 1p)
   | tee "$OUT/slim_weights.json"
 "$PY" -m xray2mri_bundle.cli training-record --models "$MODELS" --logs "$OUT" --cohort "$COHORT" \
   --wall "${WALL_ARGS[@]}" \
-  --command "$(for knob in FRAME PARALLEL AE_EPOCHS EXTRA_KNEES DIFF_EPOCHS DECAY; do
+  --command "$(for knob in FRAME PARALLEL ABLATIONS AE_EPOCHS EXTRA_KNEES EXTRA_COHORT DIFF_EPOCHS DECAY; do
                 [ -n "${!knob:-}" ] && printf '%s=%s ' "$knob" "${!knob}"; done)scripts/train_small_demo.sh $*"

@@ -126,6 +126,37 @@ def test_cli_adds_the_knees_of_another_tree_to_training_only(cohort: Path, tmp_p
     assert report["skip_reasons"] == {"duplicate_knee": len(before["training"]),
                                       "subject_in_validation": len(before["validation"])}
     assert "(training only)" in report["source"]
+    assert any("added no knee" in w for w in report["warnings"])  # the main tree again: nothing new
+
+
+def test_a_validation_subject_seen_at_another_visit_stays_out_of_training(cohort: Path, tmp_path: Path) -> None:
+    """The rule is by subject, not by knee: an extra manifest listing a validation subject at another visit is
+    refused, a training subject's new visit (its own files) is added, a knee whose MRI file is listed already is
+    a duplicate whatever its visit."""
+    base, out = tmp_path / "base.json", tmp_path / "dl.json"
+    assert main(["--root", str(cohort), "--out", str(base)]) == 0
+    before = json.loads(base.read_text())
+    val, train = before["validation"][0], before["training"][0]
+    follow_up = tmp_path / "follow_up"  # the training knee's files again, as a new visit would bring them
+    shutil.copytree(train["mri"], follow_up / "mri")
+    shutil.copytree(Path(train["xray"]).parent, follow_up / "xray")
+    film = str(follow_up / "xray" / Path(train["xray"]).name)
+    rows = [dict(val, visit="V01"), dict(train, visit="V01", mri=str(follow_up / "mri"), xray=film),
+            dict(train, visit="V03")]
+    manifest = tmp_path / "more.csv"
+    with open(manifest, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["xray", "mri", "kl", "side", "subject", "visit"], extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    assert main(["--root", str(cohort), "--out", str(out), "--add-training", str(manifest),
+                 "--expected-slices", "0"]) == 0
+    after = json.loads(out.read_text())
+    assert after["validation"] == before["validation"]
+    new = [r for r in after["training"] if r not in before["training"]]
+    assert [(r["subject"], r["visit"], r["mri"]) for r in new] == [(train["subject"], "V01", str(follow_up / "mri"))]
+    report = json.loads(out.with_name("dl_report.json").read_text())
+    reasons = {(s["subject"], s["visit"]): s["reason"] for s in report["skipped"]}
+    assert reasons == {(val["subject"], "V01"): "subject_in_validation", (train["subject"], "V03"): "duplicate_knee"}
 
 
 # ------------------------------------------------------------------------------------------ planted faults

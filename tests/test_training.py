@@ -553,6 +553,22 @@ def test_weights_of_another_mri_frame_are_retrained(tmp_path):
     assert decide("diffusion", models, ckpts, mri_frame="joint_centred").action == "retrain"
 
 
+def test_a_hand_set_frame_is_refused_before_a_finished_stage_is_cleared(tmp_path):
+    """``--mri_frame canonical_pose`` without configs/pose_frame.json over joint-centred weights would decide
+    "retrain" (another frame) and clear the finished stage: the pipeline refuses it first, the weights stay."""
+    from xray2mri_bundle.engines.stages import run_training
+
+    models = tmp_path / "models"
+    models.mkdir()
+    final = final_checkpoint(models, "autoencoder")
+    atomic_save(make_checkpoint("autoencoder", {"autoencoder": small_net()}), final)
+    before = final.read_bytes()
+    config = {"model_dir": str(models), "output_dir": str(tmp_path / "out"), "mri_frame": "canonical_pose"}
+    with pytest.raises(ValueError, match="has no pose alignment"):
+        run_training(["autoencoder"], config=config, config_dir=REPO / "configs")
+    assert final.read_bytes() == before and not (tmp_path / "out").exists()
+
+
 def test_a_corrupt_final_checkpoint_is_not_a_finished_stage(tmp_path, caplog):
     models, ckpts = tmp_path / "models", tmp_path / "runs"
     ckpts.mkdir(parents=True)

@@ -44,10 +44,12 @@ def _index(source: str, args: argparse.Namespace, manifest: bool) -> tuple:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``index`` subcommand: write the datalist and the report, print the summary; exit 0 (1 if nothing paired)."""
+    """``index`` subcommand: write the datalist and the report, print the summary; exit 0 (1 if the main source
+    paired nothing)."""
     args = _parser().parse_args(argv)
     try:
         datalist, report = _index(args.root or args.manifest, args, manifest=not args.root)
+        paired_main = report.paired
         for extra in args.add_training:
             extra_datalist, extra_report = _index(extra, args, manifest=Path(extra).suffix.lower() == ".csv")
             datalist = add_training(datalist, report, extra_datalist, extra_report)
@@ -59,4 +61,4 @@ def main(argv: Sequence[str] | None = None) -> int:
     json_path, txt_path = report.write(report_path)
     print(report.summary())
     print(f"datalist: {out}\nreport:   {json_path} (+ {txt_path.name})")
-    return 0 if report.paired else 1
+    return 0 if paired_main else 1  # the main source must pair knees: it gives the validation split

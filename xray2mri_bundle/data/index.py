@@ -417,27 +417,33 @@ def add_training(datalist: dict, report: IngestionReport, extra: dict, extra_rep
 
     Training on more knees than one tree holds (another OAI release, a second synthetic cohort) without touching
     the validation split: a knee of ``extra`` whose subject is in ``datalist``'s validation split is left out
-    (``subject_in_validation``: no subject on both sides), one already in the datalist (same subject, visit,
-    side) too (``duplicate_knee``); both are listed in the report, nothing is dropped silently.
+    (``subject_in_validation``: no subject on both sides, whatever the visit), one already in the datalist (same
+    subject, visit and side, or the same MRI file) too (``duplicate_knee``); both are listed in the report,
+    nothing is dropped silently. Subjects are compared by ID: a manifest without a ``subject`` column names each
+    knee by its film path, which cannot match another source's IDs (give the column).
     """
     validation = {r["subject"] for r in datalist["validation"]}
-    present = {_record_key(r) for r in datalist["training"] + datalist["validation"]}
+    existing = datalist["training"] + datalist["validation"]
+    present, mris = {_record_key(r) for r in existing}, {r["mri"] for r in existing}
     added = []
     for rec in extra["training"] + extra["validation"]:
         who = (rec["subject"], rec.get("visit", ""), rec["side"])
         if rec["subject"] in validation:
             report.skip(*who, "subject_in_validation", f"from {extra_report.source}", rec["mri"])
-        elif _record_key(rec) in present:
+        elif _record_key(rec) in present or rec["mri"] in mris:
             report.skip(*who, "duplicate_knee", f"from {extra_report.source}", rec["mri"])
         else:
             present.add(_record_key(rec))
+            mris.add(rec["mri"])
             added.append(rec)
     training = sorted(datalist["training"] + added, key=_record_key)
     report.source = f"{report.source} + {extra_report.source} (training only)"
     report.knees_found += extra_report.knees_found
     report.paired += len(added)
     report.skipped.extend(extra_report.skipped)
-    report.warnings.extend(extra_report.warnings)
+    report.warnings.extend(f"{extra_report.source}: {w}" for w in extra_report.warnings)
+    if not added:
+        report.warnings.append(f"{extra_report.source}: added no knee to training (see the skipped knees)")
     report.training, report.subjects_training = len(training), len({r["subject"] for r in training})
     return {"training": training, "validation": list(datalist["validation"])}
 

@@ -305,20 +305,24 @@ class SelectSlicesd(MapTransform):
         return d
 
 
-def chain_in_frame(frame: str, chain: Sequence[object]) -> list:
-    """The MRI ``chain`` (``mri_preprocessing``) as a list, after checking that it builds ``frame`` (``mri_frame``,
-    which the weights record and inference, evaluation and the stage decisions trust): the canonical-pose frame
-    needs the :class:`AlignMRIPosed` step that ``configs/pose_frame.json`` adds, the joint-centred frame must not
-    have one. A ``--mri_frame`` set by hand without that file (or the reverse) would label the weights with a frame
-    their training data was not in; it is refused before any knee is read."""
+def check_frame(frame: str, aligned: bool) -> None:
+    """Refuse ``frame`` (``mri_frame``, which the weights record and inference, evaluation and the stage decisions
+    trust) unless the MRI chain builds it: the canonical-pose frame needs the :class:`AlignMRIPosed` step that
+    ``configs/pose_frame.json`` adds (``aligned``), the joint-centred frame must not have one. A ``--mri_frame`` set
+    by hand without that file (or the reverse) would label weights with a frame their training data was not in."""
     if frame not in MRI_FRAMES:
         raise ValueError(f"mri_frame must be one of {', '.join(MRI_FRAMES)}, got {frame!r}")
-    steps = list(chain)
-    aligned = any(isinstance(step, AlignMRIPosed) for step in steps)
     if aligned != (frame == CANONICAL_POSE):
         built = "aligns every MRI to a pose template" if aligned else "has no pose alignment (AlignMRIPosed)"
         raise ValueError(f"mri_frame is {frame!r} but the MRI preprocessing {built}: choose the frame by merging "
                          "configs/pose_frame.json after common.json (or train.json), not by setting mri_frame alone")
+
+
+def chain_in_frame(frame: str, chain: Sequence[object]) -> list:
+    """The MRI ``chain`` (``mri_preprocessing``) as a list, after :func:`check_frame` (the training pipeline runs
+    the same check on the raw config before it decides anything, ``engines.stages``)."""
+    steps = list(chain)
+    check_frame(frame, any(isinstance(step, AlignMRIPosed) for step in steps))
     return steps
 
 

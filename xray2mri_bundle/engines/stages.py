@@ -33,9 +33,11 @@ from pathlib import Path
 from typing import Any
 
 from monai.bundle import ConfigParser, ConfigWorkflow
+from monai.bundle.reference_resolver import ReferenceResolver
 
 from xray2mri_bundle.checkpoint import read_checkpoint
 from xray2mri_bundle.data.frame import JOINT_CENTRED
+from xray2mri_bundle.data.mri_transforms import check_frame
 from xray2mri_bundle.engines import distributed as dist_utils
 from xray2mri_bundle.engines.checkpoints import interval_checkpoints
 from xray2mri_bundle.engines.tracking import stage_tracking_settings, tracking_requested
@@ -234,6 +236,17 @@ def _resolve(files: Sequence[str], overrides: Mapping[str, Any], *ids: str) -> l
     return [parser.get_parsed_content(i) for i in ids]
 
 
+def _check_frame(files: Sequence[str], overrides: Mapping[str, Any]) -> None:
+    """:func:`~xray2mri_bundle.data.mri_transforms.check_frame` on the raw stage config, building nothing: a
+    ``mri_frame`` that the MRI chain does not build is refused before :func:`decide` may clear a finished stage
+    (a frame change means "retrain") and before a pose template is built."""
+    parser = ConfigParser()
+    parser.read_config(list(files))
+    parser.update(dict(overrides))
+    refs = ReferenceResolver.find_refs_in_config(parser.get("mri_preprocessing"), id="mri_preprocessing")
+    check_frame(parser.get_parsed_content("mri_frame"), "mri_pose_alignment" in refs)
+
+
 def run_training(
     stages: Sequence[str] | None = None,
     force_retrain: Any = False,
@@ -273,6 +286,7 @@ def run_training(
     decisions = []
     for stage in selected:
         files = stage_config_files(config_dir, stage)
+        _check_frame(files, overrides)
         model_dir, checkpoint_dir, final_path, mri_frame = _resolve(files, overrides, "model_dir", "checkpoint_dir",
                                                                     "final_path", "mri_frame")
         decision = dist_utils.broadcast_object(decide(stage, model_dir, checkpoint_dir, force, mri_frame))
