@@ -427,13 +427,13 @@ def add_training(datalist: dict, report: IngestionReport, extra: dict, extra_rep
     present, mris = {_record_key(r) for r in existing}, {r["mri"] for r in existing}
     added = []
     for rec in extra["training"] + extra["validation"]:
-        who = (rec["subject"], rec.get("visit", ""), rec["side"])
+        key = _record_key(rec)
         if rec["subject"] in validation:
-            report.skip(*who, "subject_in_validation", f"from {extra_report.source}", rec["mri"])
-        elif _record_key(rec) in present or rec["mri"] in mris:
-            report.skip(*who, "duplicate_knee", f"from {extra_report.source}", rec["mri"])
+            report.skip(*key, "subject_in_validation", f"from {extra_report.source}", rec["mri"])
+        elif key in present or rec["mri"] in mris:
+            report.skip(*key, "duplicate_knee", f"from {extra_report.source}", rec["mri"])
         else:
-            present.add(_record_key(rec))
+            present.add(key)
             mris.add(rec["mri"])
             added.append(rec)
     training = sorted(datalist["training"] + added, key=_record_key)

@@ -31,7 +31,7 @@ REASONS: dict[str, str] = {
     "unknown_visit": "folder prefix is not an OAI visit code",
     "subject_in_validation": "an extra training source holds a subject of the validation split (kept out of "
                              "training so that no subject is on both sides)",
-    "duplicate_knee": "the same knee (subject, visit, side) is already in the datalist",
+    "duplicate_knee": "the same knee (subject, visit, side) or its MRI file is already in the datalist",
 }
 
 

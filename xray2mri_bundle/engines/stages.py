@@ -228,21 +228,24 @@ def _stage_overrides(pipeline: Mapping[str, Any]) -> dict[str, Any]:
     return {k: command_line_value(copy.deepcopy(v)) for k, v in pipeline.items() if k not in PIPELINE_KEYS}
 
 
-def _resolve(files: Sequence[str], overrides: Mapping[str, Any], *ids: str) -> list[Any]:
-    """Evaluate a few plain settings (paths) of a stage config without building anything else."""
+def _stage_parser(files: Sequence[str], overrides: Mapping[str, Any]) -> ConfigParser:
+    """A stage config (``files`` with the pipeline's ``overrides``) read, not built: its plain settings (paths,
+    the frame) are resolved one by one, nothing else is instantiated."""
     parser = ConfigParser()
     parser.read_config(list(files))
     parser.update(dict(overrides))
+    return parser
+
+
+def _resolve(parser: ConfigParser, *ids: str) -> list[Any]:
+    """Evaluate a few plain settings of a stage config without building anything else."""
     return [parser.get_parsed_content(i) for i in ids]
 
 
-def _check_frame(files: Sequence[str], overrides: Mapping[str, Any]) -> None:
+def _check_frame(parser: ConfigParser) -> None:
     """:func:`~xray2mri_bundle.data.mri_transforms.check_frame` on the raw stage config, building nothing: a
     ``mri_frame`` that the MRI chain does not build is refused before :func:`decide` may clear a finished stage
     (a frame change means "retrain") and before a pose template is built."""
-    parser = ConfigParser()
-    parser.read_config(list(files))
-    parser.update(dict(overrides))
     refs = ReferenceResolver.find_refs_in_config(parser.get("mri_preprocessing"), id="mri_preprocessing")
     check_frame(parser.get_parsed_content("mri_frame"), "mri_pose_alignment" in refs)
 
@@ -286,8 +289,9 @@ def run_training(
     decisions = []
     for stage in selected:
         files = stage_config_files(config_dir, stage)
-        _check_frame(files, overrides)
-        model_dir, checkpoint_dir, final_path, mri_frame = _resolve(files, overrides, "model_dir", "checkpoint_dir",
+        parser = _stage_parser(files, overrides)
+        _check_frame(parser)
+        model_dir, checkpoint_dir, final_path, mri_frame = _resolve(parser, "model_dir", "checkpoint_dir",
                                                                     "final_path", "mri_frame")
         decision = dist_utils.broadcast_object(decide(stage, model_dir, checkpoint_dir, force, mri_frame))
         decisions.append(decision)
@@ -298,7 +302,7 @@ def run_training(
         tracking = None
         if track:
             executed = Path(checkpoint_dir) / "executed_config.json"
-            tracking_uri, experiment = _resolve(files, overrides, "tracking_uri", "experiment_name")
+            tracking_uri, experiment = _resolve(parser, "tracking_uri", "experiment_name")
             tracking = stage_tracking_settings(stage, tracking_uri, experiment, executed)
         stage_workflow = ConfigWorkflow(
             config_file=files, meta_file=meta_file, logging_file=False, tracking=tracking, workflow_type=None,
